@@ -1,0 +1,196 @@
+"""`roxi`: the admin command line. Thin: each command opens the store or a client, calls
+one library function, and prints. Every RoxiError becomes one line on stderr and the exit
+code documented in roxi_mp.errors; click's own usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import config as config_mod
+from . import ingest as ingest_mod
+from . import service
+from .client import QueryClient
+from .errors import BadInput, RoxiError
+from .store import Store
+
+
+class RoxiGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RoxiError as exc:
+            click.echo(f"roxi: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=RoxiGroup)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="ROXI_DATA_DIR",
+              help="Data directory (default ./data, or $ROXI_DATA_DIR).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="ROXI_CONFIG", help="Configuration file (default conf/roxi.toml).")
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path | None, config_path: Path | None) -> None:
+    """roxi-mp: background embedding and vector search."""
+    ctx.obj = {"data_dir": data_dir, "config_path": config_path}
+
+
+def _cfg(ctx: click.Context) -> config_mod.Config:
+    obj = ctx.find_root().obj
+    if "cfg" not in obj:
+        obj["cfg"] = config_mod.load(obj["config_path"], data_dir=obj["data_dir"])
+    return obj["cfg"]
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+# --- lifecycle ---------------------------------------------------------------------
+@main.command()
+@click.option("--foreground", is_flag=True, help="Run the supervisor in this process until stopped.")
+@click.pass_context
+def start(ctx: click.Context, foreground: bool) -> None:
+    """Start the supervisor and every role (exit 4 if one already runs here)."""
+    cfg = _cfg(ctx)
+    if foreground:
+        from supervisor.arbiter import Arbiter
+        ctx.exit(Arbiter(cfg).run())
+    status = service.start_background(cfg)
+    click.echo(f"roxi started (supervisor pid {status['supervisor']['pid']}, data {cfg.data_dir})")
+    _print_roles(status)
+
+
+@main.command()
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for the stop (default: grace x 4).")
+@click.pass_context
+def stop(ctx: click.Context, timeout: float | None) -> None:
+    """Stop every role in order, then the supervisor (exit 3 if not running)."""
+    cfg = _cfg(ctx)
+    pid = service.stop(cfg, timeout=timeout)
+    click.echo(f"roxi stopped (supervisor pid {pid})")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Roles and store counts; never wakes a sleeping role (exit 3 if not running)."""
+    cfg = _cfg(ctx)
+    data = service.status(cfg)
+    if as_json:
+        _echo_json(data)
+    else:
+        sup = data.get("supervisor")
+        click.echo(f"supervisor: {'pid %s, up %ss' % (sup['pid'], sup['uptime']) if sup else 'not running'}")
+        _print_roles(data)
+        _print_store(data["store"])
+    if not data["running"]:
+        ctx.exit(3)
+
+
+def _print_roles(data: dict) -> None:
+    for r in data.get("roles", []):
+        rss = f"{r['rss'] / 2**20:.1f} MB" if r.get("rss") else "-"
+        extra = f" ({r['sleep']})" if r.get("sleep") else ""
+        click.echo(f"  {r['name']:<12} {r['state']:<9}{extra} pid {r['pid'] or '-':<8} rss {rss:<10} "
+                   f"restarts {r['restarts']}")
+
+
+def _print_store(s: dict) -> None:
+    click.echo(f"store: {s['documents']} documents, {s['chunks']} chunks, {s['indexed']} indexed "
+               f"({s['percent']:.1f} %), {s['pending'] + s['leased']} pending, {s['failed']} failed")
+
+
+# --- data --------------------------------------------------------------------------
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.pass_context
+def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Add .txt/.md files and directories (recursive) to the store.
+
+    Identical documents are skipped; unreadable, non-UTF-8 or missing files are reported
+    and skipped (exit 5 if any), the rest is ingested.
+    """
+    cfg = _cfg(ctx)
+    report = ingest_mod.IngestReport()
+    files = ingest_mod.expand(paths, report)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
+        show_bar = len(files) > 20 and not as_json
+        with click.progressbar(files, label="ingesting", file=sys.stderr, show_pos=True) if show_bar \
+                else _plain(files) as items:
+            for path in items:
+                ingest_mod.ingest_file(store, path, report, chunk_words=cfg.store.chunk_words,
+                                       chunk_overlap=cfg.store.chunk_overlap,
+                                       max_document_bytes=cfg.store.max_document_bytes)
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        click.echo(f"added {report.added} documents ({report.chunks} chunks), {report.duplicates} "
+                   f"duplicates, {report.empty} empty, {len(report.errors)} skipped")
+        for path, reason in report.errors:
+            click.echo(f"skipped {path}: {reason}", err=True)
+    if report.errors:
+        ctx.exit(BadInput.exit_code)
+
+
+class _plain:
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __enter__(self) -> list:
+        return self.items
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@main.command()
+@click.argument("text")
+@click.option("-k", "k", type=int, default=None, help="Number of hits (default query.default_k).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def query(ctx: click.Context, text: str, k: int | None, as_json: bool) -> None:
+    """Semantic search: rank, score, document title and chunk text of the best chunks."""
+    cfg = _cfg(ctx)
+    if not text.strip():
+        raise BadInput("query text is empty")
+    with QueryClient.for_config(cfg) as client:
+        started = time.perf_counter()
+        hits = client.query(text, k=cfg.query.default_k if k is None else k)
+        took = (time.perf_counter() - started) * 1000
+    if as_json:
+        _echo_json({"query": text, "hits": hits, "took_ms": round(took, 3)})
+        return
+    if not hits:
+        click.echo("no results (is anything indexed yet? see `roxi progress`)")
+    for h in hits:
+        click.echo(f"{h['rank']:>3}. {h['score']:.4f}  {h['title']}  [{Path(h['source']).name} #{h['position']}]")
+        snippet = h.get("text", "")
+        click.echo(f"     {snippet[:240]}{'...' if len(snippet) > 240 else ''}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def progress(ctx: click.Context, as_json: bool) -> None:
+    """Indexed / total chunks (failed shown apart)."""
+    cfg = _cfg(ctx)
+    stats = service.store_stats(cfg)
+    if as_json:
+        _echo_json(stats)
+    else:
+        click.echo(f"{stats['indexed']}/{stats['chunks']} chunks indexed ({stats['percent']:.1f} %), "
+                   f"{stats['failed']} failed")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,122 @@
+"""Python clients for the query server and the supervisor's control socket.
+
+Both are request/reply over a DEALER socket (see roxi_mp.protocol for the frames). Each
+request carries a fresh id and the client discards replies with another id: a late answer
+to a request that already timed out must never be taken for the answer to the next one
+(the ZeroMQ guide's lazy-pirate lesson). After a timeout the socket is closed with
+LINGER=0 and a new one is made on the next call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from . import protocol
+from .config import Config
+from .errors import NotRunning, ServerError, Timeout
+
+#: default time to wait for a reply, seconds
+DEFAULT_TIMEOUT = 10.0
+
+
+class Client:
+    """Request/reply client with id matching and a bounded wait."""
+
+    def __init__(self, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 ctx: zmq.Context | None = None, max_message_bytes: int = 64 << 20) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.ctx = ctx or zmq.Context.instance()
+        self.max_message_bytes = max_message_bytes
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid()}-{time.monotonic_ns() % 1_000_000}-"
+        self._sock: zmq.Socket | None = None
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            if self.endpoint.startswith("ipc://") and not Path(self.endpoint[6:]).exists():
+                raise NotRunning(f"nothing listens on {self.endpoint}")
+            self._sock = protocol.configure(self.ctx.socket(zmq.DEALER), hwm=100)
+            self._sock.connect(self.endpoint)
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call_raw(self, op: str, *, frames: list[Any] = (), timeout: float | None = None,
+                 **fields: Any) -> tuple[dict, list[bytes]]:
+        """Send one request; return (reply map, extra frames). Raises ServerError/Timeout."""
+        sock = self._socket()
+        request_id = self._prefix + str(next(self._ids))
+        sock.send_multipart([b"", protocol.pack(protocol.request(op, request_id, **fields)), *frames],
+                            copy=False)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sock.poll(int(left * 1000), zmq.POLLIN):
+                self.close()  # a late reply must not reach the next request
+                raise Timeout(f"no reply from {self.endpoint} within "
+                              f"{self.timeout if timeout is None else timeout:g} s")
+            reply_frames = sock.recv_multipart()
+            body = reply_frames[1:] if reply_frames[:1] == [b""] else reply_frames
+            if not body:
+                continue
+            reply = protocol.unpack_map(body[0], max_bytes=self.max_message_bytes)
+            if reply.get("id") != request_id:
+                continue  # an answer to an earlier, abandoned request
+            if not reply.get("ok"):
+                raise ServerError(str(reply.get("code", "error")), str(reply.get("message", "error")))
+            return reply, body[1:]
+
+    def call(self, op: str, *, timeout: float | None = None, **fields: Any) -> dict:
+        return self.call_raw(op, timeout=timeout, **fields)[0]
+
+
+class QueryClient(Client):
+    """Client of the query server: `QueryClient.for_config(cfg).query("gout", k=5)`."""
+
+    @classmethod
+    def for_config(cls, cfg: Config, **kwargs: Any) -> "QueryClient":
+        kwargs.setdefault("timeout", cfg.limits.request_timeout_seconds)
+        return cls(cfg.endpoint("query"), **kwargs)
+
+    def query(self, text: str, *, k: int = 10, with_text: bool = True) -> list[dict]:
+        return self.call("query", text=text, k=k, with_text=with_text)["hits"]
+
+    def query_vector(self, vector: np.ndarray, *, k: int = 10, with_text: bool = True) -> list[dict]:
+        meta, buf = protocol.encode_array(np.asarray(vector, dtype=np.float32))
+        reply, _ = self.call_raw("query", frames=[buf], k=k, with_text=with_text, **meta)
+        return reply["hits"]
+
+    def stats(self) -> dict:
+        return self.call("stats")
+
+    def ping(self) -> bool:
+        return bool(self.call("ping").get("pong"))
+
+
+class ControlClient(Client):
+    """Client of the supervisor's control socket."""
+
+    @classmethod
+    def for_config(cls, cfg: Config, **kwargs: Any) -> "ControlClient":
+        kwargs.setdefault("timeout", cfg.limits.request_timeout_seconds)
+        return cls(cfg.endpoint("control"), **kwargs)
+
+    def command(self, name: str, *, timeout: float | None = None, **args: Any) -> dict:
+        return self.call(name, timeout=timeout, **args)

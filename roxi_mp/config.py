@@ -1,0 +1,299 @@
+"""Configuration: typed settings read from conf/roxi.toml, overridden by ROXI_* variables.
+
+Every setting has a default here and a documented line in conf/roxi.toml. Loading is strict
+because a typo in a config file that is silently ignored costs an operator hours: an unknown
+section or key, a wrong type, or an out-of-range value raises `ConfigError` naming the key.
+Environment overrides are `ROXI_<SECTION>_<KEY>` (for example `ROXI_EMBEDDER_BACKEND=hashing`),
+parsed by the target type, plus `ROXI_DATA_DIR` and `ROXI_CONFIG`. The supervisor and every
+role load the same file with the same environment, so they agree on every value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+#: environment variables that are not section keys
+ENV_DATA_DIR = "ROXI_DATA_DIR"
+ENV_CONFIG = "ROXI_CONFIG"
+#: longest ipc:// socket path we allow (sun_path is 108 bytes on Linux, with its NUL)
+MAX_IPC_PATH = 100
+
+
+@dataclass
+class StoreSettings:
+    chunk_words: int = 200
+    chunk_overlap: int = 40
+    max_document_bytes: int = 64 * 1024 * 1024
+    busy_timeout_ms: int = 10_000
+
+
+@dataclass
+class EmbedderSettings:
+    backend: str = "hashing"
+    dim: int = 1024
+    count: int = 1
+    batch_size: int = 64
+    lease_seconds: float = 60.0
+    poll_seconds: float = 0.5
+    idle_poll_seconds: float = 2.0
+    max_attempts: int = 5
+
+
+@dataclass
+class IndexerSettings:
+    commit_max_rows: int = 8192
+    commit_max_ms: int = 100
+
+
+@dataclass
+class QuerySettings:
+    default_k: int = 10
+    max_k: int = 1000
+    max_query_chars: int = 8192
+    threads: int = 1
+    idle_seconds: float = 300.0
+    follow_poll_seconds: float = 1.0
+
+
+@dataclass
+class SupervisorSettings:
+    heartbeat_seconds: float = 1.0
+    liveness_seconds: float = 5.0
+    grace_seconds: float = 10.0
+    start_timeout_seconds: float = 30.0
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    stable_seconds: float = 30.0
+    flap_count: int = 5
+    flap_window_seconds: float = 60.0
+    ingest_sample_on_empty: bool = True
+
+
+@dataclass
+class LimitsSettings:
+    max_message_bytes: int = 1024 * 1024
+    socket_hwm: int = 1000
+    request_timeout_seconds: float = 10.0
+
+
+@dataclass
+class NetworkSettings:
+    #: empty means <data_dir>/run (or a short /tmp path when that is too long for ipc)
+    run_dir: str = ""
+    #: empty means ipc://<run_dir>/query.sock
+    query_endpoint: str = ""
+
+
+SECTIONS: dict[str, type] = {
+    "store": StoreSettings,
+    "embedder": EmbedderSettings,
+    "indexer": IndexerSettings,
+    "query": QuerySettings,
+    "supervisor": SupervisorSettings,
+    "limits": LimitsSettings,
+    "network": NetworkSettings,
+}
+
+
+@dataclass
+class Config:
+    data_dir: Path
+    config_path: Path | None = None
+    store: StoreSettings = field(default_factory=StoreSettings)
+    embedder: EmbedderSettings = field(default_factory=EmbedderSettings)
+    indexer: IndexerSettings = field(default_factory=IndexerSettings)
+    query: QuerySettings = field(default_factory=QuerySettings)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+
+    # --- paths derived from data_dir ------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "roxi.sqlite3"
+
+    @property
+    def vectors_path(self) -> Path:
+        return self.data_dir / "vectors.faiss"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "supervisor.lock"
+
+    @property
+    def run_dir(self) -> Path:
+        if self.network.run_dir:
+            return Path(self.network.run_dir)
+        local = self.data_dir / "run"
+        if len(str(local / "heartbeat.sock")) <= MAX_IPC_PATH:
+            return local
+        # Deep temporary directories overflow sun_path; a short, stable per-data-dir path
+        # keeps every process agreeing on the endpoints.
+        digest = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:16]
+        return Path("/tmp") / f"roxi-{os.getuid()}-{digest}"
+
+    def endpoint(self, name: str) -> str:
+        if name == "query" and self.network.query_endpoint:
+            return self.network.query_endpoint
+        return f"ipc://{self.run_dir / (name + '.sock')}"
+
+    def to_argv(self) -> list[str]:
+        argv = ["--data-dir", str(self.data_dir)]
+        if self.config_path is not None:
+            argv += ["--config", str(self.config_path)]
+        return argv
+
+
+def default_config_path() -> Path | None:
+    """conf/roxi.toml of a source checkout, when there is one."""
+    candidate = Path(__file__).resolve().parent.parent / "conf" / "roxi.toml"
+    return candidate if candidate.is_file() else None
+
+
+def load(
+    config_path: Path | str | None = None,
+    *,
+    data_dir: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    use_default_file: bool = True,
+) -> Config:
+    """Load settings: defaults < TOML file < ROXI_* environment < explicit arguments."""
+    env = os.environ if env is None else env
+    if config_path is None and env.get(ENV_CONFIG):
+        config_path = env[ENV_CONFIG]
+    if config_path is None and use_default_file:
+        config_path = default_config_path()
+    raw: dict[str, Any] = {}
+    if config_path is not None:
+        config_path = Path(config_path)
+        try:
+            with open(config_path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {config_path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_path}: invalid TOML: {exc}") from None
+    if data_dir is None:
+        data_dir = env.get(ENV_DATA_DIR) or raw.pop("data_dir", None) or "data"
+    else:
+        raw.pop("data_dir", None)
+    cfg = Config(data_dir=Path(data_dir).expanduser().resolve(),
+                 config_path=config_path.resolve() if config_path else None)
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section [{section}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config key '{section}' must be a [section] table")
+        for key, value in values.items():
+            _set(cfg, section, key, value, source="config")
+    for name, text in env.items():
+        if not name.startswith("ROXI_") or name in (ENV_DATA_DIR, ENV_CONFIG):
+            continue
+        rest = name[len("ROXI_"):].lower()
+        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # not ours to judge: other tools may use ROXI_ names
+        _set(cfg, section, rest[len(section) + 1:], text, source=f"environment {name}")
+    validate(cfg)
+    return cfg
+
+
+def _set(cfg: Config, section: str, key: str, value: Any, *, source: str) -> None:
+    settings = getattr(cfg, section)
+    fields = {f.name: f for f in dataclasses.fields(settings)}
+    if key not in fields:
+        raise ConfigError(f"unknown config key '{section}.{key}' ({source}); "
+                          f"known: {', '.join(fields)}")
+    target = type(getattr(settings, key))
+    setattr(settings, key, _coerce(f"{section}.{key}", value, target, from_text=isinstance(value, str) and target is not str))
+
+
+def _coerce(name: str, value: Any, target: type, *, from_text: bool) -> Any:
+    if from_text:
+        text = value.strip()
+        try:
+            if target is bool:
+                lowered = text.lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            return target(text)
+        except ValueError:
+            raise ConfigError(f"config key '{name}' must be {target.__name__}, got {value!r}") from None
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not target:
+        raise ConfigError(f"config key '{name}' must be {target.__name__}, "
+                          f"got {type(value).__name__} {value!r}")
+    return value
+
+
+def _require(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{name}' must be {rule}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    s, e, i, q, sv, lim = cfg.store, cfg.embedder, cfg.indexer, cfg.query, cfg.supervisor, cfg.limits
+    _require(s.chunk_words >= 8, "store.chunk_words", ">= 8", s.chunk_words)
+    _require(0 <= s.chunk_overlap < s.chunk_words // 2, "store.chunk_overlap",
+             "in [0, chunk_words/2)", s.chunk_overlap)
+    _require(s.max_document_bytes >= 1024, "store.max_document_bytes", ">= 1024", s.max_document_bytes)
+    _require(s.busy_timeout_ms >= 100, "store.busy_timeout_ms", ">= 100", s.busy_timeout_ms)
+    _require(e.dim >= 8, "embedder.dim", ">= 8", e.dim)
+    _require(1 <= e.count <= 64, "embedder.count", "in [1, 64]", e.count)
+    _require(1 <= e.batch_size <= 10_000, "embedder.batch_size", "in [1, 10000]", e.batch_size)
+    _require(e.lease_seconds >= 1, "embedder.lease_seconds", ">= 1", e.lease_seconds)
+    _require(e.poll_seconds > 0, "embedder.poll_seconds", "> 0", e.poll_seconds)
+    _require(e.idle_poll_seconds > 0, "embedder.idle_poll_seconds", "> 0", e.idle_poll_seconds)
+    _require(e.max_attempts >= 1, "embedder.max_attempts", ">= 1", e.max_attempts)
+    _require(i.commit_max_rows >= 1, "indexer.commit_max_rows", ">= 1", i.commit_max_rows)
+    _require(i.commit_max_ms >= 0, "indexer.commit_max_ms", ">= 0", i.commit_max_ms)
+    _require(1 <= q.default_k <= q.max_k, "query.default_k", "in [1, max_k]", q.default_k)
+    _require(1 <= q.max_k <= 100_000, "query.max_k", "in [1, 100000]", q.max_k)
+    _require(q.max_query_chars >= 1, "query.max_query_chars", ">= 1", q.max_query_chars)
+    _require(q.threads >= 1, "query.threads", ">= 1", q.threads)
+    _require(q.idle_seconds > 0, "query.idle_seconds", "> 0", q.idle_seconds)
+    _require(q.follow_poll_seconds > 0, "query.follow_poll_seconds", "> 0", q.follow_poll_seconds)
+    _require(sv.heartbeat_seconds > 0, "supervisor.heartbeat_seconds", "> 0", sv.heartbeat_seconds)
+    _require(sv.liveness_seconds > sv.heartbeat_seconds, "supervisor.liveness_seconds",
+             "> heartbeat_seconds", sv.liveness_seconds)
+    _require(sv.grace_seconds > 0, "supervisor.grace_seconds", "> 0", sv.grace_seconds)
+    _require(sv.start_timeout_seconds > 0, "supervisor.start_timeout_seconds", "> 0",
+             sv.start_timeout_seconds)
+    _require(0 < sv.backoff_initial_seconds <= sv.backoff_max_seconds,
+             "supervisor.backoff_initial_seconds", "in (0, backoff_max_seconds]",
+             sv.backoff_initial_seconds)
+    _require(sv.stable_seconds > 0, "supervisor.stable_seconds", "> 0", sv.stable_seconds)
+    _require(sv.flap_count >= 1, "supervisor.flap_count", ">= 1", sv.flap_count)
+    _require(sv.flap_window_seconds > 0, "supervisor.flap_window_seconds", "> 0", sv.flap_window_seconds)
+    _require(lim.max_message_bytes >= 4096, "limits.max_message_bytes", ">= 4096", lim.max_message_bytes)
+    _require(lim.socket_hwm >= 1, "limits.socket_hwm", ">= 1", lim.socket_hwm)
+    _require(lim.request_timeout_seconds > 0, "limits.request_timeout_seconds", "> 0",
+             lim.request_timeout_seconds)
+    ep = cfg.network.query_endpoint
+    _require(ep == "" or ep.startswith("ipc://"), "network.query_endpoint",
+             "an ipc:// endpoint (tcp:// needs CURVE keys, not supported yet)", ep)
+    for name in ("query", "heartbeat", "control", "vectors", "events"):
+        path = cfg.endpoint(name)[len("ipc://"):]
+        _require(len(path) <= MAX_IPC_PATH + 8, "network.run_dir",
+                 f"short enough for ipc socket paths (<= {MAX_IPC_PATH} bytes)", path)

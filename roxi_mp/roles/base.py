@@ -1,0 +1,169 @@
+"""The generic role process: boot, heartbeat, run `loop(now)` until told to stop.
+
+Each role (embedder, indexer, query server) is a class with `initialize()`, `loop(now)`
+and `shutdown()`. This module is the runner around it, so that the role classes hold only
+their own logic and tests can call `loop(now)` directly with a chosen time:
+
+- the child dies with its supervisor: PR_SET_PDEATHSIG, plus a parent-pid check for the race
+  where the supervisor died before the prctl call took effect;
+- SIGTERM/SIGINT only set a flag; the loop finishes its step and `shutdown()` flushes;
+- a heartbeat goes to the supervisor every `heartbeat_seconds` (the first one is READY);
+- an error during `initialize()` that retrying cannot fix exits with BOOT_ERROR, so the
+  supervisor stops respawning it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from .. import config as config_mod
+from .. import protocol
+from ..errors import BOOT_ERROR, ConfigError, RoxiError, StoreError
+
+log = logging.getLogger("roxi")
+
+#: env var through which the supervisor tells a child its pid (for the orphan check)
+ENV_SUPERVISOR_PID = "ROXI_PARENT_PID"
+PR_SET_PDEATHSIG = 1
+
+
+class Role:
+    """Base class of a role; subclasses override the four hooks below."""
+
+    #: role name as used in logs, status and endpoints
+    role = "role"
+
+    def __init__(self, cfg: config_mod.Config, ctx: zmq.Context, *, name: str | None = None) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.name = name or self.role
+        self.stopping = False
+
+    def initialize(self) -> None:
+        """Open stores and sockets. Raise ConfigError/StoreError for a boot failure."""
+
+    def poll_timeout(self) -> float:
+        """Longest a loop step may wait, seconds: well under the heartbeat interval."""
+        return min(0.5, self.cfg.supervisor.heartbeat_seconds / 2)
+
+    def loop(self, now: float) -> None:
+        """One step; must return within about `poll_timeout()` seconds."""
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        """Flush and close; called once, also after a failed loop."""
+
+    def info(self) -> dict[str, Any]:
+        """Extra fields for the heartbeat (state, counters)."""
+        return {"state": "running"}
+
+
+def _set_pdeathsig() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _parent_alive(expected: int | None) -> bool:
+    return expected is None or os.getppid() == expected
+
+
+def parse_args(role: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"roxi_mp.roles.{role}")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--name", default=role)
+    return parser.parse_args(argv)
+
+
+def setup_logging(name: str) -> None:
+    logging.basicConfig(level=os.environ.get("ROXI_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s")
+
+
+def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
+    """Process entry point of every role: returns the exit code."""
+    args = parse_args(role_cls.role, argv)
+    setup_logging(args.name)
+    _set_pdeathsig()
+    supervisor_pid = int(os.environ[ENV_SUPERVISOR_PID]) if os.environ.get(ENV_SUPERVISOR_PID) else None
+    if not _parent_alive(supervisor_pid):
+        log.error("supervisor %s is gone before start; exiting", supervisor_pid)
+        return 1
+
+    stop = {"flag": False}
+
+    def handle_stop(signum: int, frame: object) -> None:  # only a flag: no I/O in handlers
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, handle_stop)
+    # Under a supervisor, Ctrl-C in the terminal reaches the whole process group; only the
+    # supervisor may act on it, so that roles stop in order (embedders, indexer, queries).
+    signal.signal(signal.SIGINT, signal.SIG_IGN if supervisor_pid else handle_stop)
+
+    try:
+        cfg = config_mod.load(args.config, data_dir=args.data_dir)
+    except ConfigError as exc:
+        log.error("boot failed: %s", exc)
+        return BOOT_ERROR
+    ctx = zmq.Context()
+    beat = protocol.configure(ctx.socket(zmq.PUSH), hwm=4)
+    beat.connect(cfg.endpoint("heartbeat"))
+    role = role_cls(cfg, ctx, name=args.name)
+    code = 0
+    try:
+        try:
+            role.initialize()
+        except (ConfigError, StoreError) as exc:
+            log.error("boot failed: %s", exc)
+            return BOOT_ERROR
+        log.info("%s ready (pid %d)", args.name, os.getpid())
+        seq = 0
+        next_beat = 0.0
+        while not stop["flag"]:
+            now = time.monotonic()
+            if now >= next_beat:
+                seq += 1
+                _send_heartbeat(beat, role, seq)
+                next_beat = now + cfg.supervisor.heartbeat_seconds
+                if not _parent_alive(supervisor_pid):
+                    log.error("supervisor %s died; exiting", supervisor_pid)
+                    break
+            role.loop(now)
+        role.stopping = True
+        log.info("%s stopping", args.name)
+    except RoxiError as exc:
+        log.error("%s failed: %s", args.name, exc)
+        code = 1
+    except Exception:
+        log.exception("%s crashed", args.name)
+        code = 1
+    finally:
+        try:
+            role.shutdown()
+        except Exception:
+            log.exception("%s: shutdown failed", args.name)
+            code = code or 1
+        beat.close(0)
+        ctx.term()  # every socket has LINGER=0, so this cannot hang
+    return code
+
+
+def _send_heartbeat(sock: zmq.Socket, role: Role, seq: int) -> None:
+    msg = {"v": protocol.VERSION, "type": "heartbeat", "role": role.role, "name": role.name,
+           "pid": os.getpid(), "seq": seq, **role.info()}
+    try:
+        sock.send(protocol.pack(msg), zmq.NOBLOCK)
+    except zmq.Again:
+        pass  # supervisor busy or gone: its watchdog judges silence, we never block on it

@@ -1,0 +1,174 @@
+"""Indexer role: the single writer of the vectors file and of the `indexed` chunk state.
+
+The commit protocol, in this order, for a group of received batches:
+
+1. drop chunks that already have a row (a duplicate delivery after a lease expired);
+2. append their float16 rows past the end of the vectors file (header untouched);
+3. fsync the vectors file: the rows are durable;
+4. one SQLite transaction: record each chunk's row, mark it `indexed`, advance
+   `committed_rows` and the generation;
+5. patch the file header to the new row count (readers map only committed rows) and
+   publish `(generation, rows)` to the query server.
+
+A crash before 4 leaves rows past `committed_rows`; on start the indexer truncates the file
+back to `committed_rows` and the chunks, never marked, are embedded again when their
+leases expire. A crash after 4 loses nothing; the header is rewritten from SQLite on start.
+Received batches are grouped for up to `commit_max_ms` or `commit_max_rows` so one fsync
+serves many of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import zmq
+
+from .. import protocol
+from ..embedders import make_embedder
+from ..errors import BadInput
+from ..store import Store
+from ..vectors import VectorWriter
+from .base import Role, run
+
+log = logging.getLogger("roxi.indexer")
+
+#: received messages buffered from all embedders together
+VECTORS_HWM = 64
+
+
+class Indexer(Role):
+    role = "indexer"
+
+    def initialize(self) -> None:
+        ecfg = self.cfg.embedder
+        self.store = Store(self.cfg.db_path, busy_timeout_ms=self.cfg.store.busy_timeout_ms)
+        # The model id is known from the configuration without loading any model weights.
+        model = make_embedder(ecfg.backend, dim=ecfg.dim)
+        self.model_id, self.dim = model.model_id, model.dim
+        self.store.ensure_model(self.model_id, self.dim)
+        self.writer = VectorWriter(self.cfg.vectors_path, dim=self.dim, model_id=self.model_id)
+        dropped = self.writer.recover(self.store.committed_rows())
+        if dropped:
+            log.warning("dropped %d uncommitted rows left by an interrupted commit", dropped)
+        self.pull = protocol.configure(self.ctx.socket(zmq.PULL), hwm=VECTORS_HWM,
+                                       max_message_bytes=self._max_batch_bytes())
+        self.pull.bind(self.cfg.endpoint("vectors"))
+        self.pub = protocol.configure(self.ctx.socket(zmq.PUB), hwm=self.cfg.limits.socket_hwm)
+        self.pub.bind(self.cfg.endpoint("events"))
+        self.pending: dict[int, np.ndarray] = {}  # chunk id -> float16 row, insertion ordered
+        self.deadline: float | None = None
+        self.generation = self.store.generation()
+        self.commits = self.rows_committed = self.duplicates = self.rejected = 0
+        self._publish()
+
+    def _max_batch_bytes(self) -> int:
+        rows = self.cfg.embedder.batch_size
+        return rows * self.dim * 2 + rows * 16 + 64 * 1024
+
+    def loop(self, now: float) -> None:
+        timeout = self.poll_timeout()
+        if self.deadline is not None:
+            timeout = max(0.0, min(timeout, self.deadline - now))
+        if self.pull.poll(int(timeout * 1000), zmq.POLLIN):
+            # Drain what is queued without waiting again: one commit then covers all of it.
+            while len(self.pending) < self.cfg.indexer.commit_max_rows:
+                try:
+                    frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._receive([f.buffer for f in frames])
+        now = time.monotonic()
+        if self.pending and self.deadline is None:
+            self.deadline = now + self.cfg.indexer.commit_max_ms / 1000
+        if self.pending and (len(self.pending) >= self.cfg.indexer.commit_max_rows
+                             or now >= (self.deadline or now)):
+            self.commit()
+
+    def _receive(self, frames: list[memoryview]) -> None:
+        try:
+            if len(frames) != 2:
+                raise BadInput(f"vectors message has {len(frames)} frames, expected 2")
+            header = protocol.unpack_map(bytes(frames[0]), max_bytes=1 << 20)
+            protocol.check_version(header)
+            if header.get("model_id") != self.model_id:
+                raise BadInput(f"vectors from model {header.get('model_id')!r}, store uses {self.model_id!r}")
+            ids = header.get("chunk_ids")
+            matrix = protocol.decode_array(header, frames[1], dim=self.dim)
+            if (not isinstance(ids, list) or len(ids) != matrix.shape[0]
+                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+                raise BadInput("chunk_ids must be a list of integers, one per row")
+        except BadInput as exc:
+            self.rejected += 1
+            log.warning("rejected a vectors message: %s", exc)
+            return
+        matrix = matrix.astype(np.float16, copy=False)
+        for i, cid in enumerate(ids):
+            self.pending.setdefault(cid, matrix[i])
+
+    def commit(self) -> None:
+        """Make the pending rows durable, then visible (see the module docstring)."""
+        fresh = self.store.unindexed(self.pending)
+        ids = [cid for cid in self.pending if cid in fresh]
+        self.duplicates += len(self.pending) - len(ids)
+        if ids:
+            matrix = np.stack([self.pending[cid] for cid in ids])
+            start = self.store.committed_rows()
+            try:
+                first = self.writer.append(matrix)
+                if first != start:
+                    raise RuntimeError(f"vectors file has {first} rows, store committed {start}")
+                self.writer.sync()
+                rows = first + len(ids)
+                self.generation = self.store.commit_rows(list(zip(ids, range(first, rows))), rows=rows)
+            except Exception:
+                # Take back what the failed commit appended, so the next try starts clean.
+                self.writer.recover(self.store.committed_rows())
+                raise
+            self.writer.publish(rows)
+            self.commits += 1
+            self.rows_committed += len(ids)
+            self._publish()
+        self.pending.clear()
+        self.deadline = None
+
+    def _publish(self) -> None:
+        msg = {"v": protocol.VERSION, "generation": self.generation, "rows": self.writer.rows}
+        try:
+            self.pub.send_multipart([protocol.TOPIC_GENERATION, protocol.pack(msg)], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # a slow subscriber also polls committed_rows; PUB never blocks us
+
+    def info(self) -> dict:
+        return {"state": "running", "rows": self.writer.rows if hasattr(self, "writer") else 0,
+                "generation": getattr(self, "generation", 0), "commits": getattr(self, "commits", 0),
+                "duplicates": getattr(self, "duplicates", 0), "rejected": getattr(self, "rejected", 0)}
+
+    def shutdown(self) -> None:
+        if hasattr(self, "pull"):
+            # Embedders stop first and linger to deliver; take what arrived, then flush it:
+            # received vectors are paid work.
+            for _ in range(10_000):
+                try:
+                    frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._receive([f.buffer for f in frames])
+        if getattr(self, "pending", None):
+            self.commit()
+        for name in ("pull", "pub"):
+            if hasattr(self, name):
+                getattr(self, name).close(0)
+        if hasattr(self, "writer"):
+            self.writer.close()
+        if hasattr(self, "store"):
+            self.store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(Indexer, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

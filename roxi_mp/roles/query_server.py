@@ -1,0 +1,267 @@
+"""Query-server role: answers searches on a ROUTER socket from the mapped vectors file.
+
+The vectors file is a faiss SQ-fp16 index file, so "loading" it is `read_index` with
+IO_FLAG_MMAP_IFC: a zero-copy mapping that costs well under a millisecond. Following a
+commit is therefore just mapping the file again with the new row count (no rebuild, no
+float32 copy), and sleeping is dropping that object: once no faiss object or numpy view
+refers to the mapping, it is unmapped and its pages go back to the OS. The server learns of
+commits from the indexer's PUB events and, in case one was missed, by polling
+`committed_rows` while awake. Status and admin calls never wake it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import enum
+import gc
+import logging
+import sys
+import time
+from typing import Any
+
+import faiss
+import numpy as np
+import zmq
+
+from .. import protocol
+from ..embedders import make_embedder
+from ..errors import BadInput, ModelMismatch, RoxiError
+from ..protocol import ProtocolError
+from ..store import Store
+from ..vectors import open_index
+from .base import Role, run
+
+log = logging.getLogger("roxi.query")
+
+#: requests handled per loop step before heartbeats and follow-ups get a turn
+MAX_REQUESTS_PER_STEP = 256
+
+
+class QState(enum.Enum):
+    ASLEEP = "asleep"
+    AWAKE = "awake"
+
+
+def malloc_trim() -> None:
+    """Hand freed heap pages back to the OS (glibc); a no-op elsewhere."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+class QueryServer(Role):
+    role = "query"
+
+    def initialize(self) -> None:
+        qcfg, lim = self.cfg.query, self.cfg.limits
+        self.store = Store(self.cfg.db_path, busy_timeout_ms=self.cfg.store.busy_timeout_ms)
+        self.model = make_embedder(self.cfg.embedder.backend, dim=self.cfg.embedder.dim)
+        faiss.omp_set_num_threads(qcfg.threads)
+        self.router = protocol.configure(self.ctx.socket(zmq.ROUTER), hwm=lim.socket_hwm,
+                                         max_message_bytes=self.max_request_bytes())
+        self.router.bind(self.cfg.endpoint("query"))
+        self.sub = protocol.configure(self.ctx.socket(zmq.SUB), hwm=lim.socket_hwm)
+        self.sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_GENERATION)
+        self.sub.connect(self.cfg.endpoint("events"))
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.sub, zmq.POLLIN)
+        self.state = QState.ASLEEP
+        self.index: Any = None
+        self.index_rows = 0
+        self.known_rows = self.store.committed_rows()
+        self.last_query = self.last_follow = time.monotonic()
+        self.served = self.errors = self.dropped = 0
+
+    def max_request_bytes(self) -> int:
+        return self.cfg.limits.max_message_bytes
+
+    # --- main loop ---------------------------------------------------------------
+    def loop(self, now: float) -> None:
+        events = dict(self.poller.poll(int(self.poll_timeout() * 1000)))
+        if self.sub in events:
+            self._drain_events()
+        if self.router in events:
+            for _ in range(MAX_REQUESTS_PER_STEP):
+                try:
+                    frames = self.router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.handle(frames, time.monotonic())
+        now = time.monotonic()
+        if self.state is QState.AWAKE:
+            if now - self.last_follow >= self.cfg.query.follow_poll_seconds:
+                self.known_rows = max(self.known_rows, self.store.committed_rows())
+                self.last_follow = now
+            if now - self.last_query >= self.cfg.query.idle_seconds:
+                self.sleep()
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                _topic, body = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            try:
+                rows = protocol.unpack_map(body, max_bytes=4096).get("rows")
+            except ProtocolError:
+                continue
+            if isinstance(rows, int) and rows > self.known_rows:
+                self.known_rows = rows
+
+    # --- requests ----------------------------------------------------------------
+    def handle(self, frames: list[bytes], now: float) -> None:
+        envelope, body = protocol.split_envelope(frames)
+        if not body:
+            self.dropped += 1  # nothing to answer: no request frame at all
+            return
+        request_id = None
+        try:
+            msg = protocol.unpack_map(body[0], max_bytes=self.max_request_bytes())
+            request_id = msg.get("id")
+            protocol.check_version(msg)
+            op = msg.get("op")
+            handler = self.OPS.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise ProtocolError(protocol.E_UNKNOWN_OP, f"unknown op {op!r} (known: {', '.join(self.OPS)})")
+            reply = handler(self, msg, body[1:], now)
+            out = [protocol.pack(protocol.ok(request_id, **reply))]
+        except RoxiError as exc:
+            self.errors += 1
+            code = exc.code if isinstance(exc.code, str) else protocol.E_BAD_REQUEST
+            out = [protocol.pack(protocol.error(request_id, code, str(exc)))]
+        except Exception as exc:
+            self.errors += 1
+            log.exception("request failed")
+            out = [protocol.pack(protocol.error(request_id, protocol.E_INTERNAL, f"internal error: {exc}"))]
+        try:
+            self.router.send_multipart(envelope + out, zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            self.dropped += 1  # client gone or not reading: never block the server on it
+
+    def op_query(self, msg: dict, extra: list[bytes], now: float) -> dict:
+        k = msg.get("k", self.cfg.query.default_k)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.cfg.query.max_k:
+            raise BadInput(f"k must be an integer in [1, {self.cfg.query.max_k}], got {k!r}")
+        with_text = msg.get("with_text", True)
+        vector = self._query_vector(msg, extra)
+        started = time.perf_counter()
+        self.last_query = now
+        self.wake()
+        if self.index is None or self.index.ntotal == 0:
+            scores, rows = np.empty((1, 0), np.float32), np.empty((1, 0), np.int64)
+        else:
+            scores, rows = self.index.search(vector, min(k, self.index.ntotal))
+        found = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
+        meta = self.store.hits([r for r, _ in found])
+        hits = []
+        for rank, (row, score) in enumerate(found, start=1):
+            hit = meta.get(row)
+            if hit is None:
+                continue  # cannot happen for committed rows; never invent a hit
+            item = {"rank": rank, "score": score, "row": row, "chunk_id": hit.chunk_id,
+                    "doc_id": hit.doc_id, "position": hit.position, "title": hit.title,
+                    "source": hit.source}
+            if with_text:
+                item["text"] = hit.text
+            hits.append(item)
+        self.served += 1
+        return {"hits": hits, "rows": self.index_rows,
+                "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    def _query_vector(self, msg: dict, extra: list[bytes]) -> np.ndarray:
+        text = msg.get("text")
+        if text is not None:
+            if not isinstance(text, str):
+                raise BadInput("text must be a string")
+            if not text.strip():
+                raise BadInput("query text is empty")
+            if len(text) > self.cfg.query.max_query_chars:
+                raise ProtocolError(protocol.E_TOO_LARGE, f"query text of {len(text)} characters exceeds "
+                                    f"query.max_query_chars ({self.cfg.query.max_query_chars})")
+            self._check_model()
+            return np.ascontiguousarray(self.model.encode([text]), dtype=np.float32)
+        if "dtype" in msg or extra:
+            if len(extra) != 1:
+                raise BadInput("a vector query needs exactly one vector frame after the request map")
+            dim = self._check_model()
+            vec = protocol.decode_array(msg, extra[0], dim=dim, max_rows=1)
+            return np.ascontiguousarray(vec, dtype=np.float32)
+        raise BadInput("query needs 'text' or a vector frame with 'dtype' and 'shape'")
+
+    def _check_model(self) -> int:
+        recorded = self.store.model()
+        if recorded is not None and recorded != (self.model.model_id, self.model.dim):
+            raise ModelMismatch(f"store was built with model {recorded[0]!r} (dim {recorded[1]}); "
+                                f"this query server embeds with {self.model.model_id!r} (dim {self.model.dim})")
+        return self.model.dim
+
+    def op_stats(self, msg: dict, extra: list[bytes], now: float) -> dict:
+        return self.stats()
+
+    def op_ping(self, msg: dict, extra: list[bytes], now: float) -> dict:
+        return {"pong": True}
+
+    def op_sleep(self, msg: dict, extra: list[bytes], now: float) -> dict:
+        self.sleep()
+        return self.stats()
+
+    def op_wake(self, msg: dict, extra: list[bytes], now: float) -> dict:
+        self.last_query = now
+        self.wake()
+        return self.stats()
+
+    OPS = {"query": op_query, "stats": op_stats, "ping": op_ping, "sleep": op_sleep, "wake": op_wake}
+
+    # --- mapping -----------------------------------------------------------------
+    def wake(self) -> None:
+        """Map the committed rows (first query after sleep, or a newer generation)."""
+        if self.state is QState.ASLEEP:
+            self.known_rows = max(self.known_rows, self.store.committed_rows())
+            self.last_follow = time.monotonic()
+        if self.index is None or self.index_rows != self.known_rows:
+            self.index = None  # unmap the old view before mapping the new one
+            if self.known_rows > 0 and self.cfg.vectors_path.exists():
+                self.index = open_index(self.cfg.vectors_path, rows=self.known_rows)
+                self.index_rows = self.index.ntotal
+            else:
+                self.index_rows = 0
+        self.state = QState.AWAKE
+
+    def sleep(self) -> None:
+        """Deep sleep: drop every reference to the mapping so the OS takes the pages back."""
+        self.index = None
+        self.index_rows = 0
+        self.state = QState.ASLEEP
+        gc.collect()
+        malloc_trim()
+
+    def stats(self) -> dict:
+        return {"state": self.state.value, "rows": self.index_rows, "known_rows": self.known_rows,
+                "served": self.served, "errors": self.errors, "dropped": self.dropped}
+
+    def info(self) -> dict:
+        if not hasattr(self, "state"):
+            return {"state": "starting"}
+        return {**self.stats(), "state": "running", "sleep": self.state.value}
+
+    def shutdown(self) -> None:
+        self.index = None
+        for name in ("router", "sub"):
+            if hasattr(self, name):
+                getattr(self, name).close(0)
+        if hasattr(self, "store"):
+            self.store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(QueryServer, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The roxi-mp supervisor: spawns, watches, restarts and stops the role processes."""

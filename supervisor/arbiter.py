@@ -1,0 +1,311 @@
+"""The supervisor's arbiter: spawn the roles, watch them, restart them, stop them in order.
+
+The shape is gunicorn's arbiter. The main loop fits on a screen: wait (on the control
+socket, the heartbeat socket and the signal pipe, with a timeout), dispatch queued signals,
+reap exited children, kill the stalled ones, start those whose backoff is over, and advance
+an ordered shutdown. Signal handlers only queue the signal number. Nothing in the loop
+blocks: a child's crash loop costs one poll timeout, never the control socket's time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from roxi_mp import ingest, protocol
+from roxi_mp.config import Config
+from roxi_mp.errors import RoxiError
+from roxi_mp.lock import DataDirLock
+from roxi_mp.roles.base import ENV_SUPERVISOR_PID
+from roxi_mp.store import Store
+
+from . import commands
+from .child import Child, ChildState
+
+log = logging.getLogger("roxi.supervisor")
+
+#: how long the loop waits for events when nothing is due, seconds
+LOOP_TIMEOUT = 0.25
+#: stop order: embedders first (stop producing), then the indexer (flushes), then queries
+STOP_ORDER = ("embedder", "indexer", "query_server")
+#: signals the arbiter handles (queued by the handler, dispatched by the loop)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
+
+
+class Arbiter:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.lock = DataDirLock(cfg.lock_path)
+        self.children: list[Child] = []
+        self.sig_queue: list[int] = []
+        self.shutdown_phase: int | None = None  # index into STOP_ORDER while stopping
+        self.phase_deadline = 0.0
+        self.started = time.monotonic()
+        self.exit_code = 0
+
+    # --- start -------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.cfg
+        self.lock.acquire()  # AlreadyRunning: nothing else is touched
+        for d in (cfg.data_dir, cfg.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(cfg.run_dir, 0o700)  # sockets are the door to the data: owner only
+        self.store = Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms)
+        if cfg.supervisor.ingest_sample_on_empty and ingest.is_empty_store(self.store):
+            report = ingest.ingest_paths(self.store, [ingest.sample_corpus_dir()],
+                                         chunk_words=cfg.store.chunk_words,
+                                         chunk_overlap=cfg.store.chunk_overlap,
+                                         max_document_bytes=cfg.store.max_document_bytes)
+            log.info("empty store: ingested the sample corpus (%d documents, %d chunks)",
+                     report.added, report.chunks)
+        self.ctx = zmq.Context()
+        lim = cfg.limits
+        self.control = protocol.configure(self.ctx.socket(zmq.ROUTER), hwm=lim.socket_hwm,
+                                          max_message_bytes=lim.max_message_bytes)
+        self.control.bind(cfg.endpoint("control"))
+        self.beats = protocol.configure(self.ctx.socket(zmq.PULL), hwm=lim.socket_hwm,
+                                        max_message_bytes=64 * 1024)
+        self.beats.bind(cfg.endpoint("heartbeat"))
+        self.sig_r, self.sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
+        for sig in SIGNALS:
+            signal.signal(sig, self._queue_signal)
+        self.poller = zmq.Poller()
+        for sock in (self.control, self.beats):
+            self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(self.sig_r, zmq.POLLIN)
+        self.children = [Child("indexer", "indexer", cfg.supervisor),
+                         Child("query_server", "query", cfg.supervisor)]
+        self.children += [Child("embedder", f"embedder-{i}", cfg.supervisor)
+                          for i in range(1, cfg.embedder.count + 1)]
+        now = time.monotonic()
+        for child in self.children:
+            self.spawn_child(child, now)
+        log.info("supervisor %d started on %s", os.getpid(), cfg.data_dir)
+
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        self.sig_queue.append(signum)  # no logging, no I/O: the loop handles it
+
+    # --- main loop ---------------------------------------------------------------
+    def run(self) -> int:
+        try:
+            self.start()
+            while not self.finished():
+                self.wait()
+                now = time.monotonic()
+                self.handle_signals()
+                self.reap_children(now)
+                self.kill_stalled_children(now)
+                self.manage_children(now)
+                self.manage_shutdown(now)
+        finally:
+            self.cleanup()
+        return self.exit_code
+
+    def wait(self) -> None:
+        for sock, _ in self.poller.poll(int(self.loop_timeout() * 1000)):
+            if sock is self.control:
+                self.handle_control()
+            elif sock is self.beats:
+                self.handle_heartbeats()
+            else:
+                try:
+                    while os.read(self.sig_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+
+    def loop_timeout(self) -> float:
+        return LOOP_TIMEOUT
+
+    def finished(self) -> bool:
+        return self.shutdown_phase is not None and self.shutdown_phase >= len(STOP_ORDER)
+
+    def handle_signals(self) -> None:
+        while self.sig_queue:
+            signum = self.sig_queue.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                self.begin_shutdown(f"signal {signal.Signals(signum).name}")
+
+    # --- children ----------------------------------------------------------------
+    def spawn_child(self, child: Child, now: float) -> None:
+        cfg = self.cfg
+        log_path = cfg.log_dir / f"{child.name}.log"
+        env = {**os.environ, ENV_SUPERVISOR_PID: str(os.getpid())}
+        argv = [sys.executable, "-m", f"roxi_mp.roles.{child.role}", *cfg.to_argv(), "--name", child.name]
+        with open(log_path, "ab") as logfile:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
+                                    stderr=subprocess.STDOUT, env=env, close_fds=True)
+        if child.proc is None and child.exit_code is not None:
+            child.restarts += 1
+        child.spawned(proc, now)
+        log.info("spawned %s (pid %d)", child.name, proc.pid)
+
+    def reap_children(self, now: float) -> None:
+        for child in self.children:
+            if child.proc is None:
+                continue
+            code = child.proc.poll()
+            if code is None:
+                continue
+            child.exited(code, now, shutting_down=self.shutdown_phase is not None)
+            level = logging.INFO if child.state is ChildState.STOPPED else logging.WARNING
+            log.log(level, "%s exited with %d -> %s", child.name, code, child.state.value)
+
+    def kill_stalled_children(self, now: float) -> None:
+        s = self.cfg.supervisor
+        for child in self.children:
+            if child.proc is None:
+                continue
+            if child.kill_at is not None:
+                if now >= child.kill_at:
+                    self.signal_child(child, signal.SIGKILL)
+                continue
+            silent = now - child.last_beat
+            if child.state is ChildState.RUNNING and silent > s.liveness_seconds:
+                log.warning("%s silent for %.1f s: hung, terminating", child.name, silent)
+                self.kill_child(child, now)
+            elif child.state is ChildState.STARTING and silent > s.start_timeout_seconds:
+                log.warning("%s not ready after %.1f s, terminating", child.name, silent)
+                self.kill_child(child, now)
+
+    def manage_children(self, now: float) -> None:
+        if self.shutdown_phase is not None:
+            return
+        for child in self.children:
+            if child.state is ChildState.BACKOFF and now >= child.next_start:
+                self.spawn_child(child, now)
+
+    def kill_child(self, child: Child, now: float) -> None:
+        """SIGTERM now, SIGKILL at the end of the grace period if it is still there."""
+        if child.proc is None or child.kill_at is not None:
+            return
+        self.signal_child(child, signal.SIGTERM)
+        child.kill_at = now + self.cfg.supervisor.grace_seconds
+
+    def signal_child(self, child: Child, sig: int) -> None:
+        if child.proc is not None:
+            try:
+                child.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def handle_heartbeats(self) -> None:
+        for _ in range(1000):
+            try:
+                data = self.beats.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                beat = protocol.unpack_map(data, max_bytes=64 * 1024)
+            except protocol.ProtocolError:
+                continue
+            child = self.child(beat.get("name"))
+            if child is None or child.pid != beat.get("pid"):
+                continue  # a beat from a previous incarnation
+            child.last_beat = time.monotonic()
+            child.info = beat
+            if child.state is ChildState.STARTING:
+                child.set_state(ChildState.RUNNING)  # the first beat is the READY handshake
+                log.info("%s ready", child.name)
+
+    def child(self, name: Any) -> Child | None:
+        return next((c for c in self.children if c.name == name), None)
+
+    # --- shutdown ----------------------------------------------------------------
+    def begin_shutdown(self, reason: str) -> None:
+        if self.shutdown_phase is None:
+            log.info("stopping (%s)", reason)
+            self.shutdown_phase = -1
+            self.phase_deadline = 0.0
+
+    def manage_shutdown(self, now: float) -> None:
+        """Advance through STOP_ORDER: a phase ends when its children exited or were killed."""
+        if self.shutdown_phase is None or self.finished():
+            return
+        if self.shutdown_phase >= 0:
+            role = STOP_ORDER[self.shutdown_phase]
+            alive = [c for c in self.children if c.role == role and c.proc is not None]
+            if alive:
+                return  # kill_stalled_children escalates to SIGKILL at each child's kill_at
+        self.shutdown_phase += 1
+        if self.finished():
+            return
+        role = STOP_ORDER[self.shutdown_phase]
+        for child in self.children:
+            if child.role == role:
+                if child.proc is not None:
+                    child.set_state(ChildState.STOPPING)
+                    self.kill_child(child, now)
+                elif child.state is not ChildState.FAILED:
+                    child.set_state(ChildState.STOPPED)
+
+    def cleanup(self) -> None:
+        for child in self.children:  # only on an unexpected exit of the loop
+            if child.proc is not None and child.proc.poll() is None:
+                self.signal_child(child, signal.SIGKILL)
+                child.proc.wait(timeout=5)
+        for name in ("control", "beats"):
+            if hasattr(self, name):
+                getattr(self, name).close(0)
+        if hasattr(self, "ctx"):
+            self.ctx.term()
+        if hasattr(self, "store"):
+            self.store.close()
+        signal.set_wakeup_fd(-1)
+        self.lock.release()
+        log.info("supervisor stopped")
+
+    # --- control -----------------------------------------------------------------
+    def handle_control(self) -> None:
+        for _ in range(100):
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            envelope, body = protocol.split_envelope(frames)
+            if not body:
+                continue
+            request_id = None
+            try:
+                msg = protocol.unpack_map(body[0], max_bytes=self.cfg.limits.max_message_bytes)
+                request_id = msg.get("id")
+                protocol.check_version(msg)
+                reply = protocol.ok(request_id, **commands.dispatch(self, msg))
+            except RoxiError as exc:
+                reply = protocol.error(request_id, str(exc.code), str(exc))
+            except Exception as exc:
+                log.exception("control command failed")
+                reply = protocol.error(request_id, protocol.E_INTERNAL, f"internal error: {exc}")
+            try:
+                self.control.send_multipart(envelope + [protocol.pack(reply)], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        stopping = self.shutdown_phase is not None
+        return {"supervisor": {"pid": os.getpid(), "uptime": round(now - self.started, 1),
+                               "state": "stopping" if stopping else "running",
+                               "data_dir": str(self.cfg.data_dir)},
+                "roles": [c.status(now) for c in self.children],
+                "store": self.store.stats().as_dict()}
+
+
+def log_file_tail(path: Path, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(0, fh.tell() - 16384))
+            return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

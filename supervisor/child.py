@@ -1,0 +1,124 @@
+"""One supervised child process: its state, its restart policy, and its status row.
+
+The state is one Enum changed in one place (`Child.set_state`), never a set of booleans.
+The restart policy is capped exponential backoff that resets after a stable run, plus
+flapping detection: `flap_count` failures within `flap_window_seconds` put the child in
+FAILED, where it stays until an operator restarts it. A child that exits with BOOT_ERROR
+goes straight to FAILED: it cannot start until something is fixed, so respawning it is a
+tight loop that helps no one.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from roxi_mp.config import SupervisorSettings
+from roxi_mp.errors import BOOT_ERROR
+
+
+class ChildState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass
+class Child:
+    role: str  # module under roxi_mp.roles
+    name: str  # unique: "indexer", "query", "embedder-1", ...
+    settings: SupervisorSettings
+    state: ChildState = ChildState.STOPPED
+    proc: subprocess.Popen | None = None
+    started: float = 0.0  # monotonic time of the last spawn
+    last_beat: float = 0.0
+    next_start: float = 0.0
+    restarts: int = 0
+    exit_code: int | None = None
+    kill_at: float | None = None  # SIGKILL deadline once SIGTERM was sent
+    info: dict[str, Any] = field(default_factory=dict)
+    failures: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+    backoff: float = 0.0
+    manual_stop: bool = False
+    _ps: psutil.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def set_state(self, state: ChildState) -> None:
+        self.state = state
+
+    def spawned(self, proc: subprocess.Popen, now: float) -> None:
+        self.proc = proc
+        self.started = self.last_beat = now
+        self.kill_at = None
+        self.info = {}
+        self._ps = None
+        self.set_state(ChildState.STARTING)
+
+    def exited(self, code: int, now: float, *, shutting_down: bool) -> None:
+        """Decide what follows an exit: stopped, backoff, or failed."""
+        self.exit_code = code
+        self.proc = None
+        self.kill_at = None
+        if shutting_down or self.manual_stop:
+            self.set_state(ChildState.STOPPED)
+            return
+        if code == BOOT_ERROR:
+            self.set_state(ChildState.FAILED)
+            return
+        s = self.settings
+        if now - self.started >= s.stable_seconds:
+            self.backoff = 0.0  # a long good run forgives earlier failures
+            self.failures.clear()
+        self.failures.append(now)
+        recent = [t for t in self.failures if now - t <= s.flap_window_seconds]
+        if len(recent) >= s.flap_count:
+            self.set_state(ChildState.FAILED)
+            return
+        self.backoff = s.backoff_initial_seconds if self.backoff == 0 else min(self.backoff * 2,
+                                                                                s.backoff_max_seconds)
+        self.next_start = now + self.backoff
+        self.set_state(ChildState.BACKOFF)
+
+    def reset(self) -> None:
+        """Operator restart: forget failures and backoff."""
+        self.failures.clear()
+        self.backoff = 0.0
+        self.manual_stop = False
+        self.next_start = 0.0
+
+    def status(self, now: float) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "name": self.name, "role": self.role, "state": self.state.value, "pid": self.pid,
+            "uptime": round(now - self.started, 1) if self.proc is not None else None,
+            "restarts": self.restarts, "exit_code": self.exit_code,
+            "heartbeat_age": round(now - self.last_beat, 2) if self.proc is not None else None,
+            "rss": None, "cpu_percent": None,
+        }
+        if self.proc is not None:
+            try:
+                if self._ps is None or self._ps.pid != self.proc.pid:
+                    self._ps = psutil.Process(self.proc.pid)
+                row["rss"] = self._ps.memory_info().rss
+                row["cpu_percent"] = self._ps.cpu_percent(None)
+            except psutil.Error:
+                pass
+        if self.state is ChildState.BACKOFF:
+            row["restart_in"] = round(max(0.0, self.next_start - now), 2)
+        row.update({k: v for k, v in self.info.items() if k not in row and k not in ("v", "type")})
+        return row
+
+
+def monotonic() -> float:
+    return time.monotonic()
