@@ -49,6 +49,7 @@ class EmbedderSettings:
     lease_seconds: float = 60.0
     poll_seconds: float = 0.5
     idle_poll_seconds: float = 2.0
+    pause_seconds: float = 0.0
     max_attempts: int = 5
 
 
@@ -265,6 +266,7 @@ def validate(cfg: Config) -> None:
     _require(e.lease_seconds >= 1, "embedder.lease_seconds", ">= 1", e.lease_seconds)
     _require(e.poll_seconds > 0, "embedder.poll_seconds", "> 0", e.poll_seconds)
     _require(e.idle_poll_seconds > 0, "embedder.idle_poll_seconds", "> 0", e.idle_poll_seconds)
+    _require(e.pause_seconds >= 0, "embedder.pause_seconds", ">= 0", e.pause_seconds)
     _require(e.max_attempts >= 1, "embedder.max_attempts", ">= 1", e.max_attempts)
     _require(i.commit_max_rows >= 1, "indexer.commit_max_rows", ">= 1", i.commit_max_rows)
     _require(i.commit_max_ms >= 0, "indexer.commit_max_ms", ">= 0", i.commit_max_ms)

@@ -70,7 +70,7 @@ class Arbiter:
         self.ctx = zmq.Context()
         lim = cfg.limits
         self.control = protocol.configure(self.ctx.socket(zmq.ROUTER), hwm=lim.socket_hwm,
-                                          max_message_bytes=lim.max_message_bytes)
+                                          max_message_bytes=2 * lim.max_message_bytes)
         self.control.bind(cfg.endpoint("control"))
         self.beats = protocol.configure(self.ctx.socket(zmq.PULL), hwm=lim.socket_hwm,
                                         max_message_bytes=64 * 1024)

@@ -81,6 +81,7 @@ class Embedder(Role):
         self.outbox = [protocol.pack(header), buf]
         self.embedded += len(ids)
         self.batches += 1
+        self.next_claim = now + self.cfg.embedder.pause_seconds
         self._flush(self.poll_timeout())
 
     def _flush(self, timeout: float) -> None:

@@ -60,8 +60,10 @@ class QueryServer(Role):
         self.store = Store(self.cfg.db_path, busy_timeout_ms=self.cfg.store.busy_timeout_ms)
         self.model = make_embedder(self.cfg.embedder.backend, dim=self.cfg.embedder.dim)
         faiss.omp_set_num_threads(qcfg.threads)
+        # The socket's hard cap is twice the request limit: a request between the two gets a
+        # too_large error reply, only a grossly oversized one is dropped by zmq unanswered.
         self.router = protocol.configure(self.ctx.socket(zmq.ROUTER), hwm=lim.socket_hwm,
-                                         max_message_bytes=self.max_request_bytes())
+                                         max_message_bytes=2 * self.max_request_bytes())
         self.router.bind(self.cfg.endpoint("query"))
         self.sub = protocol.configure(self.ctx.socket(zmq.SUB), hwm=lim.socket_hwm)
         self.sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_GENERATION)

@@ -1,0 +1,92 @@
+"""Test data the tests make themselves: synthetic documents and a directly populated store.
+
+`write_corpus` writes distinct documents from a seeded vocabulary. `populate` fills a store
+the way the indexer would (vectors file first, fsync, then one SQLite transaction per
+batch), bypassing the embedding step so that memory tests at 100k rows take seconds.
+`check_exactly_once` is the end-of-test audit used after crash tests.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+
+from roxi_mp.config import Config
+from roxi_mp.embedders import make_embedder
+from roxi_mp.store import Store
+from roxi_mp.vectors import VectorWriter, read_header
+
+WORDS = ("synovial joint inflammation cartilage erosion tendon ligament bone marrow antibody "
+         "cytokine interleukin tumour necrosis factor fatigue stiffness morning swelling pain "
+         "kidney lung skin rash fever ulcer nerve muscle weakness vessel artery vein clot "
+         "dose tablet injection infusion monitoring blood count liver enzyme vaccine infection "
+         "pregnancy child elderly exercise physiotherapy diet weight smoking alcohol sleep").split()
+
+
+def write_corpus(root: Path, *, docs: int, words: int, seed: int = 1) -> list[Path]:
+    """`docs` distinct documents of about `words` words each under `root`."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(docs):
+        sentences = []
+        for _ in range(max(1, words // 12)):
+            sentences.append(" ".join(rng.choice(WORDS) for _ in range(11)).capitalize() + ".")
+        path = root / f"doc-{i:05d}.md"
+        path.write_text(f"# Document {i}\n\nIdentifier token{i}x{seed}. " + " ".join(sentences) + "\n")
+        paths.append(path)
+    return paths
+
+
+def populate(cfg: Config, *, rows: int, batch: int = 20_000, seed: int = 0) -> None:
+    """A store with `rows` indexed chunks of random unit vectors, through the commit protocol."""
+    model = make_embedder(cfg.embedder.backend, dim=cfg.embedder.dim)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with Store(cfg.db_path) as store:
+        store.ensure_model(model.model_id, model.dim)
+        with VectorWriter(cfg.vectors_path, dim=model.dim, model_id=model.model_id) as writer:
+            writer.recover(store.committed_rows())
+            done = 0
+            doc = 0
+            while done < rows:
+                n = min(batch, rows - done)
+                doc += 1
+                store.add_document(content_hash=f"synthetic-{seed}-{doc}", source=f"synthetic/{doc}",
+                                   title=f"Synthetic {doc}", size=n,
+                                   chunks=((i, f"chunk {done + i}", f"h{done + i}") for i in range(n)))
+                ids = [r[0] for r in store.conn.execute(
+                    "SELECT id FROM chunks WHERE row IS NULL ORDER BY id")]
+                vecs = rng.standard_normal((n, model.dim), dtype=np.float32)
+                vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+                first = writer.append(vecs)
+                writer.sync()
+                store.commit_rows(list(zip(ids, range(first, first + n))), rows=first + n)
+                writer.publish(first + n)
+                done += n
+
+
+def check_exactly_once(cfg: Config) -> int:
+    """Every chunk indexed once, rows 0..n-1 each used once, and each row holds its chunk's vector."""
+    model = make_embedder(cfg.embedder.backend, dim=cfg.embedder.dim)
+    with Store(cfg.db_path) as store:
+        stats = store.stats()
+        assert stats.indexed == stats.chunks, stats
+        pairs = list(store.iter_rows())
+        rows = sorted(r for _, r in pairs)
+        assert rows == list(range(stats.chunks)), "rows are not exactly 0..n-1"
+        assert store.committed_rows() == stats.chunks
+        texts = dict(store.conn.execute("SELECT id, text FROM chunks"))
+    header = read_header(cfg.vectors_path)
+    assert header.rows == stats.chunks
+    data = np.memmap(cfg.vectors_path, dtype="<f2", mode="r", offset=81, shape=(header.rows, model.dim))
+    try:
+        ids = [cid for cid, _ in pairs]
+        expected = model.encode([texts[cid] for cid in ids]).astype(np.float16)
+        stored = np.asarray(data[[r for _, r in pairs]])
+        assert np.array_equal(stored, expected), "a row does not hold its chunk's vector"
+    finally:
+        del data
+    return stats.chunks
