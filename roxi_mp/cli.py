@@ -17,7 +17,9 @@ from . import config as config_mod
 from . import ingest as ingest_mod
 from . import service
 from .client import QueryClient
-from .errors import BadInput, RoxiError
+from .errors import TARGET_NOT_REACHED, BadInput, RoxiError
+from .logs import follow as follow_log
+from .logs import log_path, tail
 from .store import Store
 
 
@@ -60,21 +62,62 @@ def start(ctx: click.Context, foreground: bool) -> None:
     """Start the supervisor and every role (exit 4 if one already runs here)."""
     cfg = _cfg(ctx)
     if foreground:
-        from supervisor.arbiter import Arbiter
-        ctx.exit(Arbiter(cfg).run())
+        from supervisor.__main__ import run_foreground
+        ctx.exit(run_foreground(cfg))
     status = service.start_background(cfg)
     click.echo(f"roxi started (supervisor pid {status['supervisor']['pid']}, data {cfg.data_dir})")
     _print_roles(status)
 
 
 @main.command()
-@click.option("--timeout", type=float, default=None, help="Seconds to wait for the stop (default: grace x 4).")
+@click.argument("role", required=False)
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for the stop.")
 @click.pass_context
-def stop(ctx: click.Context, timeout: float | None) -> None:
-    """Stop every role in order, then the supervisor (exit 3 if not running)."""
+def stop(ctx: click.Context, role: str | None, timeout: float | None) -> None:
+    """Stop every role in order, then the supervisor; or only ROLE, which then stays
+    stopped until `roxi restart ROLE` (exit 3 if not running)."""
     cfg = _cfg(ctx)
+    if role:
+        names = service.stop_role(cfg, role, timeout=timeout)
+        click.echo(f"stopped {', '.join(names)} (stays stopped until `roxi restart {role}`)")
+        return
     pid = service.stop(cfg, timeout=timeout)
     click.echo(f"roxi stopped (supervisor pid {pid})")
+
+
+@main.command()
+@click.argument("role")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait until it runs.")
+@click.pass_context
+def restart(ctx: click.Context, role: str, timeout: float | None) -> None:
+    """Restart ROLE now (embedder, indexer, query, or a name like embedder-2), clearing
+    `failed` and a manual stop."""
+    cfg = _cfg(ctx)
+    names = service.restart_role(cfg, role, timeout=timeout)
+    click.echo(f"restarted {', '.join(names)}")
+
+
+@main.command()
+@click.argument("role")
+@click.option("-n", "lines", type=click.IntRange(0, 100_000), default=50, show_default=True,
+              help="Lines to show.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C ends).")
+@click.pass_context
+def logs(ctx: click.Context, role: str, lines: int, follow: bool) -> None:
+    """Show a role's log (data/logs/ROLE.log): supervisor, indexer, query, embedder-1, ..."""
+    cfg = _cfg(ctx)
+    path = log_path(cfg.log_dir, role)
+    if not path.exists():
+        known = sorted(p.stem for p in cfg.log_dir.glob("*.log")) if cfg.log_dir.exists() else []
+        raise BadInput(f"no log for {role!r} in {cfg.log_dir} (known: {', '.join(known) or 'none'})")
+    for line in tail(path, lines):
+        click.echo(line)
+    if follow:
+        try:
+            for line in follow_log(path):
+                click.echo(line)
+        except KeyboardInterrupt:
+            pass
 
 
 @main.command()
@@ -98,9 +141,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def _print_roles(data: dict) -> None:
     for r in data.get("roles", []):
         rss = f"{r['rss'] / 2**20:.1f} MB" if r.get("rss") else "-"
-        extra = f" ({r['sleep']})" if r.get("sleep") else ""
-        click.echo(f"  {r['name']:<12} {r['state']:<9}{extra} pid {r['pid'] or '-':<8} rss {rss:<10} "
-                   f"restarts {r['restarts']}")
+        cpu = f"{r['cpu_percent']:.0f}%" if r.get("cpu_percent") is not None else "-"
+        beat = f"{r['heartbeat_age']:.1f}s" if r.get("heartbeat_age") is not None else "-"
+        up = f"{r['uptime']:.0f}s" if r.get("uptime") is not None else "-"
+        click.echo(f"  {r['name']:<12} {r['state']:<9} pid {r['pid'] or '-':<8} up {up:<7} rss {rss:<10} "
+                   f"cpu {cpu:<5} beat {beat:<6} restarts {r['restarts']}")
+        if r["state"] == "failed":
+            click.echo(f"      exit code {r.get('exit_code')}; last log lines:")
+            for line in r.get("log_tail", [])[-5:]:
+                click.echo(f"      | {line}")
 
 
 def _print_store(s: dict) -> None:
@@ -179,17 +228,22 @@ def query(ctx: click.Context, text: str, k: int | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--target", type=click.FloatRange(0, 100), default=None,
+              help="Exit 0 if at least PCT % of chunks are indexed, else 1.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def progress(ctx: click.Context, as_json: bool) -> None:
-    """Indexed / total chunks (failed shown apart)."""
+def progress(ctx: click.Context, target: float | None, as_json: bool) -> None:
+    """Indexed / total chunks (failed shown apart); with --target, exit 1 until reached."""
     cfg = _cfg(ctx)
     stats = service.store_stats(cfg)
+    reached = target is None or (stats["chunks"] > 0 and stats["percent"] >= target)
     if as_json:
-        _echo_json(stats)
+        _echo_json({**stats, **({"target": target, "reached": reached} if target is not None else {})})
     else:
         click.echo(f"{stats['indexed']}/{stats['chunks']} chunks indexed ({stats['percent']:.1f} %), "
                    f"{stats['failed']} failed")
+    if not reached:
+        ctx.exit(TARGET_NOT_REACHED)
 
 
 if __name__ == "__main__":  # pragma: no cover

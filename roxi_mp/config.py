@@ -28,6 +28,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 #: environment variables that are not section keys
 ENV_DATA_DIR = "ROXI_DATA_DIR"
 ENV_CONFIG = "ROXI_CONFIG"
+#: role kinds, as used in [restart.<role>], `roxi stop ROLE` and status
+ROLE_KINDS = ("embedder", "indexer", "query")
 #: longest ipc:// socket path we allow (sun_path is 108 bytes on Linux, with its NUL)
 MAX_IPC_PATH = 100
 
@@ -75,12 +77,20 @@ class SupervisorSettings:
     liveness_seconds: float = 5.0
     grace_seconds: float = 10.0
     start_timeout_seconds: float = 30.0
+    ingest_sample_on_empty: bool = True
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
+
+
+@dataclass
+class RestartSettings:
+    """Restart policy; [restart] holds the defaults, [restart.<role>] overrides per role."""
+
     backoff_initial_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
     stable_seconds: float = 30.0
     flap_count: int = 5
     flap_window_seconds: float = 60.0
-    ingest_sample_on_empty: bool = True
 
 
 @dataclass
@@ -104,6 +114,7 @@ SECTIONS: dict[str, type] = {
     "indexer": IndexerSettings,
     "query": QuerySettings,
     "supervisor": SupervisorSettings,
+    "restart": RestartSettings,
     "limits": LimitsSettings,
     "network": NetworkSettings,
 }
@@ -118,8 +129,14 @@ class Config:
     indexer: IndexerSettings = field(default_factory=IndexerSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    restart: RestartSettings = field(default_factory=RestartSettings)
+    #: [restart.<role>] values, applied over `restart` by restart_for()
+    restart_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
+
+    def restart_for(self, kind: str) -> RestartSettings:
+        return dataclasses.replace(self.restart, **self.restart_overrides.get(kind, {}))
 
     # --- paths derived from data_dir ------------------------------------------------
     @property
@@ -143,7 +160,7 @@ class Config:
         if self.network.run_dir:
             return Path(self.network.run_dir)
         local = self.data_dir / "run"
-        if len(str(local / "heartbeat.sock")) <= MAX_IPC_PATH:
+        if len(str(local / "heartbeat.sock")) <= MAX_IPC_PATH:  # the longest socket name
             return local
         # Deep temporary directories overflow sun_path; a short, stable per-data-dir path
         # keeps every process agreeing on the endpoints.
@@ -191,10 +208,11 @@ def load(
             raise ConfigError(f"config file not found: {config_path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{config_path}: invalid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{config_path}: cannot read: {exc.strerror or exc}") from None
+    file_data_dir = raw.pop("data_dir", None)
     if data_dir is None:
-        data_dir = env.get(ENV_DATA_DIR) or raw.pop("data_dir", None) or "data"
-    else:
-        raw.pop("data_dir", None)
+        data_dir = env.get(ENV_DATA_DIR) or file_data_dir or "data"
     cfg = Config(data_dir=Path(data_dir).expanduser().resolve(),
                  config_path=config_path.resolve() if config_path else None)
     for section, values in raw.items():
@@ -203,6 +221,10 @@ def load(
         if not isinstance(values, dict):
             raise ConfigError(f"config key '{section}' must be a [section] table")
         for key, value in values.items():
+            if section == "restart" and key in ROLE_KINDS and isinstance(value, dict):
+                for sub, subvalue in value.items():
+                    _set_override(cfg, key, sub, subvalue, source="config")
+                continue
             _set(cfg, section, key, value, source="config")
     for name, text in env.items():
         if not name.startswith("ROXI_") or name in (ENV_DATA_DIR, ENV_CONFIG):
@@ -211,7 +233,12 @@ def load(
         section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
         if section is None:
             continue  # not ours to judge: other tools may use ROXI_ names
-        _set(cfg, section, rest[len(section) + 1:], text, source=f"environment {name}")
+        key = rest[len(section) + 1:]
+        kind = next((k for k in ROLE_KINDS if key.startswith(k + "_")), None)
+        if section == "restart" and kind is not None:
+            _set_override(cfg, kind, key[len(kind) + 1:], text, source=f"environment {name}")
+        else:
+            _set(cfg, section, key, text, source=f"environment {name}")
     validate(cfg)
     return cfg
 
@@ -223,11 +250,22 @@ def _set(cfg: Config, section: str, key: str, value: Any, *, source: str) -> Non
         raise ConfigError(f"unknown config key '{section}.{key}' ({source}); "
                           f"known: {', '.join(fields)}")
     target = type(getattr(settings, key))
-    setattr(settings, key, _coerce(f"{section}.{key}", value, target, from_text=isinstance(value, str) and target is not str))
+    setattr(settings, key, _coerce(f"{section}.{key}", value, target, source=source))
 
 
-def _coerce(name: str, value: Any, target: type, *, from_text: bool) -> Any:
-    if from_text:
+def _set_override(cfg: Config, kind: str, key: str, value: Any, *, source: str) -> None:
+    """A [restart.<kind>] value: checked like a [restart] key, stored apart."""
+    fields = {f.name: f for f in dataclasses.fields(RestartSettings)}
+    if key not in fields:
+        raise ConfigError(f"unknown config key 'restart.{kind}.{key}' ({source}); known: {', '.join(fields)}")
+    target = type(getattr(cfg.restart, key))
+    cfg.restart_overrides.setdefault(kind, {})[key] = _coerce(f"restart.{kind}.{key}", value, target,
+                                                              source=source)
+
+
+def _coerce(name: str, value: Any, target: type, *, source: str) -> Any:
+    """Check a TOML value's type, or parse an environment variable's text by the target type."""
+    if source.startswith("environment"):
         text = value.strip()
         try:
             if target is bool:
@@ -239,7 +277,8 @@ def _coerce(name: str, value: Any, target: type, *, from_text: bool) -> Any:
                 raise ValueError(text)
             return target(text)
         except ValueError:
-            raise ConfigError(f"config key '{name}' must be {target.__name__}, got {value!r}") from None
+            raise ConfigError(f"config key '{name}' ({source}) must be {target.__name__}, "
+                              f"got {value!r}") from None
     if target is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if type(value) is not target:
@@ -282,12 +321,16 @@ def validate(cfg: Config) -> None:
     _require(sv.grace_seconds > 0, "supervisor.grace_seconds", "> 0", sv.grace_seconds)
     _require(sv.start_timeout_seconds > 0, "supervisor.start_timeout_seconds", "> 0",
              sv.start_timeout_seconds)
-    _require(0 < sv.backoff_initial_seconds <= sv.backoff_max_seconds,
-             "supervisor.backoff_initial_seconds", "in (0, backoff_max_seconds]",
-             sv.backoff_initial_seconds)
-    _require(sv.stable_seconds > 0, "supervisor.stable_seconds", "> 0", sv.stable_seconds)
-    _require(sv.flap_count >= 1, "supervisor.flap_count", ">= 1", sv.flap_count)
-    _require(sv.flap_window_seconds > 0, "supervisor.flap_window_seconds", "> 0", sv.flap_window_seconds)
+    _require(sv.log_max_bytes >= 4096, "supervisor.log_max_bytes", ">= 4096", sv.log_max_bytes)
+    _require(0 <= sv.log_backups <= 100, "supervisor.log_backups", "in [0, 100]", sv.log_backups)
+    for kind in ("", *ROLE_KINDS):
+        r = cfg.restart_for(kind) if kind else cfg.restart
+        where = f"restart.{kind}." if kind else "restart."
+        _require(0 < r.backoff_initial_seconds <= r.backoff_max_seconds, where + "backoff_initial_seconds",
+                 "in (0, backoff_max_seconds]", r.backoff_initial_seconds)
+        _require(r.stable_seconds > 0, where + "stable_seconds", "> 0", r.stable_seconds)
+        _require(r.flap_count >= 1, where + "flap_count", ">= 1", r.flap_count)
+        _require(r.flap_window_seconds > 0, where + "flap_window_seconds", "> 0", r.flap_window_seconds)
     _require(lim.max_message_bytes >= 4096, "limits.max_message_bytes", ">= 4096", lim.max_message_bytes)
     _require(lim.socket_hwm >= 1, "limits.socket_hwm", ">= 1", lim.socket_hwm)
     _require(lim.request_timeout_seconds > 0, "limits.request_timeout_seconds", "> 0",
@@ -297,5 +340,5 @@ def validate(cfg: Config) -> None:
              "an ipc:// endpoint (tcp:// needs CURVE keys, not supported yet)", ep)
     for name in ("query", "heartbeat", "control", "vectors", "events"):
         path = cfg.endpoint(name)[len("ipc://"):]
-        _require(len(path) <= MAX_IPC_PATH + 8, "network.run_dir",
+        _require(len(path) <= MAX_IPC_PATH, "network.run_dir",
                  f"short enough for ipc socket paths (<= {MAX_IPC_PATH} bytes)", path)

@@ -9,6 +9,7 @@ the batch goes on: one bad file in a directory of thousands must not stop an ing
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,8 +92,8 @@ def ingest_file(store: Store, path: Path, report: IngestReport, *, chunk_words: 
         doc_id = store.add_document(
             content_hash=digest, source=str(path.resolve()), title=title, size=size,
             chunks=_chunk_stream(path, chunk_words, chunk_overlap))
-    except UnicodeDecodeError as exc:
-        report.errors.append((str(path), f"not valid UTF-8 (byte {exc.start})"))
+    except UnicodeDecodeError:
+        report.errors.append((str(path), f"not valid UTF-8 (byte {_bad_utf8_offset(path)})"))
         return "error"
     except OSError as exc:
         report.errors.append((str(path), exc.strerror or str(exc)))
@@ -120,6 +121,23 @@ def _hash_file(path: Path) -> tuple[int, str]:
             h.update(block)
             size += len(block)
     return size, h.hexdigest()
+
+
+def _bad_utf8_offset(path: Path) -> int:
+    """Offset in the file of the first invalid UTF-8 byte (the text reader only knows its buffer's)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(READ_BYTES)
+            carried = len(decoder.getstate()[0])  # bytes of a character split across blocks
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                return offset - carried + exc.start
+            if not block:
+                return offset
+            offset += len(block)
 
 
 def _lines(path: Path) -> Iterator[str]:

@@ -81,7 +81,7 @@ def unpack_map(data: bytes, *, max_bytes: int) -> dict:
 
 def check_version(msg: dict) -> None:
     v = msg.get("v")
-    if v != VERSION:
+    if type(v) is not int or v != VERSION:  # True == 1 and 1.0 == 1 in Python; not on the wire
         raise ProtocolError(E_BAD_VERSION, f"protocol version {v!r} not supported (server speaks {VERSION})")
 
 
@@ -120,7 +120,8 @@ def encode_array(matrix: np.ndarray) -> tuple[dict, memoryview]:
 def decode_array(meta: dict, buffer: bytes | memoryview, *, dim: int | None = None,
                  max_rows: int = 1_000_000) -> np.ndarray:
     """Rebuild an array from its header fields and raw bytes, validating everything."""
-    dtype = VECTOR_DTYPES.get(meta.get("dtype"))  # type: ignore[arg-type]
+    name = meta.get("dtype")
+    dtype = VECTOR_DTYPES.get(name) if isinstance(name, str) else None
     if dtype is None:
         raise ProtocolError(E_BAD_REQUEST, f"dtype must be one of {sorted(VECTOR_DTYPES)}")
     shape = meta.get("shape")

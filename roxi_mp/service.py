@@ -21,6 +21,8 @@ from .store import Store
 
 #: how often start/stop re-check while waiting, seconds
 POLL = 0.1
+#: role states that count as up
+READY_STATES = ("running", "asleep")
 
 
 def store_stats(cfg: Config) -> dict[str, Any]:
@@ -54,9 +56,11 @@ def start_background(cfg: Config, *, timeout: float | None = None) -> dict[str, 
     if is_running(cfg):
         raise AlreadyRunning(f"another supervisor (pid {holder_pid(cfg.lock_path)}) is running on {cfg.data_dir}")
     cfg.log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = cfg.log_dir / "supervisor.log"
+    # Records go to the rotating supervisor.log; the console output of the detached
+    # process (a traceback before logging is set up, a boot error) lands in supervisor.out.
+    log_path = cfg.log_dir / "supervisor.out"
     with open(log_path, "ab") as logfile:
-        proc = subprocess.Popen([sys.executable, "-m", "supervisor", *cfg.to_argv()],
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor", *cfg.to_argv(), "--quiet"],
                                 stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
     deadline = time.monotonic() + (timeout or cfg.supervisor.start_timeout_seconds + 5)
@@ -71,7 +75,7 @@ def start_background(cfg: Config, *, timeout: float | None = None) -> dict[str, 
                     last = client.command("status")
             except (NotRunning, Timeout):
                 last = None
-            if last and all(r["state"] == "running" for r in last["roles"]):
+            if last and all(r["state"] in READY_STATES for r in last["roles"]):
                 return last
             failed = [r["name"] for r in (last or {}).get("roles", []) if r["state"] == "failed"]
             if failed:
@@ -79,7 +83,7 @@ def start_background(cfg: Config, *, timeout: float | None = None) -> dict[str, 
                                     for name in failed)
                 raise RoxiError(f"role failed to start: {reasons}")
         time.sleep(POLL)
-    waiting = [r["name"] for r in (last or {}).get("roles", []) if r["state"] != "running"]
+    waiting = [r["name"] for r in (last or {}).get("roles", []) if r["state"] not in READY_STATES]
     raise Timeout(f"not ready in time: {', '.join(waiting) or 'supervisor'} (see {cfg.log_dir})")
 
 
@@ -105,6 +109,46 @@ def last_error_line(path) -> str:
         if " ERROR " in line:
             return line.split(" ERROR ", 1)[1]
     return lines[-1] if lines else "no log"
+
+
+def control(cfg: Config, command: str, *, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+    """One control command to the running supervisor."""
+    if not is_running(cfg):
+        raise NotRunning(f"not running on {cfg.data_dir}")
+    with ControlClient.for_config(cfg, timeout=timeout) as client:
+        return client.command(command, **args)
+
+
+def stop_role(cfg: Config, role: str, *, timeout: float | None = None) -> list[str]:
+    """Stop one role by hand and wait until its processes are gone."""
+    names = control(cfg, "stop", role=role)["stopped"]
+    wait = timeout if timeout is not None else cfg.supervisor.grace_seconds + 5
+    deadline = time.monotonic() + wait
+    while True:
+        roles = {r["name"]: r for r in control(cfg, "status")["roles"]}
+        if all(roles[n]["pid"] is None for n in names):
+            return names
+        if time.monotonic() > deadline:
+            raise Timeout(f"{', '.join(names)} still running after {wait:g} s")
+        time.sleep(POLL)
+
+
+def restart_role(cfg: Config, role: str, *, timeout: float | None = None) -> list[str]:
+    """Restart a role (clearing failed or stopped) and wait until it is up again."""
+    names = control(cfg, "restart", role=role)["restarted"]
+    wait = timeout if timeout is not None else cfg.supervisor.grace_seconds + cfg.supervisor.start_timeout_seconds
+    deadline = time.monotonic() + wait
+    while True:
+        roles = {r["name"]: r for r in control(cfg, "status")["roles"]}
+        if all(roles[n]["state"] in READY_STATES for n in names):
+            return names
+        failed = [n for n in names if roles[n]["state"] == "failed"]
+        if failed:
+            raise RoxiError(f"{', '.join(failed)} failed again: "
+                            f"{last_error_line(cfg.log_dir / (failed[0] + '.log'))}")
+        if time.monotonic() > deadline:
+            raise Timeout(f"{', '.join(names)} not running after {wait:g} s")
+        time.sleep(POLL)
 
 
 def stop(cfg: Config, *, timeout: float | None = None) -> int | None:

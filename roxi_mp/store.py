@@ -65,6 +65,9 @@ class Store:
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=busy_timeout_ms / 1000,
                                         isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot open the store ({exc})") from None
+        try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
@@ -73,7 +76,11 @@ class Store:
             else:
                 self._check_schema()
         except sqlite3.DatabaseError as exc:
+            self.conn.close()
             raise StoreError(f"{self.path}: not a usable roxi store ({exc})") from None
+        except StoreError:
+            self.conn.close()
+            raise
 
     # --- schema ------------------------------------------------------------------
     def _schema_version(self) -> int:

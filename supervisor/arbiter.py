@@ -22,20 +22,21 @@ import zmq
 
 from roxi_mp import ingest, protocol
 from roxi_mp.config import Config
-from roxi_mp.errors import RoxiError
+from roxi_mp.errors import BadInput, RoxiError
 from roxi_mp.lock import DataDirLock
+from roxi_mp.logs import RotatingLog, log_path
 from roxi_mp.roles.base import ENV_SUPERVISOR_PID
 from roxi_mp.store import Store
 
 from . import commands
-from .child import Child, ChildState
+from .child import LIVE_STATES, Child, ChildState
 
 log = logging.getLogger("roxi.supervisor")
 
 #: how long the loop waits for events when nothing is due, seconds
 LOOP_TIMEOUT = 0.25
 #: stop order: embedders first (stop producing), then the indexer (flushes), then queries
-STOP_ORDER = ("embedder", "indexer", "query_server")
+STOP_ORDER = ("embedder", "indexer", "query")
 #: signals the arbiter handles (queued by the handler, dispatched by the loop)
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
 
@@ -83,9 +84,9 @@ class Arbiter:
         for sock in (self.control, self.beats):
             self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self.sig_r, zmq.POLLIN)
-        self.children = [Child("indexer", "indexer", cfg.supervisor),
-                         Child("query_server", "query", cfg.supervisor)]
-        self.children += [Child("embedder", f"embedder-{i}", cfg.supervisor)
+        self.children = [Child("indexer", "indexer", cfg.restart_for("indexer")),
+                         Child("query", "query", cfg.restart_for("query"))]
+        self.children += [Child("embedder", f"embedder-{i}", cfg.restart_for("embedder"))
                           for i in range(1, cfg.embedder.count + 1)]
         now = time.monotonic()
         for child in self.children:
@@ -117,12 +118,17 @@ class Arbiter:
                 self.handle_control()
             elif sock is self.beats:
                 self.handle_heartbeats()
-            else:
+            elif sock == self.sig_r:
                 try:
                     while os.read(self.sig_r, 512):
                         pass
                 except BlockingIOError:
                     pass
+            else:
+                child = next((c for c in self.children if c.proc is not None and c.proc.stdout is not None
+                              and not c.proc.stdout.closed and c.proc.stdout.fileno() == sock), None)
+                if child is not None:
+                    self.drain_output(child)
 
     def loop_timeout(self) -> float:
         return LOOP_TIMEOUT
@@ -139,16 +145,38 @@ class Arbiter:
     # --- children ----------------------------------------------------------------
     def spawn_child(self, child: Child, now: float) -> None:
         cfg = self.cfg
-        log_path = cfg.log_dir / f"{child.name}.log"
         env = {**os.environ, ENV_SUPERVISOR_PID: str(os.getpid())}
-        argv = [sys.executable, "-m", f"roxi_mp.roles.{child.role}", *cfg.to_argv(), "--name", child.name]
-        with open(log_path, "ab") as logfile:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
-                                    stderr=subprocess.STDOUT, env=env, close_fds=True)
+        argv = [sys.executable, "-m", f"roxi_mp.roles.{child.module}", *cfg.to_argv(), "--name", child.name]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=env, close_fds=True)
+        os.set_blocking(proc.stdout.fileno(), False)
+        self.poller.register(proc.stdout.fileno(), zmq.POLLIN)
+        if child.sink is None:
+            child.sink = RotatingLog(log_path(cfg.log_dir, child.name), max_bytes=cfg.supervisor.log_max_bytes,
+                                     backups=cfg.supervisor.log_backups)
         if child.proc is None and child.exit_code is not None:
             child.restarts += 1
         child.spawned(proc, now)
         log.info("spawned %s (pid %d)", child.name, proc.pid)
+
+    def drain_output(self, child: Child, *, limit: int = 1 << 20) -> None:
+        """Copy what the child wrote to its log; bounded so a flood cannot starve the loop."""
+        proc = child.proc
+        if proc is None or proc.stdout is None or proc.stdout.closed:
+            return
+        fd = proc.stdout.fileno()
+        copied = 0
+        while copied < limit:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            if not data:  # EOF: the child closed its output (it is exiting)
+                self.poller.unregister(fd)
+                proc.stdout.close()
+                return
+            child.sink.write(data)
+            copied += len(data)
 
     def reap_children(self, now: float) -> None:
         for child in self.children:
@@ -157,6 +185,10 @@ class Arbiter:
             code = child.proc.poll()
             if code is None:
                 continue
+            self.drain_output(child)  # its last words (a traceback) belong in its log
+            if child.proc.stdout is not None and not child.proc.stdout.closed:
+                self.poller.unregister(child.proc.stdout.fileno())
+                child.proc.stdout.close()
             child.exited(code, now, shutting_down=self.shutdown_phase is not None)
             level = logging.INFO if child.state is ChildState.STOPPED else logging.WARNING
             log.log(level, "%s exited with %d -> %s", child.name, code, child.state.value)
@@ -171,7 +203,7 @@ class Arbiter:
                     self.signal_child(child, signal.SIGKILL)
                 continue
             silent = now - child.last_beat
-            if child.state is ChildState.RUNNING and silent > s.liveness_seconds:
+            if child.state in LIVE_STATES and silent > s.liveness_seconds:
                 log.warning("%s silent for %.1f s: hung, terminating", child.name, silent)
                 self.kill_child(child, now)
             elif child.state is ChildState.STARTING and silent > s.start_timeout_seconds:
@@ -212,14 +244,48 @@ class Arbiter:
             child = self.child(beat.get("name"))
             if child is None or child.pid != beat.get("pid"):
                 continue  # a beat from a previous incarnation
-            child.last_beat = time.monotonic()
-            child.info = beat
-            if child.state is ChildState.STARTING:
-                child.set_state(ChildState.RUNNING)  # the first beat is the READY handshake
+            if child.beat(beat, time.monotonic()):  # the first beat is the READY handshake
                 log.info("%s ready", child.name)
 
     def child(self, name: Any) -> Child | None:
         return next((c for c in self.children if c.name == name), None)
+
+    def select(self, target: str) -> list[Child]:
+        """Children named by an operator: a role kind ("embedder") or one name ("embedder-2")."""
+        chosen = [c for c in self.children if target in (c.kind, c.name)]
+        if not chosen:
+            names = sorted({c.kind for c in self.children} | {c.name for c in self.children})
+            raise BadInput(f"no role {target!r} (known: {', '.join(names)})")
+        return chosen
+
+    def stop_role(self, target: str) -> list[str]:
+        """Stop by hand: never restarted automatically until `restart`."""
+        now = time.monotonic()
+        chosen = self.select(target)
+        for child in chosen:
+            child.manual_stop = True
+            child.restart_requested = False
+            if child.proc is not None:
+                child.set_state(ChildState.STOPPING)
+                self.kill_child(child, now)
+            else:
+                child.set_state(ChildState.STOPPED)
+        return [c.name for c in chosen]
+
+    def restart_role(self, target: str) -> list[str]:
+        """Operator restart: clears failed/stopped, replaces a running child at once."""
+        if self.shutdown_phase is not None:
+            raise BadInput("the supervisor is stopping")
+        now = time.monotonic()
+        chosen = self.select(target)
+        for child in chosen:
+            child.reset()
+            if child.proc is not None:
+                child.restart_requested = True
+                self.kill_child(child, now)
+            else:
+                self.spawn_child(child, now)
+        return [c.name for c in chosen]
 
     # --- shutdown ----------------------------------------------------------------
     def begin_shutdown(self, reason: str) -> None:
@@ -234,7 +300,7 @@ class Arbiter:
             return
         if self.shutdown_phase >= 0:
             role = STOP_ORDER[self.shutdown_phase]
-            alive = [c for c in self.children if c.role == role and c.proc is not None]
+            alive = [c for c in self.children if c.kind == role and c.proc is not None]
             if alive:
                 return  # kill_stalled_children escalates to SIGKILL at each child's kill_at
         self.shutdown_phase += 1
@@ -242,7 +308,7 @@ class Arbiter:
             return
         role = STOP_ORDER[self.shutdown_phase]
         for child in self.children:
-            if child.role == role:
+            if child.kind == role:
                 if child.proc is not None:
                     child.set_state(ChildState.STOPPING)
                     self.kill_child(child, now)
@@ -254,6 +320,8 @@ class Arbiter:
             if child.proc is not None and child.proc.poll() is None:
                 self.signal_child(child, signal.SIGKILL)
                 child.proc.wait(timeout=5)
+            if child.sink is not None:
+                child.sink.close()
         for name in ("control", "beats"):
             if hasattr(self, name):
                 getattr(self, name).close(0)

@@ -19,8 +19,9 @@ from typing import Any
 
 import psutil
 
-from roxi_mp.config import SupervisorSettings
+from roxi_mp.config import RestartSettings
 from roxi_mp.errors import BOOT_ERROR
+from roxi_mp.logs import RotatingLog, tail
 
 
 class ChildState(enum.Enum):
@@ -30,13 +31,22 @@ class ChildState(enum.Enum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+    ASLEEP = "asleep"  # running, and in deep sleep by its own report
+
+
+#: states in which a child is up and answering its heartbeat
+LIVE_STATES = (ChildState.RUNNING, ChildState.ASLEEP)
+
+
+#: module under roxi_mp.roles of each role kind
+MODULES = {"embedder": "embedder", "indexer": "indexer", "query": "query_server"}
 
 
 @dataclass
 class Child:
-    role: str  # module under roxi_mp.roles
+    kind: str  # role kind: "embedder", "indexer" or "query"
     name: str  # unique: "indexer", "query", "embedder-1", ...
-    settings: SupervisorSettings
+    settings: RestartSettings
     state: ChildState = ChildState.STOPPED
     proc: subprocess.Popen | None = None
     started: float = 0.0  # monotonic time of the last spawn
@@ -49,7 +59,13 @@ class Child:
     failures: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     backoff: float = 0.0
     manual_stop: bool = False
+    restart_requested: bool = False  # an operator restart: respawn at once, count no failure
+    sink: RotatingLog | None = None  # the child's log file, fed from its stdout pipe
     _ps: psutil.Process | None = None
+
+    @property
+    def module(self) -> str:
+        return MODULES[self.kind]
 
     @property
     def pid(self) -> int | None:
@@ -71,6 +87,11 @@ class Child:
         self.exit_code = code
         self.proc = None
         self.kill_at = None
+        if self.restart_requested and not shutting_down:
+            self.restart_requested = False
+            self.next_start = now
+            self.set_state(ChildState.BACKOFF)
+            return
         if shutting_down or self.manual_stop:
             self.set_state(ChildState.STOPPED)
             return
@@ -98,9 +119,18 @@ class Child:
         self.manual_stop = False
         self.next_start = 0.0
 
+    def beat(self, info: dict[str, Any], now: float) -> bool:
+        """Record a heartbeat; returns True when it was the READY handshake."""
+        self.last_beat = now
+        self.info = info
+        ready = self.state is ChildState.STARTING
+        if self.state in (ChildState.STARTING, *LIVE_STATES):
+            self.set_state(ChildState.ASLEEP if info.get("state") == "asleep" else ChildState.RUNNING)
+        return ready
+
     def status(self, now: float) -> dict[str, Any]:
         row: dict[str, Any] = {
-            "name": self.name, "role": self.role, "state": self.state.value, "pid": self.pid,
+            "name": self.name, "role": self.kind, "state": self.state.value, "pid": self.pid,
             "uptime": round(now - self.started, 1) if self.proc is not None else None,
             "restarts": self.restarts, "exit_code": self.exit_code,
             "heartbeat_age": round(now - self.last_beat, 2) if self.proc is not None else None,
@@ -116,6 +146,8 @@ class Child:
                 pass
         if self.state is ChildState.BACKOFF:
             row["restart_in"] = round(max(0.0, self.next_start - now), 2)
+        if self.state is ChildState.FAILED and self.sink is not None:
+            row["log_tail"] = tail(self.sink.path, 10)
         row.update({k: v for k, v in self.info.items() if k not in row and k not in ("v", "type")})
         return row
 

@@ -23,14 +23,15 @@ import pytest
 from roxi_mp import config as config_mod
 from roxi_mp.client import ControlClient, QueryClient
 from roxi_mp.errors import RoxiError
+from roxi_mp.service import READY_STATES
 from roxi_mp.store import Store
 
 #: settings every test system uses unless it overrides them: fast, small, no sample corpus
 TEST_DEFAULTS: dict[str, Any] = {
     "supervisor__ingest_sample_on_empty": False,
     "supervisor__grace_seconds": 3.0,
-    "supervisor__backoff_initial_seconds": 0.2,
-    "supervisor__backoff_max_seconds": 1.0,
+    "restart__backoff_initial_seconds": 0.2,
+    "restart__backoff_max_seconds": 1.0,
     "embedder__dim": 256,
     "embedder__lease_seconds": 3.0,
     "embedder__poll_seconds": 0.1,
@@ -43,10 +44,10 @@ TEST_DEFAULTS: dict[str, Any] = {
 def write_toml(path: Path, overrides: dict[str, Any]) -> Path:
     sections: dict[str, dict[str, Any]] = {}
     for name, value in overrides.items():
-        section, key = name.split("__", 1)
-        sections.setdefault(section, {})[key] = value
+        section, key = name.rsplit("__", 1)  # restart__embedder__flap_count -> [restart.embedder]
+        sections.setdefault(section.replace("__", "."), {})[key] = value
     lines = []
-    for section, values in sections.items():
+    for section, values in sorted(sections.items()):  # [restart] before [restart.embedder]
         lines.append(f"[{section}]")
         for key, value in values.items():
             if isinstance(value, bool):
@@ -121,7 +122,7 @@ class System:
                              + self.logs())
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        self.wait_for(lambda: all(r["state"] == "running" for r in self.status()["roles"]),
+        self.wait_for(lambda: all(r["state"] in READY_STATES for r in self.status()["roles"]),
                       timeout=timeout, what="all roles running")
 
     def stats(self):

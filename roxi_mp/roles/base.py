@@ -131,11 +131,16 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
         log.info("%s ready (pid %d)", args.name, os.getpid())
         seq = 0
         next_beat = 0.0
+        reported = None
         while not stop["flag"]:
             now = time.monotonic()
-            if now >= next_beat:
+            info = role.info()
+            # A state change (asleep <-> running) is reported at once, not at the next beat,
+            # so that status never shows a state the role has already left.
+            if now >= next_beat or info.get("state") != reported:
                 seq += 1
-                _send_heartbeat(beat, role, seq)
+                _send_heartbeat(beat, role, seq, info)
+                reported = info.get("state")
                 next_beat = now + cfg.supervisor.heartbeat_seconds
                 if not _parent_alive(supervisor_pid):
                     log.error("supervisor %s died; exiting", supervisor_pid)
@@ -160,9 +165,9 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
     return code
 
 
-def _send_heartbeat(sock: zmq.Socket, role: Role, seq: int) -> None:
+def _send_heartbeat(sock: zmq.Socket, role: Role, seq: int, info: dict[str, Any]) -> None:
     msg = {"v": protocol.VERSION, "type": "heartbeat", "role": role.role, "name": role.name,
-           "pid": os.getpid(), "seq": seq, **role.info()}
+           "pid": os.getpid(), "seq": seq, **info}
     try:
         sock.send(protocol.pack(msg), zmq.NOBLOCK)
     except zmq.Again:

@@ -97,15 +97,18 @@ class Indexer(Role):
             ids = header.get("chunk_ids")
             matrix = protocol.decode_array(header, frames[1], dim=self.dim)
             if (not isinstance(ids, list) or len(ids) != matrix.shape[0]
-                    or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
-                raise BadInput("chunk_ids must be a list of integers, one per row")
+                    or not all(type(i) is int and 0 < i < 2**63 for i in ids)):
+                raise BadInput("chunk_ids must be a list of positive 64-bit integers, one per row")
         except BadInput as exc:
             self.rejected += 1
             log.warning("rejected a vectors message: %s", exc)
             return
         matrix = matrix.astype(np.float16, copy=False)
         for i, cid in enumerate(ids):
-            self.pending.setdefault(cid, matrix[i])
+            if cid in self.pending:
+                self.duplicates += 1  # delivered twice before one commit: keep the first
+            else:
+                self.pending[cid] = matrix[i]
 
     def commit(self) -> None:
         """Make the pending rows durable, then visible (see the module docstring)."""

@@ -193,6 +193,8 @@ class QueryServer(Role):
                 raise BadInput("a vector query needs exactly one vector frame after the request map")
             dim = self._check_model()
             vec = protocol.decode_array(msg, extra[0], dim=dim, max_rows=1)
+            if vec.shape[0] != 1:
+                raise BadInput("a vector query carries exactly one vector")
             return np.ascontiguousarray(vec, dtype=np.float32)
         raise BadInput("query needs 'text' or a vector frame with 'dtype' and 'shape'")
 
@@ -250,7 +252,7 @@ class QueryServer(Role):
     def info(self) -> dict:
         if not hasattr(self, "state"):
             return {"state": "starting"}
-        return {**self.stats(), "state": "running", "sleep": self.state.value}
+        return {**self.stats(), "state": "asleep" if self.state is QState.ASLEEP else "running"}
 
     def shutdown(self) -> None:
         self.index = None

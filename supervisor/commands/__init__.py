@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from roxi_mp.errors import RoxiError
 
-from . import ping, status, stop
+from . import ping, restart, status, stop
 
 if TYPE_CHECKING:
     from ..arbiter import Arbiter
 
-COMMANDS: dict[str, ModuleType] = {m.NAME: m for m in (ping, status, stop)}
+COMMANDS: dict[str, ModuleType] = {m.NAME: m for m in (ping, restart, status, stop)}
 
 
 class UnknownCommand(RoxiError):

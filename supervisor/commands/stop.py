@@ -1,13 +1,17 @@
-"""stop: begin the ordered shutdown (embedders, indexer, query server) and answer at once.
+"""stop: stop one role by hand (`role`), or everything in order and then the supervisor.
 
-The reply does not wait for the children: the caller watches the data directory's lock,
-which the supervisor releases as its very last act.
+A role stopped by hand stays stopped (no automatic restart) until `restart`. A full stop
+answers at once without waiting for the children: the caller watches the data
+directory's lock, which the supervisor releases as its very last act.
 """
 
 NAME = "stop"
-HELP = "stop every role in order, then the supervisor"
+HELP = "stop ROLE by hand, or every role in order and then the supervisor"
 
 
 def execute(arbiter, msg: dict) -> dict:
+    role = msg.get("role")
+    if role:
+        return {"stopped": arbiter.stop_role(str(role))}
     arbiter.begin_shutdown("stop command")
     return {"stopping": True, "pid": arbiter.status()["supervisor"]["pid"]}

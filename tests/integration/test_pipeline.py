@@ -18,6 +18,7 @@ import zmq
 from roxi_mp import errors
 from roxi_mp.client import QueryClient
 from roxi_mp.errors import ServerError
+from roxi_mp.service import READY_STATES
 from roxi_mp.store import Store
 
 from ..conftest import clean_env, roxi_processes, write_toml
@@ -47,12 +48,20 @@ def test_sample_corpus_start_query_status_stop(make_config):
             time.sleep(0.2)
         assert status["store"]["documents"] >= 20
         assert status["store"]["percent"] == 100.0
-        assert sorted(r["name"] for r in status["roles"] if r["state"] == "running") == \
-            ["embedder-1", "indexer", "query"]
+        assert {r["name"]: r["state"] for r in status["roles"]}["query"] == "asleep"  # nothing mapped yet
         result = roxi(cfg, "query", "uric acid crystals in the big toe", "--json")
         assert result.returncode == 0, result.stderr
         hits = json.loads(result.stdout)["hits"]
         assert Path(hits[0]["source"]).name == "gout.md"
+        deadline = time.monotonic() + 5  # the woken server's state reaches status with a heartbeat
+        while time.monotonic() < deadline:
+            status = json.loads(roxi(cfg, "status", "--json").stdout)
+            if all(r["state"] == "running" for r in status["roles"]):
+                break
+            time.sleep(0.1)
+        assert sorted(r["name"] for r in status["roles"] if r["state"] == "running") == \
+            ["embedder-1", "indexer", "query"]
+        assert status["store"]["percent"] == 100.0
         text = roxi(cfg, "query", "uric acid crystals in the big toe", "-k", "3")
         assert "Gout" in text.stdout.splitlines()[0]
         again = roxi(cfg, "start")
@@ -108,7 +117,7 @@ def test_kill_each_role_during_ingest_loses_nothing(system, make_config, tmp_pat
         s.wait_for(lambda: s.stats().indexed > 0, timeout=20, what="some progress")
         victim = s.pid(name)
         os.kill(victim, signal.SIGKILL)
-        s.wait_for(lambda: s.role(name)["state"] == "running" and s.pid(name) != victim,
+        s.wait_for(lambda: s.role(name)["state"] in READY_STATES and s.pid(name) != victim,
                    timeout=20, what=f"{name} restarted")
     assert s.stats().indexed < total, "ingest finished before the kills; slow it down"
     s.wait_indexed(total, timeout=90)

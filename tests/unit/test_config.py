@@ -68,7 +68,7 @@ def _toml_keys_with_docs(text: str) -> dict[tuple[str, str], bool]:
         if stripped.startswith("#"):
             documented = True
             continue
-        header = re.fullmatch(r"\[(\w+)\]", stripped)
+        header = re.fullmatch(r"\[([\w.]+)\]", stripped)
         if header:
             section, documented = header.group(1), False
             continue
@@ -78,12 +78,23 @@ def _toml_keys_with_docs(text: str) -> dict[tuple[str, str], bool]:
     return out
 
 
-def test_every_setting_is_documented_in_repo_toml_and_nothing_else_is() -> None:
+def test_every_setting_is_documented_in_repo_toml_and_nothing_else_is(tmp_path: Path) -> None:
     found = _toml_keys_with_docs(REPO_TOML.read_text())
     expected = {(name, f.name) for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
-    assert set(found) == expected
+    plain = {k for k in found if "." not in k[0]}
+    assert plain == expected
     undocumented = sorted(k for k, doc in found.items() if not doc)
     assert undocumented == []
+    # Sub-tables such as [restart.embedder] may only hold keys of their parent section, and
+    # the loader must apply every one of them.
+    nested = {k for k in found if "." in k[0]}
+    for section, key in nested:
+        parent = section.split(".", 1)[0]
+        assert parent in SECTIONS and key in {f.name for f in dataclasses.fields(SECTIONS[parent])}
+    if nested:
+        cfg = load(REPO_TOML, data_dir=tmp_path, env={})
+        loaded = {(f"restart.{kind}", key) for kind, values in cfg.restart_overrides.items() for key in values}
+        assert loaded == nested
 
 
 def test_comment_check_notices_an_undocumented_key() -> None:
@@ -110,9 +121,6 @@ def test_unknown_names_and_wrong_types_are_refused(tmp_path: Path, text: str, na
     assert info.value.exit_code == CONFIG
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: roxi_mp/config.py _set() passes from_text=isinstance(value, str) for TOML values too, "
-    "so a quoted TOML string such as chunk_words = \"200\" is parsed as an int instead of refused"))
 @pytest.mark.parametrize("text, named", [
     ('[store]\nchunk_words = "100"\n', "store.chunk_words"),
     ('[supervisor]\ningest_sample_on_empty = "false"\n', "supervisor.ingest_sample_on_empty"),
@@ -165,9 +173,6 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     assert str(missing) in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: roxi_mp/config.py load() catches only FileNotFoundError and TOMLDecodeError; "
-    "a config path that is a directory (or unreadable) escapes as a raw IsADirectoryError/OSError"))
 def test_config_path_that_is_a_directory_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load(tmp_path, data_dir=tmp_path / "data", env={})
@@ -183,10 +188,6 @@ def test_roxi_config_env_names_the_file_and_data_dir_key_is_honoured(tmp_path: P
     assert load(conf, data_dir=tmp_path / "arg", env={}).data_dir == (tmp_path / "arg").resolve()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: roxi_mp/config.py:195 `env.get(ENV_DATA_DIR) or raw.pop('data_dir', None)` short-circuits "
-    "when ROXI_DATA_DIR is set, so a top-level data_dir key stays in `raw` and is then refused as "
-    "'unknown config section [data_dir]'"))
 def test_roxi_data_dir_env_beats_a_data_dir_key_in_the_file(tmp_path: Path) -> None:
     conf = write(tmp_path / "e.toml", f'data_dir = "{tmp_path / "from-file"}"\n')
     cfg = load(conf, env={"ROXI_DATA_DIR": str(tmp_path / "env")})
@@ -237,9 +238,6 @@ def test_bad_env_value_is_a_config_error_naming_the_key(tmp_path: Path, name, va
     assert repr(value) in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: roxi_mp/config.py _set() does not pass `source` to _coerce(), so a bad ROXI_* value is "
-    "reported as \"config key 'embedder.dim' must be int\" without naming the environment variable"))
 def test_bad_env_value_names_the_environment_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(None, data_dir=tmp_path, env={"ROXI_EMBEDDER_DIM": "12.5"}, use_default_file=False)
@@ -309,10 +307,6 @@ def test_explicit_run_dir_within_the_limit_is_accepted(tmp_path: Path) -> None:
     assert len(cfg.endpoint("heartbeat")) - len("ipc://") == MAX_IPC_PATH
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: roxi_mp/config.py validate() checks ipc paths against MAX_IPC_PATH + 8 (108) instead of "
-    "MAX_IPC_PATH (100): an explicit network.run_dir giving a 108-character socket path is accepted "
-    "although ZeroMQ cannot bind it (sun_path holds 107 characters plus NUL)"))
 def test_explicit_run_dir_too_long_for_ipc_is_refused(tmp_path: Path) -> None:
     run_dir = _run_dir_of_length(tmp_path, 108)
     # Proof that such a path is unusable: ZeroMQ refuses to bind it.
