@@ -31,8 +31,10 @@ def setup_logging(cfg: config.Config, *, stream) -> None:
 
 
 def run_foreground(cfg: config.Config, *, quiet: bool = False) -> int:
+    arbiter = Arbiter(cfg)
+    arbiter.acquire()  # a refused second supervisor must not write into the first one's log
     setup_logging(cfg, stream=None if quiet else sys.stderr)
-    return Arbiter(cfg).run()
+    return arbiter.run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,9 +53,14 @@ class Arbiter:
         self.exit_code = 0
 
     # --- start -------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Take the data directory (AlreadyRunning if taken): before anything else is touched."""
+        if self.lock.fd is None:
+            self.lock.acquire()
+
     def start(self) -> None:
         cfg = self.cfg
-        self.lock.acquire()  # AlreadyRunning: nothing else is touched
+        self.acquire()
         for d in (cfg.data_dir, cfg.log_dir):
             d.mkdir(parents=True, exist_ok=True)
         cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -98,6 +103,7 @@ class Arbiter:
 
     # --- main loop ---------------------------------------------------------------
     def run(self) -> int:
+        self.acquire()  # outside the try: a refused supervisor has nothing to clean up
         try:
             self.start()
             while not self.finished():

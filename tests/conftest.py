@@ -84,8 +84,8 @@ class System:
 
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> "System":
         self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
-        self.log = open(self.cfg.log_dir / "supervisor.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor", *self.cfg.to_argv()],
+        self.log = open(self.cfg.log_dir / "supervisor.out", "ab")  # records go to supervisor.log
+        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor", *self.cfg.to_argv(), "--quiet"],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=clean_env(),
                                      start_new_session=True)
         if wait:

@@ -28,6 +28,8 @@ log = logging.getLogger("roxi.embedder")
 
 #: messages buffered toward the indexer per embedder (each a batch of chunks)
 VECTORS_HWM = 4
+#: longest a stopping embedder waits to hand its last batch to the indexer, seconds
+SHUTDOWN_FLUSH_SECONDS = 0.5
 #: nice increment: the embedder yields the CPU to the query server
 NICE = 5
 
@@ -99,12 +101,14 @@ class Embedder(Role):
                 "model_id": self.model.model_id}
 
     def shutdown(self) -> None:
+        # Best effort and short (a SIGKILLed supervisor expects its children gone within
+        # 2 s): whatever is not delivered returns to pending when its lease expires.
         if getattr(self, "outbox", None) is not None:
-            self._flush(1.0)  # best effort; unsent chunks return to pending at lease expiry
+            self._flush(SHUTDOWN_FLUSH_SECONDS)
         if hasattr(self, "push"):
             # The indexer is stopped after the embedders, so a short linger delivers what
             # zmq still queues; anything lost here only waits for its lease to expire.
-            self.push.close(linger=1000)
+            self.push.close(linger=int(SHUTDOWN_FLUSH_SECONDS * 1000))
         if hasattr(self, "store"):
             self.store.close()
 
