@@ -28,13 +28,13 @@ even be answered (no envelope) is dropped and counted by the server.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import msgpack
 import numpy as np
 import zmq
 
-from .errors import BadInput
+from .errors import BadInput, RoxiError
 
 VERSION = 1
 
@@ -106,6 +106,33 @@ def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
         if len(frames[i]) == 0:
             return list(frames[: i + 1]), list(frames[i + 1:])
     return list(frames[:1]), list(frames[1:])
+
+
+def answer(frames: Sequence[bytes], handle: Callable[[dict, list[bytes]], dict], *,
+           max_bytes: int, on_internal: Callable[[BaseException], None] | None = None
+           ) -> tuple[list[bytes], bool] | None:
+    """Turn one ROUTER request into (reply frames, ok); None when it cannot be answered.
+
+    `handle(request, extra_frames)` returns the ok fields or raises: a RoxiError becomes an
+    error reply with its code, anything else an `internal` reply (reported to on_internal).
+    """
+    envelope, body = split_envelope(frames)
+    if not body:
+        return None  # no request frame at all: nothing to answer
+    request_id = None
+    try:
+        msg = unpack_map(body[0], max_bytes=max_bytes)
+        request_id = msg.get("id")
+        check_version(msg)
+        reply = ok(request_id, **handle(msg, body[1:]))
+    except RoxiError as exc:
+        code = exc.code if isinstance(exc.code, str) else E_BAD_REQUEST
+        reply = error(request_id, code, str(exc))
+    except Exception as exc:
+        if on_internal is not None:
+            on_internal(exc)
+        reply = error(request_id, E_INTERNAL, f"internal error: {exc}")
+    return envelope + [pack(reply)], reply["ok"]
 
 
 def encode_array(matrix: np.ndarray) -> tuple[dict, memoryview]:

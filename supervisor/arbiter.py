@@ -22,7 +22,7 @@ import zmq
 
 from roxi_mp import ingest, protocol
 from roxi_mp.config import Config
-from roxi_mp.errors import BadInput, RoxiError
+from roxi_mp.errors import BadInput
 from roxi_mp.lock import DataDirLock
 from roxi_mp.logs import RotatingLog, log_path
 from roxi_mp.roles.base import ENV_SUPERVISOR_PID
@@ -346,24 +346,15 @@ class Arbiter:
                 frames = self.control.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            envelope, body = protocol.split_envelope(frames)
-            if not body:
+            answered = protocol.answer(frames, lambda msg, extra: commands.dispatch(self, msg),
+                                       max_bytes=self.cfg.limits.max_message_bytes,
+                                       on_internal=lambda exc: log.error("control command failed", exc_info=exc))
+            if answered is None:
                 continue
-            request_id = None
             try:
-                msg = protocol.unpack_map(body[0], max_bytes=self.cfg.limits.max_message_bytes)
-                request_id = msg.get("id")
-                protocol.check_version(msg)
-                reply = protocol.ok(request_id, **commands.dispatch(self, msg))
-            except RoxiError as exc:
-                reply = protocol.error(request_id, str(exc.code), str(exc))
-            except Exception as exc:
-                log.exception("control command failed")
-                reply = protocol.error(request_id, protocol.E_INTERNAL, f"internal error: {exc}")
-            try:
-                self.control.send_multipart(envelope + [protocol.pack(reply)], zmq.NOBLOCK)
+                self.control.send_multipart(answered[0], zmq.NOBLOCK)
             except zmq.ZMQError:
-                pass
+                pass  # the client went away; never block the loop on it
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()

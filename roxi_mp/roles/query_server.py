@@ -26,7 +26,7 @@ import zmq
 
 from .. import protocol
 from ..embedders import make_embedder
-from ..errors import BadInput, ModelMismatch, RoxiError
+from ..errors import BadInput, ModelMismatch
 from ..protocol import ProtocolError
 from ..store import Store
 from ..vectors import open_index
@@ -118,33 +118,27 @@ class QueryServer(Role):
 
     # --- requests ----------------------------------------------------------------
     def handle(self, frames: list[bytes], now: float) -> None:
-        envelope, body = protocol.split_envelope(frames)
-        if not body:
+        answered = protocol.answer(frames, lambda msg, extra: self.dispatch(msg, extra, now),
+                                   max_bytes=self.max_request_bytes(), on_internal=self._internal)
+        if answered is None:
             self.dropped += 1  # nothing to answer: no request frame at all
             return
-        request_id = None
+        out, ok = answered
+        self.errors += not ok
         try:
-            msg = protocol.unpack_map(body[0], max_bytes=self.max_request_bytes())
-            request_id = msg.get("id")
-            protocol.check_version(msg)
-            op = msg.get("op")
-            handler = self.OPS.get(op) if isinstance(op, str) else None
-            if handler is None:
-                raise ProtocolError(protocol.E_UNKNOWN_OP, f"unknown op {op!r} (known: {', '.join(self.OPS)})")
-            reply = handler(self, msg, body[1:], now)
-            out = [protocol.pack(protocol.ok(request_id, **reply))]
-        except RoxiError as exc:
-            self.errors += 1
-            code = exc.code if isinstance(exc.code, str) else protocol.E_BAD_REQUEST
-            out = [protocol.pack(protocol.error(request_id, code, str(exc)))]
-        except Exception as exc:
-            self.errors += 1
-            log.exception("request failed")
-            out = [protocol.pack(protocol.error(request_id, protocol.E_INTERNAL, f"internal error: {exc}"))]
-        try:
-            self.router.send_multipart(envelope + out, zmq.NOBLOCK)
+            self.router.send_multipart(out, zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             self.dropped += 1  # client gone or not reading: never block the server on it
+
+    def dispatch(self, msg: dict, extra: list[bytes], now: float) -> dict:
+        op = msg.get("op")
+        handler = self.OPS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            raise ProtocolError(protocol.E_UNKNOWN_OP, f"unknown op {op!r} (known: {', '.join(self.OPS)})")
+        return handler(self, msg, extra, now)
+
+    def _internal(self, exc: BaseException) -> None:
+        log.error("request failed", exc_info=exc)
 
     def op_query(self, msg: dict, extra: list[bytes], now: float) -> dict:
         k = msg.get("k", self.cfg.query.default_k)

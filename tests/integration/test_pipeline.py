@@ -16,7 +16,6 @@ import pytest
 import zmq
 
 from roxi_mp import errors
-from roxi_mp.client import QueryClient
 from roxi_mp.errors import ServerError
 from roxi_mp.service import READY_STATES
 from roxi_mp.store import Store

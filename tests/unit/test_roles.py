@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
