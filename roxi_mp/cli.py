@@ -98,6 +98,25 @@ def restart(ctx: click.Context, role: str, timeout: float | None) -> None:
 
 
 @main.command()
+@click.argument("role", required=False)
+@click.pass_context
+def sleep(ctx: click.Context, role: str | None) -> None:
+    """Deep sleep now (all roles, or ROLE): the query server unmaps the vectors and drops
+    its caches, embedders unload their model. The next query wakes it."""
+    names = service.sleep_roles(_cfg(ctx), role, wake=False)
+    click.echo(f"asleep: {', '.join(names)}")
+
+
+@main.command()
+@click.argument("role", required=False)
+@click.pass_context
+def wake(ctx: click.Context, role: str | None) -> None:
+    """Wake now (prewarm): the query server maps the vectors, embedders load their model."""
+    names = service.sleep_roles(_cfg(ctx), role, wake=True)
+    click.echo(f"awake: {', '.join(names)}")
+
+
+@main.command()
 @click.argument("role")
 @click.option("-n", "lines", type=click.IntRange(0, 100_000), default=50, show_default=True,
               help="Lines to show.")
@@ -141,11 +160,13 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def _print_roles(data: dict) -> None:
     for r in data.get("roles", []):
         rss = f"{r['rss'] / 2**20:.1f} MB" if r.get("rss") else "-"
+        mapped = f" mapped {r['mapped_rss'] / 2**20:.1f}/{r['mapped_bytes'] / 2**20:.1f} MB" \
+            if r.get("mapped_bytes") is not None else ""
         cpu = f"{r['cpu_percent']:.0f}%" if r.get("cpu_percent") is not None else "-"
         beat = f"{r['heartbeat_age']:.1f}s" if r.get("heartbeat_age") is not None else "-"
         up = f"{r['uptime']:.0f}s" if r.get("uptime") is not None else "-"
         click.echo(f"  {r['name']:<12} {r['state']:<9} pid {r['pid'] or '-':<8} up {up:<7} rss {rss:<10} "
-                   f"cpu {cpu:<5} beat {beat:<6} restarts {r['restarts']}")
+                   f"cpu {cpu:<5} beat {beat:<6} restarts {r['restarts']}{mapped}")
         if r["state"] == "failed":
             click.echo(f"      exit code {r.get('exit_code')}; last log lines:")
             for line in r.get("log_tail", [])[-5:]:
@@ -180,6 +201,8 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
                 ingest_mod.ingest_file(store, path, report, chunk_words=cfg.store.chunk_words,
                                        chunk_overlap=cfg.store.chunk_overlap,
                                        max_document_bytes=cfg.store.max_document_bytes)
+    if report.added:
+        service.notify_ingest(cfg)
     if as_json:
         _echo_json(report.as_dict())
     else:

@@ -50,9 +50,14 @@ class EmbedderSettings:
     batch_size: int = 64
     lease_seconds: float = 60.0
     poll_seconds: float = 0.5
-    idle_poll_seconds: float = 2.0
     pause_seconds: float = 0.0
     max_attempts: int = 5
+    idle_seconds: float = 30.0
+    wake_check_seconds: float = 10.0
+    yield_seconds: float = 5.0
+    yield_batch_size: int = 8
+    yield_pause_seconds: float = 0.2
+    busy_cpu_percent: float = 90.0
 
 
 @dataclass
@@ -69,6 +74,10 @@ class QuerySettings:
     threads: int = 1
     idle_seconds: float = 300.0
     follow_poll_seconds: float = 1.0
+    cache_entries: int = 256
+    cache_ttl_seconds: float = 60.0
+    trim_seconds: float = 60.0
+    prewarm: bool = True
 
 
 @dataclass
@@ -78,6 +87,7 @@ class SupervisorSettings:
     grace_seconds: float = 10.0
     start_timeout_seconds: float = 30.0
     ingest_sample_on_empty: bool = True
+    sleep_poll_seconds: float = 1.0
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
 
@@ -304,7 +314,13 @@ def validate(cfg: Config) -> None:
     _require(1 <= e.batch_size <= 10_000, "embedder.batch_size", "in [1, 10000]", e.batch_size)
     _require(e.lease_seconds >= 1, "embedder.lease_seconds", ">= 1", e.lease_seconds)
     _require(e.poll_seconds > 0, "embedder.poll_seconds", "> 0", e.poll_seconds)
-    _require(e.idle_poll_seconds > 0, "embedder.idle_poll_seconds", "> 0", e.idle_poll_seconds)
+    _require(e.idle_seconds > 0, "embedder.idle_seconds", "> 0", e.idle_seconds)
+    _require(e.wake_check_seconds > 0, "embedder.wake_check_seconds", "> 0", e.wake_check_seconds)
+    _require(e.yield_seconds >= 0, "embedder.yield_seconds", ">= 0", e.yield_seconds)
+    _require(1 <= e.yield_batch_size <= e.batch_size, "embedder.yield_batch_size", "in [1, batch_size]",
+             e.yield_batch_size)
+    _require(e.yield_pause_seconds >= 0, "embedder.yield_pause_seconds", ">= 0", e.yield_pause_seconds)
+    _require(0 < e.busy_cpu_percent <= 100, "embedder.busy_cpu_percent", "in (0, 100]", e.busy_cpu_percent)
     _require(e.pause_seconds >= 0, "embedder.pause_seconds", ">= 0", e.pause_seconds)
     _require(e.max_attempts >= 1, "embedder.max_attempts", ">= 1", e.max_attempts)
     _require(i.commit_max_rows >= 1, "indexer.commit_max_rows", ">= 1", i.commit_max_rows)
@@ -315,6 +331,10 @@ def validate(cfg: Config) -> None:
     _require(q.threads >= 1, "query.threads", ">= 1", q.threads)
     _require(q.idle_seconds > 0, "query.idle_seconds", "> 0", q.idle_seconds)
     _require(q.follow_poll_seconds > 0, "query.follow_poll_seconds", "> 0", q.follow_poll_seconds)
+    _require(q.cache_entries >= 0, "query.cache_entries", ">= 0", q.cache_entries)
+    _require(q.cache_ttl_seconds > 0, "query.cache_ttl_seconds", "> 0", q.cache_ttl_seconds)
+    _require(q.trim_seconds > 0, "query.trim_seconds", "> 0", q.trim_seconds)
+    _require(sv.sleep_poll_seconds > 0, "supervisor.sleep_poll_seconds", "> 0", sv.sleep_poll_seconds)
     _require(sv.heartbeat_seconds > 0, "supervisor.heartbeat_seconds", "> 0", sv.heartbeat_seconds)
     _require(sv.liveness_seconds > sv.heartbeat_seconds, "supervisor.liveness_seconds",
              "> heartbeat_seconds", sv.liveness_seconds)

@@ -21,6 +21,8 @@ Pipeline sockets, inside the system only:
     indexer PUB -> query-server SUB  [ b"gen" ] [ {"v", "generation", "rows"} ]
     child PUSH -> supervisor PULL    [ {"v", "type": "heartbeat", "role", "name", "pid", "seq",
                                          "state", ...} ]
+    supervisor PUB -> child SUB      [ b"<target>\0" ] [ {"v", "op": "sleep" | "wake" | "work" | "queries"} ]
+                                     target: "all", a role kind ("embedder") or a name ("embedder-2")
 
 A malformed or oversized request gets an error reply, never a crash; a message that cannot
 even be answered (no envelope) is dropped and counted by the server.
@@ -60,6 +62,11 @@ class ProtocolError(BadInput):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def command_topic(target: str) -> bytes:
+    """PUB/SUB topic of a supervisor command; the NUL stops "embedder" matching "embedder-1"."""
+    return target.encode() + b"\0"
 
 
 def pack(obj: Any) -> bytes:

@@ -151,6 +151,37 @@ def restart_role(cfg: Config, role: str, *, timeout: float | None = None) -> lis
         time.sleep(POLL)
 
 
+def sleep_roles(cfg: Config, role: str | None, *, wake: bool, timeout: float = 15.0) -> list[str]:
+    """Ask roles to sleep (or wake) and wait until their status says so.
+
+    Embedders and the indexer only sleep when idle in earnest: `sleep` asks, and a role with
+    work in hand finishes it first, so this waits only for the query server and embedders.
+    """
+    names = control(cfg, "wake" if wake else "sleep", role=role)["asked"]
+    want = "running" if wake else "asleep"
+    deadline = time.monotonic() + timeout
+    while True:
+        roles = {r["name"]: r for r in control(cfg, "status")["roles"]}
+        waiting = [n for n in names if roles[n]["role"] != "indexer" and roles[n]["pid"] is not None
+                   and roles[n]["state"] != want]
+        if not waiting:
+            return names
+        if time.monotonic() > deadline:
+            raise Timeout(f"{', '.join(waiting)} not {want} after {timeout:g} s")
+        time.sleep(POLL)
+
+
+def notify_ingest(cfg: Config) -> bool:
+    """Tell a running supervisor that chunks are pending, so sleeping embedders wake at once."""
+    if not is_running(cfg):
+        return False
+    try:
+        control(cfg, "notify", timeout=2.0)
+        return True
+    except RoxiError:
+        return False  # best effort: embedders also look for work every wake_check_seconds
+
+
 def stop(cfg: Config, *, timeout: float | None = None) -> int | None:
     """Ask the supervisor to stop and wait until it released the data directory."""
     if not is_running(cfg):

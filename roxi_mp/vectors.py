@@ -229,12 +229,13 @@ class VectorWriter:
         self.close()
 
 
-def open_index(path: Path, *, rows: int | None = None) -> faiss.IndexScalarQuantizer:
+def open_index(path: Path, *, rows: int | None = None, willneed: bool = False) -> faiss.IndexScalarQuantizer:
     """Map the file zero-copy as a faiss index, clamped to the rows known to be complete.
 
     `rows` is the committed row count the caller knows from SQLite or the indexer. The
     mapping lives as long as the returned object (kept in `referenced_objects`); keep
-    that object, not a `downcast_index` copy of it.
+    that object, not a `downcast_index` copy of it. `willneed` asks the kernel to read the
+    rows ahead (asynchronously) so the first scan does not fault them in page by page.
     """
     import faiss  # lazily: the indexer only writes and need not load faiss
 
@@ -258,8 +259,10 @@ def open_index(path: Path, *, rows: int | None = None) -> faiss.IndexScalarQuant
     # hand it a consistent header rather than the file's own.
     struct.pack_into("<q", mm, _NTOTAL_AT, visible)
     struct.pack_into("<Q", mm, _CODES_AT, visible * header.code_size)
-    buf = np.frombuffer(mm, dtype=np.uint8)
     size = HEADER_BYTES + visible * header.code_size
+    if willneed and hasattr(mm, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
+        mm.madvise(mmap.MADV_WILLNEED, 0, size)
+    buf = np.frombuffer(mm, dtype=np.uint8)
     try:
         index = faiss.read_index(faiss.ZeroCopyIOReader(faiss.swig_ptr(buf), size), 0)
     except RuntimeError as e:

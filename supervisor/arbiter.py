@@ -81,6 +81,9 @@ class Arbiter:
         self.beats = protocol.configure(self.ctx.socket(zmq.PULL), hwm=lim.socket_hwm,
                                         max_message_bytes=64 * 1024)
         self.beats.bind(cfg.endpoint("heartbeat"))
+        self.commands = protocol.configure(self.ctx.socket(zmq.PUB), hwm=lim.socket_hwm)
+        self.commands.bind(cfg.endpoint("commands"))
+        self.query_served = 0
         self.sig_r, self.sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
         for sig in SIGNALS:
@@ -137,6 +140,10 @@ class Arbiter:
                     self.drain_output(child)
 
     def loop_timeout(self) -> float:
+        """Poll slowly while every role sleeps: the sleeping system should cost ~no CPU."""
+        if self.shutdown_phase is None and self.children and all(
+                c.state in (ChildState.ASLEEP, ChildState.STOPPED, ChildState.FAILED) for c in self.children):
+            return self.cfg.supervisor.sleep_poll_seconds
         return LOOP_TIMEOUT
 
     def finished(self) -> bool:
@@ -252,6 +259,11 @@ class Arbiter:
                 continue  # a beat from a previous incarnation
             if child.beat(beat, time.monotonic()):  # the first beat is the READY handshake
                 log.info("%s ready", child.name)
+            if child.kind == "query":
+                served = beat.get("served", 0)
+                if isinstance(served, int) and served > self.query_served:
+                    self.publish("embedder", "queries")  # embedders yield while queries flow
+                self.query_served = served if isinstance(served, int) else 0
 
     def child(self, name: Any) -> Child | None:
         return next((c for c in self.children if c.name == name), None)
@@ -263,6 +275,20 @@ class Arbiter:
             names = sorted({c.kind for c in self.children} | {c.name for c in self.children})
             raise BadInput(f"no role {target!r} (known: {', '.join(names)})")
         return chosen
+
+    def publish(self, target: str, op: str) -> None:
+        """A command to roles: "all", a kind or a name (see protocol.command_topic)."""
+        try:
+            self.commands.send_multipart([protocol.command_topic(target),
+                                          protocol.pack({"v": protocol.VERSION, "op": op})], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def sleep_roles(self, target: str | None, *, wake: bool) -> list[str]:
+        chosen = self.select(target) if target else self.children
+        for child in chosen:
+            self.publish(child.name, "wake" if wake else "sleep")
+        return [c.name for c in chosen]
 
     def stop_role(self, target: str) -> list[str]:
         """Stop by hand: never restarted automatically until `restart`."""
@@ -328,7 +354,7 @@ class Arbiter:
                 child.proc.wait(timeout=5)
             if child.sink is not None:
                 child.sink.close()
-        for name in ("control", "beats"):
+        for name in ("control", "beats", "commands"):
             if hasattr(self, name):
                 getattr(self, name).close(0)
         if hasattr(self, "ctx"):
@@ -362,7 +388,8 @@ class Arbiter:
         return {"supervisor": {"pid": os.getpid(), "uptime": round(now - self.started, 1),
                                "state": "stopping" if stopping else "running",
                                "data_dir": str(self.cfg.data_dir)},
-                "roles": [c.status(now) for c in self.children],
+                "roles": [c.status(now, vectors_path=self.cfg.vectors_path if c.kind == "query" else None)
+                          for c in self.children],
                 "store": self.store.stats().as_dict()}
 
 

@@ -22,6 +22,7 @@ import psutil
 from roxi_mp.config import RestartSettings
 from roxi_mp.errors import BOOT_ERROR
 from roxi_mp.logs import RotatingLog, tail
+from roxi_mp.memory import mapped
 
 
 class ChildState(enum.Enum):
@@ -128,7 +129,7 @@ class Child:
             self.set_state(ChildState.ASLEEP if info.get("state") == "asleep" else ChildState.RUNNING)
         return ready
 
-    def status(self, now: float) -> dict[str, Any]:
+    def status(self, now: float, *, vectors_path: Any = None) -> dict[str, Any]:
         row: dict[str, Any] = {
             "name": self.name, "role": self.kind, "state": self.state.value, "pid": self.pid,
             "uptime": round(now - self.started, 1) if self.proc is not None else None,
@@ -144,6 +145,9 @@ class Child:
                 row["cpu_percent"] = self._ps.cpu_percent(None)
             except psutil.Error:
                 pass
+            if vectors_path is not None:  # read from /proc: asks the child nothing
+                held = mapped(self.proc.pid, vectors_path)
+                row["mapped_bytes"], row["mapped_rss"] = held.size, held.rss
         if self.state is ChildState.BACKOFF:
             row["restart_in"] = round(max(0.0, self.next_start - now), 2)
         if self.state is ChildState.FAILED and self.sink is not None:

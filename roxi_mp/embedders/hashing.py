@@ -135,10 +135,15 @@ class HashingEmbedder(Embedder):
         self.model_id = f"{SCHEME}-{dim}"
         # Raw lowercased UTF-8 token -> hash of its feature word, or -1 for a stop word:
         # most tokens repeat, so hashing and plural rules run once per distinct token.
-        self._cache: dict[bytes, int] = {}
+        self._cache: dict[bytes, int] | None = None
+
+    def load(self) -> None:
+        if self._cache is None:
+            self._cache = {}
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         texts = check_texts(texts)
+        self.load()  # the token cache is this backend's whole "model": rebuilt lazily
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for lo in range(0, len(texts), BATCH_TEXTS):
             batch = texts[lo : lo + BATCH_TEXTS]
@@ -146,7 +151,11 @@ class HashingEmbedder(Embedder):
         return out
 
     def unload(self) -> None:
-        self._cache = {}
+        self._cache = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._cache is not None
 
     def _encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         n = len(texts)

@@ -67,6 +67,9 @@ class Role:
         """Extra fields for the heartbeat (state, counters)."""
         return {"state": "running"}
 
+    def command(self, msg: dict[str, Any], now: float) -> None:
+        """A command from the supervisor (sleep, wake, work, queries); ignored by default."""
+
 
 def _set_pdeathsig() -> None:
     if not sys.platform.startswith("linux"):
@@ -121,6 +124,10 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
     beat = protocol.configure(ctx.socket(zmq.PUSH), hwm=4)
     beat.connect(cfg.endpoint("heartbeat"))
     role = role_cls(cfg, ctx, name=args.name)
+    commands = protocol.configure(ctx.socket(zmq.SUB), hwm=100)
+    for target in ("all", role.role, args.name):
+        commands.setsockopt(zmq.SUBSCRIBE, protocol.command_topic(target))
+    commands.connect(cfg.endpoint("commands"))
     code = 0
     try:
         try:
@@ -146,6 +153,7 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
                     log.error("supervisor %s died; exiting", supervisor_pid)
                     break
             role.loop(now)
+            _drain_commands(commands, role)
         role.stopping = True
         log.info("%s stopping", args.name)
     except RoxiError as exc:
@@ -161,8 +169,24 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
             log.exception("%s: shutdown failed", args.name)
             code = code or 1
         beat.close(0)
+        commands.close(0)
         ctx.term()  # every socket has LINGER=0, so this cannot hang
     return code
+
+
+def _drain_commands(sock: zmq.Socket, role: Role) -> None:
+    for _ in range(100):
+        try:
+            _topic, body = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        except ValueError:
+            continue
+        try:
+            msg = protocol.unpack_map(body, max_bytes=64 * 1024)
+        except protocol.ProtocolError:
+            continue
+        role.command(msg, time.monotonic())
 
 
 def _send_heartbeat(sock: zmq.Socket, role: Role, seq: int, info: dict[str, Any]) -> None:

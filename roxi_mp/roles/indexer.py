@@ -25,7 +25,7 @@ import time
 import numpy as np
 import zmq
 
-from .. import protocol
+from .. import memory, protocol
 from ..embedders import make_embedder
 from ..errors import BadInput
 from ..store import Store
@@ -61,6 +61,8 @@ class Indexer(Role):
         self.deadline: float | None = None
         self.generation = self.store.generation()
         self.commits = self.rows_committed = self.duplicates = self.rejected = 0
+        self.last_activity = time.monotonic()
+        self.asleep = False
         self._publish()
 
     def _max_batch_bytes(self) -> int:
@@ -72,6 +74,9 @@ class Indexer(Role):
         if self.deadline is not None:
             timeout = max(0.0, min(timeout, self.deadline - now))
         if self.pull.poll(int(timeout * 1000), zmq.POLLIN):
+            self.last_activity = time.monotonic()
+            if self.asleep:
+                self.asleep = False
             # Drain what is queued without waiting again: one commit then covers all of it.
             while len(self.pending) < self.cfg.indexer.commit_max_rows:
                 try:
@@ -85,6 +90,12 @@ class Indexer(Role):
         if self.pending and (len(self.pending) >= self.cfg.indexer.commit_max_rows
                              or now >= (self.deadline or now)):
             self.commit()
+        elif (not self.pending and not self.asleep
+              and now - self.last_activity >= self.cfg.embedder.idle_seconds):
+            # Nothing to unload (no model, no mapping), but reporting sleep lets the
+            # supervisor slow down once every role is idle.
+            self.asleep = True
+            memory.release()
 
     def _receive(self, frames: list[memoryview]) -> None:
         try:
@@ -144,7 +155,8 @@ class Indexer(Role):
             pass  # a slow subscriber also polls committed_rows; PUB never blocks us
 
     def info(self) -> dict:
-        return {"state": "running", "rows": self.writer.rows if hasattr(self, "writer") else 0,
+        return {"state": "asleep" if getattr(self, "asleep", False) else "running",
+                "rows": self.writer.rows if hasattr(self, "writer") else 0,
                 "generation": getattr(self, "generation", 0), "commits": getattr(self, "commits", 0),
                 "duplicates": getattr(self, "duplicates", 0), "rejected": getattr(self, "rejected", 0)}
 

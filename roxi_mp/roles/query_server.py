@@ -1,22 +1,20 @@
 """Query-server role: answers searches on a ROUTER socket from the mapped vectors file.
 
-The vectors file is a faiss SQ-fp16 index file, so "loading" it is `read_index` with
-IO_FLAG_MMAP_IFC: a zero-copy mapping that costs well under a millisecond. Following a
+The vectors file is laid out as a faiss SQ-fp16 index file, so "loading" it is a zero-copy
+mapping handed to faiss (roxi_mp.vectors.open_index), well under a millisecond. Following a
 commit is therefore just mapping the file again with the new row count (no rebuild, no
-float32 copy), and sleeping is dropping that object: once no faiss object or numpy view
-refers to the mapping, it is unmapped and its pages go back to the OS. The server learns of
-commits from the indexer's PUB events and, in case one was missed, by polling
-`committed_rows` while awake. Status and admin calls never wake it.
+float32 copy). Deep sleep drops the faiss object (the only holder of the mapping, so the
+file is unmapped and its pages go back to the OS), the query model, the result cache and
+the SQLite connection, then collects garbage and trims the heap. The next query, or
+`wake`, maps it all again. The server learns of commits from the indexer's PUB events,
+also while asleep (a number, nothing mapped), and while awake also polls `committed_rows`
+in case an event was missed. Status and admin calls (`stats`, `ping`) never wake it.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import enum
-import gc
 import logging
-import sys
 import time
 from typing import Any
 
@@ -24,7 +22,8 @@ import faiss
 import numpy as np
 import zmq
 
-from .. import protocol
+from .. import memory, protocol
+from ..cache import ResultCache
 from ..embedders import make_embedder
 from ..errors import BadInput, ModelMismatch
 from ..protocol import ProtocolError
@@ -43,22 +42,14 @@ class QState(enum.Enum):
     AWAKE = "awake"
 
 
-def malloc_trim() -> None:
-    """Hand freed heap pages back to the OS (glibc); a no-op elsewhere."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
 class QueryServer(Role):
     role = "query"
 
     def initialize(self) -> None:
         qcfg, lim = self.cfg.query, self.cfg.limits
-        self.store = Store(self.cfg.db_path, busy_timeout_ms=self.cfg.store.busy_timeout_ms)
+        self.store: Store | None = None
         self.model = make_embedder(self.cfg.embedder.backend, dim=self.cfg.embedder.dim)
+        self.cache = ResultCache(max_entries=qcfg.cache_entries, ttl_seconds=qcfg.cache_ttl_seconds)
         faiss.omp_set_num_threads(qcfg.threads)
         # The socket's hard cap is twice the request limit: a request between the two gets a
         # too_large error reply, only a grossly oversized one is dropped by zmq unanswered.
@@ -74,9 +65,21 @@ class QueryServer(Role):
         self.state = QState.ASLEEP
         self.index: Any = None
         self.index_rows = 0
-        self.known_rows = self.store.committed_rows()
-        self.last_query = self.last_follow = time.monotonic()
-        self.served = self.errors = self.dropped = 0
+        self.known_rows = self.db().committed_rows()
+        self.last_query = self.last_follow = self.last_trim = time.monotonic()
+        self.served = self.errors = self.dropped = self.sleeps = 0
+        self.close_db()  # start as deep asleep as after a sleep: nothing held until asked
+
+    def db(self) -> Store:
+        """The SQLite connection, opened on demand (closed in deep sleep: its page cache goes too)."""
+        if self.store is None:
+            self.store = Store(self.cfg.db_path, busy_timeout_ms=self.cfg.store.busy_timeout_ms)
+        return self.store
+
+    def close_db(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     def max_request_bytes(self) -> int:
         return self.cfg.limits.max_message_bytes
@@ -96,10 +99,13 @@ class QueryServer(Role):
         now = time.monotonic()
         if self.state is QState.AWAKE:
             if now - self.last_follow >= self.cfg.query.follow_poll_seconds:
-                self.known_rows = max(self.known_rows, self.store.committed_rows())
+                self.known_rows = max(self.known_rows, self.db().committed_rows())
                 self.last_follow = now
             if now - self.last_query >= self.cfg.query.idle_seconds:
                 self.sleep()
+            elif now - self.last_trim >= self.cfg.query.trim_seconds:
+                memory.release()  # a long-awake server must not creep upward
+                self.last_trim = now
 
     def _drain_events(self) -> None:
         while True:
@@ -145,16 +151,29 @@ class QueryServer(Role):
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.cfg.query.max_k:
             raise BadInput(f"k must be an integer in [1, {self.cfg.query.max_k}], got {k!r}")
         with_text = msg.get("with_text", True)
-        vector = self._query_vector(msg, extra)
+        if not isinstance(with_text, bool):
+            raise BadInput("with_text must be true or false")
+        text, vector = self._parse_query(msg, extra)  # a bad request wakes nothing
         started = time.perf_counter()
         self.last_query = now
         self.wake()
+        if vector is None:
+            vector = np.ascontiguousarray(self.model.encode([text]), dtype=np.float32)
+        key = (vector.tobytes(), k, with_text)
+        hits = self.cache.get(key)
+        if hits is None:
+            hits = self.search(vector, k, with_text=with_text)
+            self.cache.put(key, hits)
+        self.served += 1
+        return {"hits": hits, "rows": self.index_rows,
+                "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    def search(self, vector: np.ndarray, k: int, *, with_text: bool) -> list[dict]:
         if self.index is None or self.index.ntotal == 0:
-            scores, rows = np.empty((1, 0), np.float32), np.empty((1, 0), np.int64)
-        else:
-            scores, rows = self.index.search(vector, min(k, self.index.ntotal))
+            return []
+        scores, rows = self.index.search(vector, min(k, self.index.ntotal))
         found = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
-        meta = self.store.hits([r for r, _ in found])
+        meta = self.db().hits([r for r, _ in found])  # only what the hits need, never all texts
         hits = []
         for rank, (row, score) in enumerate(found, start=1):
             hit = meta.get(row)
@@ -166,11 +185,10 @@ class QueryServer(Role):
             if with_text:
                 item["text"] = hit.text
             hits.append(item)
-        self.served += 1
-        return {"hits": hits, "rows": self.index_rows,
-                "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+        return hits
 
-    def _query_vector(self, msg: dict, extra: list[bytes]) -> np.ndarray:
+    def _parse_query(self, msg: dict, extra: list[bytes]) -> tuple[str | None, np.ndarray | None]:
+        """Validate a query: (text, None) or (None, float32 vector of shape (1, d))."""
         text = msg.get("text")
         if text is not None:
             if not isinstance(text, str):
@@ -181,7 +199,7 @@ class QueryServer(Role):
                 raise ProtocolError(protocol.E_TOO_LARGE, f"query text of {len(text)} characters exceeds "
                                     f"query.max_query_chars ({self.cfg.query.max_query_chars})")
             self._check_model()
-            return np.ascontiguousarray(self.model.encode([text]), dtype=np.float32)
+            return text, None
         if "dtype" in msg or extra:
             if len(extra) != 1:
                 raise BadInput("a vector query needs exactly one vector frame after the request map")
@@ -189,11 +207,11 @@ class QueryServer(Role):
             vec = protocol.decode_array(msg, extra[0], dim=dim, max_rows=1)
             if vec.shape[0] != 1:
                 raise BadInput("a vector query carries exactly one vector")
-            return np.ascontiguousarray(vec, dtype=np.float32)
+            return None, np.ascontiguousarray(vec, dtype=np.float32)
         raise BadInput("query needs 'text' or a vector frame with 'dtype' and 'shape'")
 
     def _check_model(self) -> int:
-        recorded = self.store.model()
+        recorded = self.db().model()
         if recorded is not None and recorded != (self.model.model_id, self.model.dim):
             raise ModelMismatch(f"store was built with model {recorded[0]!r} (dim {recorded[1]}); "
                                 f"this query server embeds with {self.model.model_id!r} (dim {self.model.dim})")
@@ -216,32 +234,51 @@ class QueryServer(Role):
 
     OPS = {"query": op_query, "stats": op_stats, "ping": op_ping, "sleep": op_sleep, "wake": op_wake}
 
-    # --- mapping -----------------------------------------------------------------
+    # --- sleep and wake ----------------------------------------------------------
     def wake(self) -> None:
-        """Map the committed rows (first query after sleep, or a newer generation)."""
+        """Map the committed rows: on the first query after sleep, or for a newer generation."""
         if self.state is QState.ASLEEP:
-            self.known_rows = max(self.known_rows, self.store.committed_rows())
-            self.last_follow = time.monotonic()
+            self.model.load()
+            self.known_rows = max(self.known_rows, self.db().committed_rows())
+            self.last_follow = self.last_trim = time.monotonic()
+            self.state = QState.AWAKE
+            log.info("awake: %d rows", self.known_rows)
         if self.index is None or self.index_rows != self.known_rows:
             self.index = None  # unmap the old view before mapping the new one
+            self.cache.invalidate()  # a new generation may change any answer
             if self.known_rows > 0 and self.cfg.vectors_path.exists():
-                self.index = open_index(self.cfg.vectors_path, rows=self.known_rows)
+                self.index = open_index(self.cfg.vectors_path, rows=self.known_rows,
+                                        willneed=self.cfg.query.prewarm)
                 self.index_rows = self.index.ntotal
             else:
                 self.index_rows = 0
-        self.state = QState.AWAKE
 
     def sleep(self) -> None:
-        """Deep sleep: drop every reference to the mapping so the OS takes the pages back."""
-        self.index = None
+        """Deep sleep: drop every reference to the mapping and every cache, give memory back."""
+        was_awake = self.state is QState.AWAKE
+        self.index = None  # the only holder of the mapping: this unmaps the file
         self.index_rows = 0
+        self.cache.invalidate()
+        self.model.unload()
+        self.close_db()
         self.state = QState.ASLEEP
-        gc.collect()
-        malloc_trim()
+        memory.release()
+        if was_awake:
+            self.sleeps += 1
+            log.info("deep sleep")
+
+    def command(self, msg: dict, now: float) -> None:
+        op = msg.get("op")
+        if op == "sleep":
+            self.sleep()
+        elif op == "wake":
+            self.last_query = now  # a prewarm counts as use: do not fall asleep at once
+            self.wake()
 
     def stats(self) -> dict:
         return {"state": self.state.value, "rows": self.index_rows, "known_rows": self.known_rows,
-                "served": self.served, "errors": self.errors, "dropped": self.dropped}
+                "served": self.served, "errors": self.errors, "dropped": self.dropped,
+                "sleeps": self.sleeps, "cache_entries": len(self.cache), "cache_hits": self.cache.hits}
 
     def info(self) -> dict:
         if not hasattr(self, "state"):
@@ -254,7 +291,7 @@ class QueryServer(Role):
             if hasattr(self, name):
                 getattr(self, name).close(0)
         if hasattr(self, "store"):
-            self.store.close()
+            self.close_db()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from roxi_mp.errors import RoxiError
 
-from . import ping, restart, status, stop
+from . import notify, ping, restart, sleep, status, stop, wake
 
 if TYPE_CHECKING:
     from ..arbiter import Arbiter
 
-COMMANDS: dict[str, ModuleType] = {m.NAME: m for m in (ping, restart, status, stop)}
+COMMANDS: dict[str, ModuleType] = {m.NAME: m for m in (notify, ping, restart, sleep, status, stop, wake)}
 
 
 class UnknownCommand(RoxiError):

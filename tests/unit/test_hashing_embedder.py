@@ -174,8 +174,12 @@ def test_base_class_defaults() -> None:
     embedder = HashingEmbedder()
     embedder.load()
     assert embedder.loaded
+    before = embedder.encode(["uric acid crystals"])
     embedder.unload()
-    assert embedder.loaded  # nothing heavy to reload: encode still works at once
+    assert not embedder.loaded  # deep sleep drops the token cache
+    again = embedder.encode(["uric acid crystals"])  # and encode reloads it lazily
+    assert embedder.loaded
+    assert np.array_equal(before, again)
 
 
 def test_term_frequency_is_sublinear() -> None:

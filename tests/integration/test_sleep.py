@@ -1,0 +1,186 @@
+"""Deep sleep with real processes (issue 4's acceptance): memory back to the floor, lazy
+wake, an embedder that sleeps and wakes on ingest, a sleeping system that costs no CPU."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psutil
+import pytest
+
+from roxi_mp.memory import mapped, maps_file
+from roxi_mp.service import READY_STATES
+from roxi_mp.store import Store
+
+from ..corpus import populate, write_corpus
+from .test_pipeline import roxi
+
+pytestmark = pytest.mark.integration
+
+MB = 2**20
+
+
+def rss(pid: int) -> int:
+    return psutil.Process(pid).memory_info().rss
+
+
+def scan(s, text: str = "synovial joint inflammation", k: int = 10) -> list[dict]:
+    with s.query_client(timeout=30) as client:
+        return client.query(text, k=k)
+
+
+def wait_asleep(s, name: str, timeout: float = 10.0) -> None:
+    s.wait_for(lambda: s.role(name)["state"] == "asleep", timeout=timeout, what=f"{name} asleep")
+
+
+@pytest.fixture
+def store_100k(make_config):
+    cfg = make_config(embedder__dim=384)
+    populate(cfg, rows=100_000)
+    return cfg
+
+
+def test_roxi_sleep_returns_to_floor_and_unmaps(system, store_100k):
+    """Acceptance 1: full scan at 100k, `roxi sleep`: RSS within 5 MB of the floor, no mapping."""
+    s = system(store_100k)
+    pid = s.pid("query")
+    floor = rss(pid)  # the fresh process of this role: started, nothing mapped yet
+    before = scan(s)
+    assert len(before) == 10
+    awake = rss(pid)
+    held = mapped(pid, store_100k.vectors_path)
+    assert held.size >= 100_000 * 384 * 2 and awake - floor > 50 * MB  # the scan touched every row
+    result = roxi(store_100k, "sleep")
+    assert result.returncode == 0, result.stderr
+    assert s.role("query")["state"] == "asleep"
+    assert not maps_file(pid, store_100k.vectors_path)
+    assert rss(pid) - floor < 5 * MB, f"asleep {rss(pid) / MB:.1f} MB vs floor {floor / MB:.1f} MB"
+    assert s.role("query")["mapped_bytes"] == 0  # status shows it, and status woke nothing
+    assert s.role("query")["state"] == "asleep"
+    after = scan(s)  # a query arriving during sleep wakes the server lazily
+    assert [h["chunk_id"] for h in after] == [h["chunk_id"] for h in before]
+    assert maps_file(pid, store_100k.vectors_path)
+
+
+def test_sleeps_by_itself_after_idle_seconds(system, make_config):
+    """Acceptance 2: the same after query.idle_seconds without a query."""
+    cfg = make_config(embedder__dim=384, query__idle_seconds=1.5)
+    populate(cfg, rows=100_000)
+    s = system(cfg)
+    pid = s.pid("query")
+    floor = rss(pid)
+    scan(s)
+    assert maps_file(pid, cfg.vectors_path)
+    wait_asleep(s, "query", timeout=6)
+    assert not maps_file(pid, cfg.vectors_path)
+    assert rss(pid) - floor < 5 * MB
+    assert len(scan(s)) == 10
+
+
+def test_sleeping_embedder_holds_no_model_and_wakes_on_ingest(system, make_config, tmp_path):
+    """Acceptance 3: asleep, the embedder's model is unloaded; `roxi ingest` wakes it in < 1 s."""
+    cfg = make_config(embedder__idle_seconds=0.5, embedder__wake_check_seconds=60.0)
+    write_corpus(tmp_path / "a", docs=5, words=300, seed=1)
+    write_corpus(tmp_path / "b", docs=5, words=300, seed=2)
+    s = system(cfg)
+    assert roxi(cfg, "ingest", str(tmp_path / "a")).returncode == 0
+    s.wait_indexed(s.stats().chunks)
+    wait_asleep(s, "embedder-1")
+    row = s.role("embedder-1")
+    assert row["model_loaded"] is False
+    assert roxi(cfg, "ingest", str(tmp_path / "b")).returncode == 0
+    ingested = time.monotonic()
+    total = s.stats().chunks
+    s.wait_indexed(total, timeout=5)
+    took = time.monotonic() - ingested
+    assert took < 1.0, f"picked up {took:.2f} s after ingest (wake_check_seconds is 60)"
+
+
+def test_embedder_floor_when_asleep(system, make_config, tmp_path):
+    """The sleeping embedder's RSS is back near a fresh embedder's after real work."""
+    cfg = make_config(embedder__idle_seconds=0.5, embedder__dim=1024)
+    s = system(cfg)
+    floor = rss(s.pid("embedder-1"))
+    write_corpus(tmp_path / "docs", docs=200, words=700)
+    assert roxi(cfg, "ingest", str(tmp_path / "docs")).returncode == 0
+    s.wait_indexed(s.stats().chunks, timeout=60)
+    wait_asleep(s, "embedder-1")
+    assert rss(s.pid("embedder-1")) - floor < 5 * MB
+
+
+def test_whole_system_sleep_costs_under_one_percent_cpu(system, make_config):
+    """Acceptance 4: all roxi processes together use < 1 % of one core over 60 s of sleep."""
+    cfg = make_config(embedder__idle_seconds=0.5, query__idle_seconds=0.5, embedder__count=2)
+    populate(cfg, rows=1000)
+    s = system(cfg)
+    scan(s)
+    s.wait_for(lambda: all(r["state"] == "asleep" for r in s.status()["roles"]), timeout=15,
+               what="every role asleep")
+    procs = [psutil.Process(s.proc.pid)] + [psutil.Process(r["pid"]) for r in s.status()["roles"]]
+
+    def cpu() -> float:
+        return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+
+    start_cpu, start = cpu(), time.monotonic()
+    time.sleep(60)
+    used = (cpu() - start_cpu) / (time.monotonic() - start)
+    assert all(r["state"] == "asleep" for r in s.status()["roles"])
+    assert used < 0.01, f"{used * 100:.2f} % of one core while asleep"
+
+
+def test_sleep_during_in_flight_queries_is_safe(system, store_100k):
+    """Sleep commands racing a stream of queries: every query answers, and correctly."""
+    s = system(store_100k)
+    expected = [h["chunk_id"] for h in scan(s, "chunk 123 tendon", k=5)]
+    errors: list[BaseException] = []
+    answers: list[list[int]] = []
+
+    def query_loop() -> None:
+        try:
+            with s.query_client(timeout=30) as client:
+                for _ in range(40):
+                    answers.append([h["chunk_id"] for h in client.query("chunk 123 tendon", k=5)])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=query_loop)
+    thread.start()
+    with s.control() as control:
+        while thread.is_alive():
+            control.command("sleep", role="query")
+            time.sleep(0.01)
+    thread.join()
+    assert not errors, errors
+    assert len(answers) == 40 and all(a == expected for a in answers)
+    assert s.role("query")["restarts"] == 0
+
+
+def test_commit_while_asleep_is_seen_after_wake(system, make_config, tmp_path):
+    """A commit that lands while the query server sleeps is searched after it wakes."""
+    cfg = make_config()
+    write_corpus(tmp_path / "a", docs=3, words=200, seed=1)
+    s = system(cfg)
+    assert roxi(cfg, "ingest", str(tmp_path / "a")).returncode == 0
+    s.wait_indexed(s.stats().chunks)
+    scan(s)
+    assert roxi(cfg, "sleep", "query").returncode == 0
+    write_corpus(tmp_path / "b", docs=3, words=200, seed=9)
+    assert roxi(cfg, "ingest", str(tmp_path / "b")).returncode == 0
+    s.wait_indexed(s.stats().chunks)
+    assert s.role("query")["state"] == "asleep"  # the commit did not wake it
+    with Store(cfg.db_path) as store:
+        chunk_id, text = store.conn.execute("SELECT id, text FROM chunks ORDER BY id DESC LIMIT 1").fetchone()
+    hits = scan(s, text, k=1)
+    assert hits[0]["chunk_id"] == chunk_id
+
+
+def test_wake_prewarms_and_status_never_wakes(system, store_100k):
+    s = system(store_100k)
+    pid = s.pid("query")
+    for _ in range(3):
+        assert roxi(store_100k, "status").returncode == 0
+    assert s.role("query")["state"] == "asleep" and not maps_file(pid, store_100k.vectors_path)
+    result = roxi(store_100k, "wake", "query")
+    assert result.returncode == 0, result.stderr
+    assert s.role("query")["state"] in READY_STATES and maps_file(pid, store_100k.vectors_path)
