@@ -595,3 +595,31 @@ def test_query_server_sees_rows_committed_by_the_indexer(cfg: Config, zctx: zmq.
         if q is not None:
             q.close()
         indexer.shutdown()
+
+
+def test_cached_answers_never_outlive_a_generation(qs_factory) -> None:
+    q = qs_factory(query__follow_poll_seconds=0.1)
+    first = q.ask("query", text="methotrexate monitoring", k=2)
+    again = q.ask("query", text="methotrexate monitoring", k=2)
+    assert again["hits"] == first["hits"] and q.server.cache.hits == 1
+    new = add_docs(q.cfg, {"mtx.md": "# Methotrexate\n\nMethotrexate needs blood count and liver "
+                                     "monitoring.\n"})
+    index_directly(q.cfg, new)
+    drive(q.server, lambda: q.server.known_rows == 4, timeout=3.0, what="follow poll")
+    after = q.ask("query", text="methotrexate monitoring", k=2)  # the same key as before
+    assert after["rows"] == 4 and after["hits"][0]["title"] == "Methotrexate"
+    assert q.server.cache.hits == 1  # not served from the cache of the old generation
+
+
+def test_sleep_drops_cache_model_and_connection(qs: QS) -> None:
+    assert_good_query(qs)
+    assert len(qs.server.cache) == 1 and qs.server.model.loaded and qs.server.store is not None
+    qs.ask("sleep")
+    assert len(qs.server.cache) == 0 and not qs.server.model.loaded and qs.server.store is None
+    assert qs.server.index is None
+    assert_good_query(qs)  # and everything comes back on demand
+
+
+def test_bad_request_does_not_wake_a_sleeping_server(qs: QS) -> None:
+    reply = qs.ask("query", text="   ")
+    assert reply["ok"] is False and qs.server.state is QState.ASLEEP and qs.server.index is None
