@@ -42,10 +42,13 @@ class StoreSettings:
     busy_timeout_ms: int = 10_000
 
 
+#: embedder backends, each configured in its own section
+BACKENDS = ("minilm", "hashing", "http")
+
+
 @dataclass
 class EmbedderSettings:
-    backend: str = "hashing"
-    dim: int = 1024
+    backend: str = "minilm"
     count: int = 1
     batch_size: int = 64
     lease_seconds: float = 60.0
@@ -58,6 +61,34 @@ class EmbedderSettings:
     yield_batch_size: int = 8
     yield_pause_seconds: float = 0.2
     busy_cpu_percent: float = 90.0
+
+
+@dataclass
+class HashingSettings:
+    dim: int = 1024
+
+
+@dataclass
+class MiniLMSettings:
+    max_tokens: int = 256
+    batch_tokens: int = 8192
+    threads: int = 1
+
+
+@dataclass
+class HttpSettings:
+    base_url: str = ""
+    model: str = ""
+    dim: int = 0
+    api_key_env: str = "OPENAI_API_KEY"
+    requests_per_minute: float = 3000.0
+    tokens_per_minute: float = 1_000_000.0
+    max_in_flight: int = 4
+    timeout_seconds: float = 30.0
+    max_retries: int = 6
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 60.0
+    max_wait_seconds: float = 300.0
 
 
 @dataclass
@@ -121,6 +152,9 @@ class NetworkSettings:
 SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "embedder": EmbedderSettings,
+    "hashing": HashingSettings,
+    "minilm": MiniLMSettings,
+    "http": HttpSettings,
     "indexer": IndexerSettings,
     "query": QuerySettings,
     "supervisor": SupervisorSettings,
@@ -136,6 +170,9 @@ class Config:
     config_path: Path | None = None
     store: StoreSettings = field(default_factory=StoreSettings)
     embedder: EmbedderSettings = field(default_factory=EmbedderSettings)
+    hashing: HashingSettings = field(default_factory=HashingSettings)
+    minilm: MiniLMSettings = field(default_factory=MiniLMSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     indexer: IndexerSettings = field(default_factory=IndexerSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
@@ -309,7 +346,18 @@ def validate(cfg: Config) -> None:
              "in [0, chunk_words/2)", s.chunk_overlap)
     _require(s.max_document_bytes >= 1024, "store.max_document_bytes", ">= 1024", s.max_document_bytes)
     _require(s.busy_timeout_ms >= 100, "store.busy_timeout_ms", ">= 100", s.busy_timeout_ms)
-    _require(e.dim >= 8, "embedder.dim", ">= 8", e.dim)
+    _require(e.backend in BACKENDS, "embedder.backend", f"one of {', '.join(BACKENDS)}", e.backend)
+    _require(cfg.hashing.dim >= 64, "hashing.dim", ">= 64", cfg.hashing.dim)
+    m = cfg.minilm
+    _require(8 <= m.max_tokens <= 512, "minilm.max_tokens", "in [8, 512]", m.max_tokens)
+    _require(m.batch_tokens >= m.max_tokens, "minilm.batch_tokens", ">= max_tokens", m.batch_tokens)
+    _require(1 <= m.threads <= 64, "minilm.threads", "in [1, 64]", m.threads)
+    if e.backend == "http":  # only checked when used: the defaults describe no service
+        h = cfg.http
+        _require(h.base_url.startswith(("http://", "https://")), "http.base_url",
+                 "an http:// or https:// URL", h.base_url)
+        _require(bool(h.model), "http.model", "set", h.model)
+        _require(h.dim >= 1, "http.dim", ">= 1 (the dimension the service returns)", h.dim)
     _require(1 <= e.count <= 64, "embedder.count", "in [1, 64]", e.count)
     _require(1 <= e.batch_size <= 10_000, "embedder.batch_size", "in [1, 10000]", e.batch_size)
     _require(e.lease_seconds >= 1, "embedder.lease_seconds", ">= 1", e.lease_seconds)

@@ -152,18 +152,20 @@ def restart_role(cfg: Config, role: str, *, timeout: float | None = None) -> lis
 
 
 def sleep_roles(cfg: Config, role: str | None, *, wake: bool, timeout: float = 15.0) -> list[str]:
-    """Ask roles to sleep (or wake) and wait until their status says so.
+    """Ask roles to sleep (or wake) and wait until a heartbeat sent after the request says so.
 
-    Embedders and the indexer only sleep when idle in earnest: `sleep` asks, and a role with
-    work in hand finishes it first, so this waits only for the query server and embedders.
+    Status rows lag the roles by up to one heartbeat, so a row is believed only once its
+    heartbeat sequence number has moved past the one seen when the request was sent.
+    The indexer has nothing to unload and sleeps only when idle: it is not waited for.
     """
+    seen = {r["name"]: r.get("seq", 0) for r in control(cfg, "status")["roles"]}
     names = control(cfg, "wake" if wake else "sleep", role=role)["asked"]
     want = "running" if wake else "asleep"
     deadline = time.monotonic() + timeout
     while True:
         roles = {r["name"]: r for r in control(cfg, "status")["roles"]}
         waiting = [n for n in names if roles[n]["role"] != "indexer" and roles[n]["pid"] is not None
-                   and roles[n]["state"] != want]
+                   and (roles[n]["state"] != want or roles[n].get("seq", 0) <= seen.get(n, 0))]
         if not waiting:
             return names
         if time.monotonic() > deadline:

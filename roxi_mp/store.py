@@ -202,15 +202,54 @@ class Store:
         return rows
 
     def release(self, chunk_ids: Sequence[int], *, owner: str, error: str | None = None,
-                max_attempts: int | None = None) -> None:
-        """Give leased chunks back (e.g. an embedding error); fail those out of attempts."""
+                max_attempts: int | None = None, count_attempt: bool = True) -> int:
+        """Give leased chunks back after an embedding error; returns how many were marked failed.
+
+        With `count_attempt`, the claim's attempt stands and a chunk out of attempts is
+        marked failed with `error`. Without it (the service was down, not the chunk at
+        fault) the attempt is taken back: an outage must not use up every chunk's attempts.
+        """
+        failed = 0
         with self.transaction():
             for cid in chunk_ids:
-                self.conn.execute(
+                if not count_attempt:
+                    self.conn.execute(
+                        "UPDATE chunks SET state='pending', attempts=max(attempts - 1, 0), lease_owner=NULL, "
+                        "lease_expires=NULL, error=? WHERE id=? AND state='leased' AND lease_owner=?",
+                        (error, cid, owner))
+                    continue
+                row = self.conn.execute(
                     "UPDATE chunks SET state = CASE WHEN ? IS NOT NULL AND attempts >= ? "
                     "THEN 'failed' ELSE 'pending' END, lease_owner=NULL, lease_expires=NULL, error=? "
-                    "WHERE id=? AND state='leased' AND lease_owner=?",
-                    (max_attempts, max_attempts, error, cid, owner))
+                    "WHERE id=? AND state='leased' AND lease_owner=? RETURNING state",
+                    (max_attempts, max_attempts, error, cid, owner)).fetchone()
+                failed += bool(row and row[0] == FAILED)
+        return failed
+
+    def renew(self, chunk_ids: Sequence[int], *, owner: str, now: float, lease_seconds: float) -> int:
+        """Extend our leases on chunks still being worked on (a slow API must not let them
+        expire, or another embedder would pay to embed them again). Returns leases renewed."""
+        renewed = 0
+        with self.transaction():
+            for start in range(0, len(chunk_ids), 900):
+                part = list(chunk_ids[start:start + 900])
+                marks = ",".join("?" * len(part))
+                renewed += self.conn.execute(
+                    f"UPDATE chunks SET lease_expires=? WHERE id IN ({marks}) AND state='leased' "
+                    f"AND lease_owner=?", [now + lease_seconds, *part, owner]).rowcount
+        return renewed
+
+    def retry_failed(self) -> int:
+        """Put every failed chunk back to pending with fresh attempts; returns how many."""
+        with self.transaction():
+            return self.conn.execute(
+                "UPDATE chunks SET state='pending', attempts=0, error=NULL WHERE state='failed'").rowcount
+
+    def failures(self, limit: int = 20) -> list[tuple[int, str, str | None]]:
+        """(chunk id, document source, error) of failed chunks, for status and progress."""
+        return self.conn.execute(
+            "SELECT c.id, d.source, c.error FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            "WHERE c.state='failed' ORDER BY c.id LIMIT ?", (limit,)).fetchall()
 
     def pending_count(self, *, now: float) -> int:
         return self.conn.execute(

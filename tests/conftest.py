@@ -32,7 +32,8 @@ TEST_DEFAULTS: dict[str, Any] = {
     "supervisor__grace_seconds": 3.0,
     "restart__backoff_initial_seconds": 0.2,
     "restart__backoff_max_seconds": 1.0,
-    "embedder__dim": 256,
+    "embedder__backend": "hashing",  # fast and exact; MiniLM tests ask for it by name
+    "hashing__dim": 256,
     "embedder__lease_seconds": 3.0,
     "embedder__poll_seconds": 0.1,
     "embedder__batch_size": 32,

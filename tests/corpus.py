@@ -42,7 +42,7 @@ def write_corpus(root: Path, *, docs: int, words: int, seed: int = 1) -> list[Pa
 
 def populate(cfg: Config, *, rows: int, batch: int = 20_000, seed: int = 0) -> None:
     """A store with `rows` indexed chunks of random unit vectors, through the commit protocol."""
-    model = make_embedder(cfg.embedder.backend, dim=cfg.embedder.dim)
+    model = make_embedder(cfg)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     with Store(cfg.db_path) as store:
@@ -70,7 +70,7 @@ def populate(cfg: Config, *, rows: int, batch: int = 20_000, seed: int = 0) -> N
 
 def check_exactly_once(cfg: Config) -> int:
     """Every chunk indexed once, rows 0..n-1 each used once, and each row holds its chunk's vector."""
-    model = make_embedder(cfg.embedder.backend, dim=cfg.embedder.dim)
+    model = make_embedder(cfg)
     with Store(cfg.db_path) as store:
         stats = store.stats()
         assert stats.indexed == stats.chunks, stats

@@ -2,22 +2,43 @@
 
 Roles build their embedder through `make_embedder`, so the backend is a configuration
 value; an unknown name fails at boot with a ConfigError rather than at the first batch.
+Backends are imported lazily: the hashing backend must not pay for onnxruntime, and the
+indexer, which only needs a backend's id, loads no weights.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ..config import BACKENDS
 from ..errors import ConfigError
-from .base import Embedder
+from .base import EmbedError, Embedder
 from .hashing import HashingEmbedder
 
-__all__ = ["Embedder", "HashingEmbedder", "make_embedder", "BACKENDS"]
+if TYPE_CHECKING:
+    from ..config import Config
 
-#: names accepted by `make_embedder`
-BACKENDS = ("hashing",)
+__all__ = ["Embedder", "EmbedError", "HashingEmbedder", "make_embedder", "BACKENDS"]
 
 
-def make_embedder(backend: str, *, dim: int) -> Embedder:
-    """A new embedder of `backend` producing `dim`-long vectors."""
-    if backend == "hashing":
-        return HashingEmbedder(dim=dim)
-    raise ConfigError(f"unknown embedder backend {backend!r}; known: {', '.join(BACKENDS)}")
+def make_embedder(cfg: "Config", backend: str | None = None) -> Embedder:
+    """The embedder named by `backend` (default: embedder.backend), configured from cfg.
+
+    Construction is cheap (no weights are loaded before `load()` or the first encode).
+    """
+    name = backend or cfg.embedder.backend
+    if name == "hashing":
+        return HashingEmbedder(dim=cfg.hashing.dim)
+    if name == "minilm":
+        from .minilm import MiniLMEmbedder
+        m = cfg.minilm
+        return MiniLMEmbedder(max_tokens=m.max_tokens, batch_tokens=m.batch_tokens, threads=m.threads)
+    if name == "http":
+        from .http import HttpEmbedder
+        h = cfg.http
+        return HttpEmbedder(base_url=h.base_url, model=h.model, dim=h.dim, api_key_env=h.api_key_env,
+                            requests_per_minute=h.requests_per_minute, tokens_per_minute=h.tokens_per_minute,
+                            max_in_flight=h.max_in_flight, timeout_seconds=h.timeout_seconds,
+                            max_retries=h.max_retries, backoff_initial_seconds=h.backoff_initial_seconds,
+                            backoff_max_seconds=h.backoff_max_seconds, max_wait_seconds=h.max_wait_seconds)
+    raise ConfigError(f"unknown embedder backend {name!r}; known: {', '.join(BACKENDS)}")

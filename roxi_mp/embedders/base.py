@@ -14,11 +14,35 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import BadInput
+from ..errors import BadInput, RoxiError
+
+
+class EmbedError(RoxiError):
+    """A backend could not embed a batch (after its own retries, where it has any).
+
+    `input_error` says the texts themselves were refused (an HTTP 400/413/422, say): the
+    embedder role then splits the batch to find the culprit instead of failing its
+    neighbours. Otherwise the failure is the service's (down, overloaded, malformed answer)
+    and the whole batch is given back to be tried again later.
+    """
+
+    code = "embed_failed"
+
+    def __init__(self, message: str, *, input_error: bool = False) -> None:
+        super().__init__(message)
+        self.input_error = input_error
 
 
 class Embedder(abc.ABC):
-    """encode(texts) -> float32 (n, dim), rows L2-normalised."""
+    """encode(texts) -> float32 (n, dim), rows L2-normalised.
+
+    `encode` may be called from a worker thread, and from up to `max_in_flight` threads at
+    once (an API-bound backend wants several requests in flight); it must be thread-safe
+    for that many callers. It raises EmbedError when a batch cannot be embedded.
+    """
+
+    #: concurrent encode() calls the embedder role may make
+    max_in_flight: int = 1
 
     #: stable id recorded in the store, e.g. "hashing-v1-1024"
     model_id: str
@@ -40,6 +64,10 @@ class Embedder(abc.ABC):
     def loaded(self) -> bool:
         """Whether `encode` can run without loading first."""
         return True
+
+    def status(self) -> dict:
+        """Backend figures for status (e.g. the current backoff); empty by default."""
+        return {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.model_id}>"

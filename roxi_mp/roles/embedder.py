@@ -3,26 +3,43 @@
 The embedder never marks anything done: it only leases chunks (so that several embedders
 never work on the same chunk at once) and sends `(chunk ids, float16 matrix)` to the
 indexer, which commits. A crash anywhere here loses at most the lease: when it expires the
-chunks are claimable again, and the indexer drops a duplicate delivery of a chunk that was
-committed meanwhile. Flow control is the PUSH socket's small HWM: when the indexer falls
-behind, sends stop succeeding and the embedder stops claiming instead of leasing work it
-cannot deliver before the lease runs out.
+chunks are claimable again, and the indexer drops a duplicate delivery.
+
+Embedding runs in worker threads (`max_in_flight` of them: one for a local model, several
+for an API), so the loop stays free to heartbeat, renew the leases of work in progress (a
+slow or rate-limited API must not let them expire, or another embedder would pay for the
+same chunks again), and hand results to the indexer. Flow control is the PUSH socket's
+small HWM: while the indexer cannot take results, no new work is claimed.
+
+Failures: a batch refused for its input is split in halves until the culprit stands alone,
+so one bad chunk never fails its neighbours; a chunk that fails alone uses up an attempt
+and is marked failed after `max_attempts`. When the service itself is down (nothing has
+succeeded since the batch was sent), the batch goes back without using an attempt and the
+embedder backs off: an outage must not mark the whole corpus failed.
+
+Idle for `idle_seconds`, the embedder unloads its model and sleeps, looking for work every
+`wake_check_seconds` with a count query, or at once when `roxi ingest` notifies it. It
+yields to query traffic (smaller batches, pauses) and to a machine busy with other work.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import enum
 import logging
 import os
 import time
 import uuid
+from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 import psutil
 import zmq
 
 from .. import memory, protocol
-from ..embedders import make_embedder
+from ..embedders import EmbedError, make_embedder
+from ..errors import ConfigError
 from ..store import Store
 from .base import Role, run
 
@@ -34,6 +51,12 @@ VECTORS_HWM = 4
 SHUTDOWN_FLUSH_SECONDS = 0.5
 #: nice increment: the embedder yields the CPU to the query server
 NICE = 5
+#: backoff after a batch failed with the service down: initial and maximum, seconds
+OUTAGE_BACKOFF_INITIAL = 1.0
+OUTAGE_BACKOFF_MAX = 60.0
+#: a batch that fails counts as the input's fault (split it, use attempts) when some other
+#: batch succeeded within this many seconds before it was sent, or at any time since
+HEALTH_WINDOW = 120.0
 
 
 class CpuWatch:
@@ -61,30 +84,40 @@ class EState(enum.Enum):
     ASLEEP = "asleep"
 
 
+@dataclass
+class Job:
+    ids: list[int]
+    texts: list[str]
+    submitted: float
+    future: cf.Future = field(repr=False, default=None)  # type: ignore[assignment]
+
+
 class Embedder(Role):
     role = "embedder"
 
     def initialize(self) -> None:
         ecfg = self.cfg.embedder
         self.store = Store(self.cfg.db_path, busy_timeout_ms=self.cfg.store.busy_timeout_ms)
-        self.model = make_embedder(ecfg.backend, dim=ecfg.dim)
+        self.model = make_embedder(self.cfg)
         self.store.ensure_model(self.model.model_id, self.model.dim)
+        self.model.load()  # a missing or corrupt model is a boot failure, not a batch failure
         self.owner = f"{self.name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.push = protocol.configure(self.ctx.socket(zmq.PUSH), hwm=VECTORS_HWM)
         self.push.connect(self.cfg.endpoint("vectors"))
-        self.poller = zmq.Poller()
-        self.poller.register(self.push, zmq.POLLOUT)
-        self.outbox: list | None = None  # frames of a batch not yet handed to zmq
+        self.pool = cf.ThreadPoolExecutor(max_workers=self.model.max_in_flight, thread_name_prefix="embed")
+        self.jobs: list[Job] = []
+        self.outbox: deque[tuple[list[int], list]] = deque()  # (ids, frames) not yet handed to zmq
         now = time.monotonic()
         self.state = EState.AWAKE
-        self.model.load()
         self.next_claim = 0.0
         self.last_work = now  # last time a claim found chunks (or we woke)
+        self.last_success = float("-inf")  # last batch the backend embedded
         self.last_queries = float("-inf")  # last time the supervisor relayed query traffic
         self.next_check = 0.0  # next pending-count check while asleep
-        self.work_notified = False
-        self.cpu = CpuWatch(self.cfg.embedder.busy_cpu_percent)
-        self.embedded = self.batches = self.yields = 0
+        self.next_renew = now + ecfg.lease_seconds / 3
+        self.outage_backoff = 0.0
+        self.cpu = CpuWatch(ecfg.busy_cpu_percent)
+        self.embedded = self.batches = self.yields = self.failed = self.splits = 0
         try:
             os.nice(NICE)
         except OSError:
@@ -92,23 +125,36 @@ class Embedder(Role):
 
     # --- main loop ---------------------------------------------------------------
     def loop(self, now: float) -> None:
-        ecfg = self.cfg.embedder
-        if self.outbox is not None:
-            self._flush(self.poll_timeout())
-            return
-        if self.state is EState.ASLEEP:
+        self._collect(now)
+        self._flush(0)
+        if now >= self.next_renew:
+            self._renew(now)
+        if self.state is EState.ASLEEP and not self.jobs and not self.outbox:
             self._doze(now)
             return
-        if now < self.next_claim:
-            time.sleep(min(self.next_claim - now, self.poll_timeout()))
-            return
+        if self.state is EState.AWAKE and not self.outbox and len(self.jobs) < self.model.max_in_flight \
+                and now >= self.next_claim:
+            self._claim(now)
+        self._wait()
+
+    def _wait(self) -> None:
+        """Block until a job finishes, zmq can take a result, or the poll timeout passes."""
+        timeout = self.poll_timeout()
+        if self.outbox:
+            self._flush(timeout)
+        elif self.jobs:
+            cf.wait([j.future for j in self.jobs], timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        else:
+            time.sleep(max(0.0, min(timeout, self.next_claim - time.monotonic())))
+
+    def _claim(self, now: float) -> None:
+        ecfg = self.cfg.embedder
         if self.cpu.busy(now):
             self.yields += 1  # the machine is busy with other work: leave it the CPU
             self.next_claim = now + ecfg.yield_pause_seconds
             return
         serving = now - self.last_queries < ecfg.yield_seconds
         size = ecfg.yield_batch_size if serving else ecfg.batch_size
-        pause = max(ecfg.pause_seconds, ecfg.yield_pause_seconds) if serving else ecfg.pause_seconds
         batch = self.store.claim(self.owner, size, now=time.time(), lease_seconds=ecfg.lease_seconds)
         if not batch:
             if now - self.last_work >= ecfg.idle_seconds:
@@ -117,25 +163,79 @@ class Embedder(Role):
             return
         self.last_work = now
         self.yields += serving
-        ids = [cid for cid, _ in batch]
-        try:
-            vectors = self.model.encode([text for _, text in batch])
-        except Exception as exc:  # a backend error must not lose the chunks: give them back
-            log.warning("embedding %d chunks failed: %s", len(ids), exc)
-            self.store.release(ids, owner=self.owner, error=str(exc)[:500], max_attempts=ecfg.max_attempts)
-            self.next_claim = now + ecfg.poll_seconds
-            return
-        meta, buf = protocol.encode_array(np.asarray(vectors, dtype=np.float16))
-        header = {"v": protocol.VERSION, "type": "vectors", "chunk_ids": ids,
-                  "model_id": self.model.model_id, "sender": self.owner, **meta}
-        self.outbox = [protocol.pack(header), buf]
-        self.embedded += len(ids)
-        self.batches += 1
+        pause = max(ecfg.pause_seconds, ecfg.yield_pause_seconds) if serving else ecfg.pause_seconds
         self.next_claim = now + pause
-        self._flush(self.poll_timeout())
+        self._submit([cid for cid, _ in batch], [text for _, text in batch], now)
+
+    def _submit(self, ids: list[int], texts: list[str], now: float) -> None:
+        job = Job(ids, texts, now)
+        job.future = self.pool.submit(self.model.encode, texts)
+        self.jobs.append(job)
+
+    def _collect(self, now: float) -> None:
+        for job in [j for j in self.jobs if j.future.done()]:
+            self.jobs.remove(job)
+            try:
+                vectors = job.future.result()
+            except Exception as exc:
+                self._failed(job, exc, now)
+                continue
+            self.last_success = now
+            self.outage_backoff = 0.0
+            meta, buf = protocol.encode_array(np.asarray(vectors, dtype=np.float16))
+            header = {"v": protocol.VERSION, "type": "vectors", "chunk_ids": job.ids,
+                      "model_id": self.model.model_id, "sender": self.owner, **meta}
+            self.outbox.append((job.ids, [protocol.pack(header), buf]))
+            self.embedded += len(job.ids)
+            self.batches += 1
+
+    def _failed(self, job: Job, exc: BaseException, now: float) -> None:
+        ecfg = self.cfg.embedder
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        input_error = isinstance(exc, EmbedError) and exc.input_error
+        service_healthy = self.last_success >= job.submitted - HEALTH_WINDOW
+        if len(job.ids) > 1 and (input_error or service_healthy):
+            # Find the culprit: the leases are still ours, so the halves need no new claim.
+            self.splits += 1
+            half = len(job.ids) // 2
+            log.warning("batch of %d failed (%s); splitting to isolate the failing chunk", len(job.ids), message)
+            self._submit(job.ids[:half], job.texts[:half], now)
+            self._submit(job.ids[half:], job.texts[half:], now)
+            return
+        if len(job.ids) == 1 and (input_error or service_healthy):
+            failed = self.store.release(job.ids, owner=self.owner, error=message, max_attempts=ecfg.max_attempts)
+            self.failed += failed
+            log.warning("chunk %d failed (%s)%s", job.ids[0], message,
+                        "; marked failed, see `roxi retry-failed`" if failed else "; will retry")
+            return
+        # The service looks down: give the batch back without using an attempt, and wait.
+        self.store.release(job.ids, owner=self.owner, error=message, count_attempt=False)
+        self.outage_backoff = min(OUTAGE_BACKOFF_MAX, max(OUTAGE_BACKOFF_INITIAL, self.outage_backoff * 2))
+        self.next_claim = now + self.outage_backoff
+        log.warning("embedding failed with the service apparently down (%s); backing off %.1f s",
+                    message, self.outage_backoff)
+
+    def _renew(self, now: float) -> None:
+        ids = [cid for job in self.jobs for cid in job.ids] + [cid for ids, _ in self.outbox for cid in ids]
+        if ids:
+            self.store.renew(ids, owner=self.owner, now=time.time(), lease_seconds=self.cfg.embedder.lease_seconds)
+        self.next_renew = now + self.cfg.embedder.lease_seconds / 3
+
+    def _flush(self, timeout: float) -> None:
+        """Hand finished batches to zmq while the indexer can take them."""
+        while self.outbox:
+            if timeout and not self.push.poll(int(timeout * 1000), zmq.POLLOUT):
+                return
+            try:
+                self.push.send_multipart(self.outbox[0][1], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return  # indexer busy or down; the renewed lease keeps the chunks ours
+            self.outbox.popleft()
 
     def _doze(self, now: float) -> None:
         """Asleep: look for work now and then with a count query; the model stays unloaded."""
+        if self.model.loaded:  # went to sleep with work in flight: unload now it is done
+            self._unload()
         if self.work_notified or now >= self.next_check:
             self.work_notified = False
             self.next_check = now + self.cfg.embedder.wake_check_seconds
@@ -145,19 +245,29 @@ class Embedder(Role):
         time.sleep(self.poll_timeout())
 
     # --- sleep and wake ----------------------------------------------------------
+    work_notified = False
+
     def sleep(self, now: float) -> None:
         if self.state is EState.ASLEEP:
             return
-        self.model.unload()
         self.state = EState.ASLEEP
         self.next_check = now + self.cfg.embedder.wake_check_seconds
-        memory.release()
+        if not self.jobs:
+            self._unload()
         log.info("asleep (no pending chunks for %.0f s): model unloaded", now - self.last_work)
+
+    def _unload(self) -> None:
+        self.model.unload()
+        memory.release()
 
     def wake(self, now: float) -> None:
         if self.state is EState.AWAKE:
             return
-        self.model.load()
+        try:
+            self.model.load()
+        except ConfigError as exc:  # the model vanished or changed while we slept
+            log.error("cannot load the model: %s", exc)
+            raise
         self.state = EState.AWAKE
         self.last_work = now
         self.next_claim = 0.0
@@ -171,42 +281,41 @@ class Embedder(Role):
             self.wake(now)
         elif op == "work":  # `roxi ingest` added chunks: look at once
             self.work_notified = True
-            self.next_claim = 0.0
+            self.next_claim = min(self.next_claim, now)
         elif op == "queries":  # the query server is serving: yield to it for a while
             self.last_queries = now
-
-    def _flush(self, timeout: float) -> None:
-        """Hand the pending batch to zmq if the indexer can take it within `timeout`."""
-        if not self.poller.poll(int(timeout * 1000)):
-            return  # indexer busy or down; the lease keeps the chunks ours meanwhile
-        try:
-            self.push.send_multipart(self.outbox, flags=zmq.NOBLOCK, copy=False)
-            self.outbox = None
-        except zmq.Again:
-            pass
 
     def info(self) -> dict:
         if not hasattr(self, "state"):
             return {"state": "starting"}
         return {"state": "asleep" if self.state is EState.ASLEEP else "running",
                 "embedded": self.embedded, "batches": self.batches, "yields": self.yields,
-                "model_loaded": self.model.loaded, "model_id": self.model.model_id}
+                "failed": self.failed, "splits": self.splits, "in_flight": sum(len(j.ids) for j in self.jobs),
+                "backoff_seconds": self.outage_backoff,  # 0 unless the service looks down
+                "model_loaded": self.model.loaded, "model_id": self.model.model_id,
+                "backend": self.model.status()}
 
     def shutdown(self) -> None:
+        if hasattr(self, "pool"):
+            # In-flight requests are abandoned, not awaited: their leases lapse and the
+            # chunks are embedded again (a stop must not wait out a rate-limit pause).
+            self.pool.shutdown(wait=False, cancel_futures=True)
         # Best effort and short (a SIGKILLed supervisor expects its children gone within
         # 2 s): whatever is not delivered returns to pending when its lease expires.
-        if getattr(self, "outbox", None) is not None:
+        if getattr(self, "outbox", None):
             self._flush(SHUTDOWN_FLUSH_SECONDS)
         if hasattr(self, "push"):
-            # The indexer is stopped after the embedders, so a short linger delivers what
-            # zmq still queues; anything lost here only waits for its lease to expire.
             self.push.close(linger=int(SHUTDOWN_FLUSH_SECONDS * 1000))
         if hasattr(self, "store"):
             self.store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(Embedder, argv)
+    code = run(Embedder, argv)
+    # A worker thread may be inside a long API retry; the interpreter would join it at exit.
+    # Everything durable is already done (leases lapse by themselves), so leave at once.
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":

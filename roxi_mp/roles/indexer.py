@@ -42,10 +42,9 @@ class Indexer(Role):
     role = "indexer"
 
     def initialize(self) -> None:
-        ecfg = self.cfg.embedder
         self.store = Store(self.cfg.db_path, busy_timeout_ms=self.cfg.store.busy_timeout_ms)
         # The model id is known from the configuration without loading any model weights.
-        model = make_embedder(ecfg.backend, dim=ecfg.dim)
+        model = make_embedder(self.cfg)
         self.model_id, self.dim = model.model_id, model.dim
         self.store.ensure_model(self.model_id, self.dim)
         self.writer = VectorWriter(self.cfg.vectors_path, dim=self.dim, model_id=self.model_id)

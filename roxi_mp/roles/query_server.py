@@ -48,7 +48,7 @@ class QueryServer(Role):
     def initialize(self) -> None:
         qcfg, lim = self.cfg.query, self.cfg.limits
         self.store: Store | None = None
-        self.model = make_embedder(self.cfg.embedder.backend, dim=self.cfg.embedder.dim)
+        self.model = make_embedder(self.cfg)
         self.cache = ResultCache(max_entries=qcfg.cache_entries, ttl_seconds=qcfg.cache_ttl_seconds)
         faiss.omp_set_num_threads(qcfg.threads)
         # The socket's hard cap is twice the request limit: a request between the two gets a

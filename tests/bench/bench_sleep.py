@@ -16,7 +16,6 @@ import shutil
 import time
 
 from roxi_mp.memory import mapped, maps_file
-from roxi_mp.service import READY_STATES
 
 from ..corpus import populate
 from .common import MB, evict_page_cache, machine, make_system, median, rss, table, temp_root, timed, \
@@ -30,7 +29,7 @@ QUERY = "synovial joint inflammation"
 
 def measure_size(n: int, *, repeats: int = 3) -> dict:
     root = temp_root(f"sleep-{n}")
-    s = make_system(root, embedder__dim=DIM, query__idle_seconds=3600.0)
+    s = make_system(root, hashing__dim=DIM, query__idle_seconds=3600.0)
     try:
         started = time.perf_counter()
         populate(s.cfg, rows=n)
@@ -38,21 +37,19 @@ def measure_size(n: int, *, repeats: int = 3) -> dict:
         s.start()
         pid = s.pid("query")
         floor = rss(pid)
-        with s.query_client(timeout=120) as client, s.control() as control:
+        with s.query_client(timeout=120) as client:
             first_s, hits = timed(lambda: client.query(QUERY, k=10))
             assert len(hits) == 10
             awake = rss(pid)
             held = mapped(pid, s.cfg.vectors_path)
             warm, cold = [], []
             for _ in range(repeats):
-                control.command("sleep", role="query")
-                s.wait_for(lambda: s.role("query")["state"] == "asleep", timeout=10, what="asleep")
+                client.call("sleep")  # answered after the server is asleep (status lags a beat)
                 asleep = rss(pid)
                 still_mapped = maps_file(pid, s.cfg.vectors_path)
                 warm.append(timed(lambda: client.query(QUERY, k=10))[0])
             for _ in range(repeats):
-                control.command("sleep", role="query")
-                s.wait_for(lambda: s.role("query")["state"] == "asleep", timeout=10, what="asleep")
+                client.call("sleep")
                 evict_page_cache(s.cfg.vectors_path)
                 cold.append(timed(lambda: client.query(QUERY, k=10))[0])
         data_bytes = n * DIM * 2
@@ -70,7 +67,7 @@ def measure_size(n: int, *, repeats: int = 3) -> dict:
 
 def measure_sleep_cpu(seconds: float) -> dict:
     root = temp_root("sleep-cpu")
-    s = make_system(root, embedder__dim=DIM, embedder__idle_seconds=1.0, query__idle_seconds=1.0)
+    s = make_system(root, hashing__dim=DIM, embedder__idle_seconds=1.0, query__idle_seconds=1.0)
     try:
         populate(s.cfg, rows=10_000)
         s.start()

@@ -35,7 +35,7 @@ def roxi(cfg, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 def test_sample_corpus_start_query_status_stop(make_config):
     """Acceptance 1 through the CLI: start, sample corpus indexed, gout first, stop clean."""
-    cfg = make_config(supervisor__ingest_sample_on_empty=True, embedder__dim=1024)
+    cfg = make_config(supervisor__ingest_sample_on_empty=True, hashing__dim=1024)
     started = roxi(cfg, "start")
     assert started.returncode == 0, started.stderr
     try:
@@ -77,7 +77,8 @@ def test_sample_corpus_start_query_status_stop(make_config):
 def test_run_sh_foreground_and_ctrl_c(tmp_path):
     """`./run.sh --data-dir D` runs in the foreground; SIGINT stops every role, exit 0."""
     data = tmp_path / "data"
-    conf = write_toml(tmp_path / "roxi.toml", {"embedder__dim": 256, "supervisor__grace_seconds": 3.0})
+    conf = write_toml(tmp_path / "roxi.toml", {"embedder__backend": "hashing", "hashing__dim": 256,
+                                              "supervisor__grace_seconds": 3.0})
     env = {**clean_env(), "ROXI_CONFIG": str(conf)}
     proc = subprocess.Popen([str(REPO / "run.sh"), "--data-dir", str(data)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -131,7 +132,7 @@ def test_kill_each_role_during_ingest_loses_nothing(system, make_config, tmp_pat
 def test_query_server_rss_without_float32_copy(system, make_config):
     """Acceptance 4: RSS with 100k indexed chunks stays below (rows x dim x 2) + 150 MB."""
     rows, dim = 100_000, 1024
-    cfg = make_config(embedder__dim=dim)
+    cfg = make_config(hashing__dim=dim)
     populate(cfg, rows=rows)
     s = system(cfg)
     with s.query_client(timeout=30) as client:
@@ -217,9 +218,9 @@ def test_query_socket_survives_malformed_and_oversized(system, make_config, tmp_
 
 def test_mismatched_embedder_is_refused(system, make_config, tmp_path):
     """A store built with one model refuses an embedder of another dimension at boot."""
-    cfg = make_config(embedder__dim=256)
+    cfg = make_config(hashing__dim=256)
     populate(cfg, rows=10)
-    other = make_config(data_dir=cfg.data_dir, embedder__dim=512)
+    other = make_config(data_dir=cfg.data_dir, hashing__dim=512)
     s = system(other, start=False).start(wait=False)
     s.wait_for(lambda: s.role("indexer")["state"] == "failed" and s.role("embedder-1")["state"] == "failed",
                timeout=20, what="roles refused with boot error")

@@ -36,7 +36,7 @@ def wait_asleep(s, name: str, timeout: float = 10.0) -> None:
 
 @pytest.fixture
 def store_100k(make_config):
-    cfg = make_config(embedder__dim=384)
+    cfg = make_config(hashing__dim=384)
     populate(cfg, rows=100_000)
     return cfg
 
@@ -65,7 +65,7 @@ def test_roxi_sleep_returns_to_floor_and_unmaps(system, store_100k):
 
 def test_sleeps_by_itself_after_idle_seconds(system, make_config):
     """Acceptance 2: the same after query.idle_seconds without a query."""
-    cfg = make_config(embedder__dim=384, query__idle_seconds=1.5)
+    cfg = make_config(hashing__dim=384, query__idle_seconds=1.5)
     populate(cfg, rows=100_000)
     s = system(cfg)
     pid = s.pid("query")
@@ -99,7 +99,7 @@ def test_sleeping_embedder_holds_no_model_and_wakes_on_ingest(system, make_confi
 
 def test_embedder_floor_when_asleep(system, make_config, tmp_path):
     """The sleeping embedder's RSS is back near a fresh embedder's after real work."""
-    cfg = make_config(embedder__idle_seconds=0.5, embedder__dim=1024)
+    cfg = make_config(embedder__idle_seconds=0.5, hashing__dim=1024)
     s = system(cfg)
     floor = rss(s.pid("embedder-1"))
     write_corpus(tmp_path / "docs", docs=200, words=700)

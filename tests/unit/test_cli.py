@@ -19,7 +19,7 @@ from tests.conftest import write_toml
 def env(tmp_path: Path) -> dict:
     data = tmp_path / "data"
     conf = write_toml(tmp_path / "cli.toml", {"supervisor__ingest_sample_on_empty": False,
-                                               "embedder__dim": 256})
+                                               "hashing__dim": 256})
     return {"data": data, "conf": conf}
 
 

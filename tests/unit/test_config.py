@@ -36,7 +36,7 @@ def test_defaults_load_without_any_file(tmp_path: Path) -> None:
     assert cfg.config_path is None
     assert cfg.data_dir == (tmp_path / "d").resolve()
     assert cfg.store.chunk_words == 200 and cfg.store.chunk_overlap == 40
-    assert cfg.embedder.backend == "hashing" and cfg.embedder.dim == 1024
+    assert cfg.embedder.backend == "minilm" and cfg.hashing.dim == 1024
     assert cfg.query.default_k == 10 and cfg.query.max_k == 1000
     assert cfg.supervisor.ingest_sample_on_empty is True
     assert cfg.db_path == cfg.data_dir / "roxi.sqlite3"
@@ -141,7 +141,7 @@ def test_int_is_accepted_for_a_float_key(tmp_path: Path) -> None:
     ("[store]\nchunk_words = 101\nchunk_overlap = 50\n", "store.chunk_overlap"),
     ("[store]\nchunk_overlap = -1\n", "store.chunk_overlap"),
     ("[store]\nchunk_words = 7\nchunk_overlap = 0\n", "store.chunk_words"),
-    ("[embedder]\ndim = 7\n", "embedder.dim"),
+    ("[hashing]\ndim = 63\n", "hashing.dim"),
     ("[supervisor]\nheartbeat_seconds = 2.0\nliveness_seconds = 2.0\n", "supervisor.liveness_seconds"),
     ("[supervisor]\nliveness_seconds = 0.5\n", "supervisor.liveness_seconds"),
     ("[query]\ndefault_k = 11\nmax_k = 10\n", "query.default_k"),
@@ -155,9 +155,9 @@ def test_out_of_range_values_are_refused(tmp_path: Path, text: str, named: str) 
 
 def test_values_just_inside_the_ranges_are_accepted(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, "[store]\nchunk_words = 100\nchunk_overlap = 49\n"
-                              "[embedder]\ndim = 8\n"
+                              "[hashing]\ndim = 64\n"
                               "[supervisor]\nheartbeat_seconds = 2.0\nliveness_seconds = 2.5\n")
-    assert (cfg.store.chunk_overlap, cfg.embedder.dim, cfg.supervisor.liveness_seconds) == (49, 8, 2.5)
+    assert (cfg.store.chunk_overlap, cfg.hashing.dim, cfg.supervisor.liveness_seconds) == (49, 64, 2.5)
 
 
 def test_invalid_toml_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
@@ -198,7 +198,7 @@ def test_roxi_data_dir_env_beats_a_data_dir_key_in_the_file(tmp_path: Path) -> N
 def test_env_overrides_are_parsed_by_the_target_type(tmp_path: Path) -> None:
     conf = write(tmp_path / "c.toml", "[query]\nmax_k = 50\n")
     env = {
-        "ROXI_EMBEDDER_DIM": " 128 ",
+        "ROXI_HASHING_DIM": " 128 ",
         "ROXI_EMBEDDER_LEASE_SECONDS": "2.5",
         "ROXI_SUPERVISOR_INGEST_SAMPLE_ON_EMPTY": "off",
         "ROXI_EMBEDDER_BACKEND": "hashing",
@@ -209,7 +209,7 @@ def test_env_overrides_are_parsed_by_the_target_type(tmp_path: Path) -> None:
         "PATH": "/bin",
     }
     cfg = load(conf, data_dir=tmp_path, env=env)
-    assert cfg.embedder.dim == 128 and type(cfg.embedder.dim) is int
+    assert cfg.hashing.dim == 128 and type(cfg.hashing.dim) is int
     assert cfg.embedder.lease_seconds == 2.5
     assert cfg.supervisor.ingest_sample_on_empty is False
     assert cfg.embedder.backend == "hashing"
@@ -226,8 +226,8 @@ def test_env_bool_spellings(tmp_path: Path, text: str, expected: bool) -> None:
 
 
 @pytest.mark.parametrize("name, value, key", [
-    ("ROXI_EMBEDDER_DIM", "12.5", "embedder.dim"),
-    ("ROXI_EMBEDDER_DIM", "lots", "embedder.dim"),
+    ("ROXI_HASHING_DIM", "12.5", "hashing.dim"),
+    ("ROXI_HASHING_DIM", "lots", "hashing.dim"),
     ("ROXI_EMBEDDER_LEASE_SECONDS", "soon", "embedder.lease_seconds"),
     ("ROXI_SUPERVISOR_INGEST_SAMPLE_ON_EMPTY", "maybe", "supervisor.ingest_sample_on_empty"),
 ])
@@ -240,8 +240,8 @@ def test_bad_env_value_is_a_config_error_naming_the_key(tmp_path: Path, name, va
 
 def test_bad_env_value_names_the_environment_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        load(None, data_dir=tmp_path, env={"ROXI_EMBEDDER_DIM": "12.5"}, use_default_file=False)
-    assert "ROXI_EMBEDDER_DIM" in str(info.value)
+        load(None, data_dir=tmp_path, env={"ROXI_HASHING_DIM": "12.5"}, use_default_file=False)
+    assert "ROXI_HASHING_DIM" in str(info.value)
 
 
 def test_unknown_env_key_of_a_known_section_is_refused(tmp_path: Path) -> None:
@@ -252,14 +252,14 @@ def test_unknown_env_key_of_a_known_section_is_refused(tmp_path: Path) -> None:
 
 def test_env_value_out_of_range_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        load(None, data_dir=tmp_path, env={"ROXI_EMBEDDER_DIM": "4"}, use_default_file=False)
-    assert "embedder.dim" in str(info.value)
+        load(None, data_dir=tmp_path, env={"ROXI_HASHING_DIM": "4"}, use_default_file=False)
+    assert "hashing.dim" in str(info.value)
 
 
 def test_make_config_fixture_ignores_the_real_environment(make_config, monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("ROXI_EMBEDDER_DIM", "not-a-number")
+    monkeypatch.setenv("ROXI_HASHING_DIM", "not-a-number")
     cfg = make_config(query__max_k=20)
-    assert cfg.embedder.dim == 256 and cfg.query.max_k == 20
+    assert cfg.hashing.dim == 256 and cfg.query.max_k == 20
     assert cfg.data_dir == (tmp_path / "data").resolve()
 
 

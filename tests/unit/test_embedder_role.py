@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import zmq
+import time
+from concurrent.futures import Future
+
 import pytest
+import zmq
 
 from roxi_mp import protocol
-from roxi_mp.roles.embedder import EState, Embedder
+from roxi_mp.embedders import EmbedError
+from roxi_mp.roles.embedder import EState, Embedder, Job
 from roxi_mp.store import Store
 
 
@@ -34,19 +38,32 @@ def add_chunks(cfg, n: int, tag: str = "a") -> None:
                            chunks=((i, f"text {tag} {i}", f"h{tag}{i}") for i in range(n)))
 
 
-def received(sink) -> list[int]:
-    ids = []
+def settle(emb, now: float) -> None:
+    """Drive the loop (at a fixed time) until submitted batches are embedded and handed on."""
+    for _ in range(50):
+        emb.loop(now)
+        if not emb.jobs and not emb.outbox:
+            return
+    raise AssertionError("the embedder did not settle")
+
+
+def batches(sink) -> list[list[int]]:
+    out = []
     while sink.poll(200):
-        header = protocol.unpack_map(sink.recv_multipart()[0], max_bytes=1 << 20)
-        ids += header["chunk_ids"]
-    return ids
+        out.append(protocol.unpack_map(sink.recv_multipart()[0], max_bytes=1 << 20)["chunk_ids"])
+    return out
+
+
+def received(sink) -> list[int]:
+    return [cid for batch in batches(sink) for cid in batch]
 
 
 def test_full_batches_when_no_queries(setup):
     cfg, emb, sink = setup
     add_chunks(cfg, 20)
     emb.loop(1000.0)
-    assert len(received(sink)) == 16
+    settle(emb, 1000.0)
+    assert [len(b) for b in batches(sink)] == [16, 4]
 
 
 def test_yields_to_query_traffic_with_small_batches(setup):
@@ -54,10 +71,12 @@ def test_yields_to_query_traffic_with_small_batches(setup):
     add_chunks(cfg, 20)
     emb.command({"op": "queries"}, 1000.0)
     emb.loop(1001.0)  # within yield_seconds of the last query activity
-    assert len(received(sink)) == 4
+    settle(emb, 1001.0)  # time stands still, so the yield pause holds: one small batch
+    assert [len(b) for b in batches(sink)] == [4]
     assert emb.next_claim >= 1001.0 + cfg.embedder.yield_pause_seconds
     emb.loop(1010.0)  # queries stopped long ago: full batches again
-    assert len(received(sink)) == 16
+    settle(emb, 1010.0)
+    assert [len(b) for b in batches(sink)] == [16]
 
 
 def test_sleeps_when_idle_and_wakes_on_work(setup):
@@ -74,6 +93,7 @@ def test_sleeps_when_idle_and_wakes_on_work(setup):
     emb.loop(1008.0)
     assert emb.state is EState.AWAKE and emb.model.loaded
     emb.loop(1008.1)
+    settle(emb, 1008.1)
     assert sorted(received(sink)) == [1, 2, 3]
 
 
@@ -91,3 +111,82 @@ def test_sleep_and_wake_commands(setup):
     assert emb.state is EState.ASLEEP and emb.info()["state"] == "asleep"
     emb.command({"op": "wake"}, 1001.0)
     assert emb.state is EState.AWAKE and emb.info()["model_loaded"] is True
+
+
+class FlakyBackend:
+    """Embeds like hashing, but fails for chunks containing `poison`, or for all while `down`."""
+
+    max_in_flight = 1
+
+    def __init__(self, real, *, poison: str = "POISON", input_error: bool = False) -> None:
+        self.real, self.poison, self.input_error, self.down = real, poison, input_error, False
+        self.model_id, self.dim, self.loaded = real.model_id, real.dim, True
+        self.calls: list[int] = []
+
+    def encode(self, texts):
+        self.calls.append(len(texts))
+        if self.down or any(self.poison in t for t in texts):
+            raise EmbedError("service says no", input_error=self.input_error)
+        return self.real.encode(texts)
+
+    def load(self): self.loaded = True
+    def unload(self): self.loaded = False
+    def status(self): return {}
+
+
+def chunk_states(cfg) -> dict[str, tuple[str, int]]:
+    with Store(cfg.db_path) as store:
+        return {text: (state, attempts) for text, state, attempts in
+                store.conn.execute("SELECT text, state, attempts FROM chunks")}
+
+
+@pytest.mark.parametrize("input_error", [True, False])
+def test_a_failing_chunk_is_isolated_and_fails_alone(setup, input_error):
+    cfg, emb, sink = setup
+    emb.model = FlakyBackend(emb.model, input_error=input_error)
+    emb.last_success = 999.0  # the service worked a moment ago: failures are the input's
+    with Store(cfg.db_path) as store:
+        store.add_document(content_hash="d", source="d", title="d", size=1,
+                           chunks=((i, "POISON" if i == 5 else f"fine {i}", f"h{i}") for i in range(8)))
+    for step in range(cfg.embedder.max_attempts * 10):
+        emb.loop(1000.0 + step)
+        settle(emb, 1000.0 + step)
+        if chunk_states(cfg)["POISON"][0] == "failed":
+            break
+    states = chunk_states(cfg)
+    assert states["POISON"] == ("failed", cfg.embedder.max_attempts)
+    assert sorted(received(sink)) == [i + 1 for i in range(8) if i != 5]  # every other chunk delivered once
+    assert all(attempts == 1 for text, (_, attempts) in states.items() if text != "POISON")
+    assert emb.splits >= 3 and emb.failed == 1
+
+
+def test_an_outage_uses_no_attempts_and_backs_off(setup):
+    cfg, emb, sink = setup
+    emb.model = FlakyBackend(emb.model)
+    emb.model.down = True
+    add_chunks(cfg, 6)
+    emb.loop(1000.0)
+    settle(emb, 1000.0)
+    assert emb.model.calls == [6]  # no success ever: not split (that would multiply requests)
+    assert all(v == ("pending", 0) for v in chunk_states(cfg).values())
+    assert emb.next_claim >= 1000.0 + 1.0 and emb.info()["backoff_seconds"] > 0
+    emb.loop(1000.5)  # still backing off: nothing claimed
+    assert emb.model.calls == [6]
+    emb.model.down = False
+    emb.loop(1002.0)
+    settle(emb, 1002.0)
+    assert sorted(received(sink)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_leases_of_work_in_flight_are_renewed(setup):
+    cfg, emb, _ = setup
+    add_chunks(cfg, 2)
+    with Store(cfg.db_path) as store:
+        store.claim(emb.owner, 2, now=0.0, lease_seconds=1.0)  # leases that expired long ago
+    emb.jobs.append(Job([1, 2], ["a", "b"], 1000.0, future=Future()))  # still being embedded
+    emb._renew(1000.0)
+    with Store(cfg.db_path) as store:
+        expires = [r[0] for r in store.conn.execute("SELECT lease_expires FROM chunks")]
+        assert store.pending_count(now=time.time()) == 0  # nobody else can claim them now
+    assert all(e > time.time() for e in expires)
+    emb.jobs.clear()

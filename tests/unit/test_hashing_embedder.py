@@ -160,12 +160,12 @@ def test_bad_texts_are_bad_input() -> None:
         embedder.encode(["ok", 3])  # type: ignore[list-item]
 
 
-def test_factory_builds_known_backends_only() -> None:
-    embedder = make_embedder("hashing", dim=128)
+def test_factory_builds_known_backends_only(make_config) -> None:
+    embedder = make_embedder(make_config(embedder__backend="hashing", hashing__dim=128))
     assert isinstance(embedder, HashingEmbedder)
     assert embedder.model_id == "hashing-v1-128"
     with pytest.raises(ConfigError, match="unknown embedder backend"):
-        make_embedder("bert", dim=128)
+        make_embedder(make_config(), "bert")
 
 
 def test_base_class_defaults() -> None:

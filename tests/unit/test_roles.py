@@ -18,7 +18,7 @@ import zmq
 
 from roxi_mp import protocol
 from roxi_mp.config import Config
-from roxi_mp.embedders import make_embedder
+from roxi_mp.embedders import HashingEmbedder
 from roxi_mp.roles.indexer import Indexer
 from roxi_mp.roles.query_server import QState, QueryServer
 from roxi_mp.store import Store
@@ -93,7 +93,7 @@ def chunk_texts(cfg: Config, ids: list[int]) -> list[str]:
 
 
 def embed(texts: list[str]) -> np.ndarray:
-    return make_embedder("hashing", dim=DIM).encode(texts).astype(np.float16)
+    return HashingEmbedder(dim=DIM).encode(texts).astype(np.float16)
 
 
 def index_directly(cfg: Config, ids: list[int]) -> None:
@@ -420,7 +420,7 @@ def test_text_query_returns_ranked_hits_with_title_and_text(qs: QS) -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_vector_query(qs: QS, dtype) -> None:
-    vec = make_embedder("hashing", dim=DIM).encode(["bisphosphonates fracture risk"])[0].astype(dtype)
+    vec = HashingEmbedder(dim=DIM).encode(["bisphosphonates fracture risk"])[0].astype(dtype)
     meta, buf = protocol.encode_array(vec)  # 1-D shape: one query row
     reply = qs.ask("query", bytes(buf), k=2, **meta)
     assert reply["ok"] is True and len(reply["hits"]) == 2
