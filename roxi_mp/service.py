@@ -16,7 +16,7 @@ from typing import Any
 from .client import ControlClient
 from .config import Config
 from .errors import AlreadyRunning, NotRunning, RoxiError, Timeout
-from .lock import holder_pid, is_locked
+from .lock import holder_pid, holder_purpose, is_locked
 from .store import Store
 
 #: how often start/stop re-check while waiting, seconds
@@ -34,7 +34,14 @@ def store_stats(cfg: Config) -> dict[str, Any]:
 
 
 def is_running(cfg: Config) -> bool:
-    return is_locked(cfg.lock_path)
+    return is_locked(cfg.lock_path) and holder_purpose(cfg.lock_path) == "supervisor"
+
+
+def check_store_writable(cfg: Config) -> None:
+    """Refuse while a reembed or restore rebuilds the store: what is written now would be lost."""
+    if is_locked(cfg.lock_path) and holder_purpose(cfg.lock_path) != "supervisor":
+        raise AlreadyRunning(f"a {holder_purpose(cfg.lock_path)} (pid {holder_pid(cfg.lock_path)}) is "
+                             f"rebuilding the store in {cfg.data_dir}; try again when it has finished")
 
 
 def status(cfg: Config) -> dict[str, Any]:
@@ -182,6 +189,22 @@ def notify_ingest(cfg: Config) -> bool:
         return True
     except RoxiError:
         return False  # best effort: embedders also look for work every wake_check_seconds
+
+
+def retry_failed(cfg: Config) -> int:
+    """Put failed chunks back to pending (fresh attempts) and wake the embedders."""
+    with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
+        count = store.retry_failed()
+    if count:
+        notify_ingest(cfg)
+    return count
+
+
+def failures(cfg: Config, limit: int = 20) -> list[dict[str, Any]]:
+    if not cfg.db_path.exists():
+        return []
+    with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
+        return [{"chunk_id": cid, "source": source, "error": error} for cid, source, error in store.failures(limit)]
 
 
 def stop(cfg: Config, *, timeout: float | None = None) -> int | None:

@@ -153,6 +153,24 @@ class Store:
                     f"store was built with model {recorded[0]!r} (dim {recorded[1]}), "
                     f"refusing embedder {model_id!r} (dim {dim})")
 
+    def reset_for_model(self, model_id: str, dim: int) -> None:
+        """Forget every vector row (a copy of the store about to be embedded anew)."""
+        with self.transaction():
+            self.conn.execute("UPDATE chunks SET state='pending', row=NULL, lease_owner=NULL, "
+                              "lease_expires=NULL, attempts=0, error=NULL")
+            self._set_meta(META_MODEL, model_id)
+            self._set_meta(META_DIM, str(dim))
+            self._set_meta(META_ROWS, "0")
+
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy through SQLite's online backup API (never a file copy of a WAL db)."""
+        target = sqlite3.connect(str(path))
+        try:
+            with target:
+                self.conn.backup(target)
+        finally:
+            target.close()
+
     # --- documents ---------------------------------------------------------------
     def has_document(self, content_hash: str) -> bool:
         return self.conn.execute("SELECT 1 FROM documents WHERE content_hash=?",

@@ -25,6 +25,7 @@ from roxi_mp.config import Config
 from roxi_mp.errors import BadInput
 from roxi_mp.lock import DataDirLock
 from roxi_mp.logs import RotatingLog, log_path
+from roxi_mp.staging import complete_swap
 from roxi_mp.roles.base import ENV_SUPERVISOR_PID
 from roxi_mp.store import Store
 
@@ -65,6 +66,8 @@ class Arbiter:
             d.mkdir(parents=True, exist_ok=True)
         cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(cfg.run_dir, 0o700)  # sockets are the door to the data: owner only
+        if complete_swap(cfg):  # a reembed or restore was interrupted mid-swap: finish it
+            log.warning("finished an interrupted store swap (old files in %s)", cfg.data_dir / "previous")
         self.store = Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms)
         if cfg.supervisor.ingest_sample_on_empty and ingest.is_empty_store(self.store):
             report = ingest.ingest_paths(self.store, [ingest.sample_corpus_dir()],

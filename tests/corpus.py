@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from roxi_mp.commit import commit
 from roxi_mp.config import Config
 from roxi_mp.embedders import make_embedder
 from roxi_mp.store import Store
@@ -61,10 +62,7 @@ def populate(cfg: Config, *, rows: int, batch: int = 20_000, seed: int = 0) -> N
                     "SELECT id FROM chunks WHERE row IS NULL ORDER BY id")]
                 vecs = rng.standard_normal((n, model.dim), dtype=np.float32)
                 vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-                first = writer.append(vecs)
-                writer.sync()
-                store.commit_rows(list(zip(ids, range(first, first + n))), rows=first + n)
-                writer.publish(first + n)
+                commit(store, writer, ids, vecs)
                 done += n
 
 

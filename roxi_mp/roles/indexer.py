@@ -1,20 +1,11 @@
 """Indexer role: the single writer of the vectors file and of the `indexed` chunk state.
 
-The commit protocol, in this order, for a group of received batches:
-
-1. drop chunks that already have a row (a duplicate delivery after a lease expired);
-2. append their float16 rows past the end of the vectors file (header untouched);
-3. fsync the vectors file: the rows are durable;
-4. one SQLite transaction: record each chunk's row, mark it `indexed`, advance
-   `committed_rows` and the generation;
-5. patch the file header to the new row count (readers map only committed rows) and
-   publish `(generation, rows)` to the query server.
-
-A crash before 4 leaves rows past `committed_rows`; on start the indexer truncates the file
-back to `committed_rows` and the chunks, never marked, are embedded again when their
-leases expire. A crash after 4 loses nothing; the header is rewritten from SQLite on start.
-Received batches are grouped for up to `commit_max_ms` or `commit_max_rows` so one fsync
-serves many of them.
+For a group of received batches it drops chunks that already have a row (a duplicate
+delivery after a lease expired), then commits the rest through roxi_mp.commit (append,
+fsync, one SQLite transaction, header) and publishes `(generation, rows)` to the query
+server. On start it truncates rows a crashed commit left past `committed_rows`; those
+chunks were never marked and are embedded again when their leases expire. Received batches
+are grouped for up to `commit_max_ms` or `commit_max_rows` so one fsync serves many.
 """
 
 from __future__ import annotations
@@ -26,6 +17,7 @@ import numpy as np
 import zmq
 
 from .. import memory, protocol
+from ..commit import commit
 from ..embedders import make_embedder
 from ..errors import BadInput
 from ..store import Store
@@ -126,20 +118,7 @@ class Indexer(Role):
         ids = [cid for cid in self.pending if cid in fresh]
         self.duplicates += len(self.pending) - len(ids)
         if ids:
-            matrix = np.stack([self.pending[cid] for cid in ids])
-            start = self.store.committed_rows()
-            try:
-                first = self.writer.append(matrix)
-                if first != start:
-                    raise RuntimeError(f"vectors file has {first} rows, store committed {start}")
-                self.writer.sync()
-                rows = first + len(ids)
-                self.generation = self.store.commit_rows(list(zip(ids, range(first, rows))), rows=rows)
-            except Exception:
-                # Take back what the failed commit appended, so the next try starts clean.
-                self.writer.recover(self.store.committed_rows())
-                raise
-            self.writer.publish(rows)
+            self.generation = commit(self.store, self.writer, ids, np.stack([self.pending[cid] for cid in ids]))
             self.commits += 1
             self.rows_committed += len(ids)
             self._publish()
