@@ -66,9 +66,10 @@ def populate(cfg: Config, *, rows: int, batch: int = 20_000, seed: int = 0) -> N
                 done += n
 
 
-def check_exactly_once(cfg: Config) -> int:
-    """Every chunk indexed once, rows 0..n-1 each used once, and each row holds its chunk's vector."""
-    model = make_embedder(cfg)
+def check_exactly_once(cfg: Config, model=None) -> int:
+    """Every chunk indexed once, rows 0..n-1 each used once, and each row holds its chunk's vector
+    (as `model` embeds it: by default the configured backend)."""
+    model = model or make_embedder(cfg)
     with Store(cfg.db_path) as store:
         stats = store.stats()
         assert stats.indexed == stats.chunks, stats
@@ -84,7 +85,9 @@ def check_exactly_once(cfg: Config) -> int:
         ids = [cid for cid, _ in pairs]
         expected = model.encode([texts[cid] for cid in ids]).astype(np.float16)
         stored = np.asarray(data[[r for _, r in pairs]])
-        assert np.array_equal(stored, expected), "a row does not hold its chunk's vector"
+        # exact for local models; a float round trip through JSON may move the last fp16 bit
+        assert np.allclose(stored.astype(np.float32), expected.astype(np.float32), atol=2e-3), \
+            "a row does not hold its chunk's vector"
     finally:
         del data
     return stats.chunks

@@ -7,8 +7,12 @@ test can compute the expected answer itself. Faults are scripted per request (a 
 or without Retry-After, 5xx, a slow reply, malformed replies, a dropped connection), on
 every n-th request, or for any request containing a marker text. `requests` records each
 request's arrival for rate checks, and `texts_embedded` counts valid replies per text to
-check that paid work is done exactly once (a reply the client gave up on, say after a
-timeout, still counts: a real API bills it too). Standalone, for manual runs:
+check that paid work is done exactly once (a valid reply counts as it is sent, so one
+the client gave up on, say after a timeout, still counts: a real API bills it too).
+Faults: "429:S" (Retry-After: S), "429", any other status such as "500" or "400",
+"slow:S" (answer after S seconds), "wrong_dim", "wrong_count", "dup_index", "nan",
+"bad_json", "drop" (close without answering), and "reorder" (valid, out of order).
+Standalone, for manual runs:
 
     python -m tests.fake_openai --port 8089 --dim 384 --every 5:429:1
 """
@@ -20,6 +24,7 @@ import bisect
 import collections
 import json
 import logging
+import signal
 import socket
 import socketserver
 import threading
@@ -83,7 +88,7 @@ class FakeOpenAI:
         self._stopping.clear()
         self._server = _Server(("127.0.0.1", self._port), self)
         self._port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
                                         name="fake-openai", daemon=True)
         self._thread.start()
         return self
@@ -192,7 +197,8 @@ class FakeOpenAI:
 
     def _answer(self, h: "_Handler", texts: list[str], fault: str) -> None:
         vectors = self.model.encode(texts)
-        data = [{"object": "embedding", "index": i, "embedding": row.tolist()} for i, row in enumerate(vectors)]
+        data = [{"object": "embedding", "index": i, "embedding": row.tolist()}
+                for i, row in enumerate(vectors)]
         if fault == "wrong_dim":
             data[0]["embedding"].append(0.0)
         elif fault == "wrong_count":
@@ -208,13 +214,17 @@ class FakeOpenAI:
                            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}).encode()
         if fault == "bad_json":
             body = body[: len(body) // 2]
-        if self._send(h, 200, body) and fault in ("", "slow", "reorder"):
+        if fault in ("", "slow", "reorder"):
+            # Counted before the write, not after: a client holding its answer must find it
+            # counted. A write that then fails still counts, as the real API still bills it.
             with self._lock:
                 self.texts_embedded.update(texts)
+        self._send(h, 200, body)
 
     def _error(self, h: "_Handler", status: int, message: str, *, code: str | None = None,
                headers: dict[str, str] | None = None) -> None:
-        kind = "rate_limit_exceeded" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+        kind = ("rate_limit_exceeded" if status == 429
+                else "server_error" if status >= 500 else "invalid_request_error")
         body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
         self._send(h, status, body, headers)
 
@@ -334,14 +344,14 @@ def main(argv: list[str] | None = None) -> None:
             fake.fail_inputs_containing(marker, int(status or 500))
     except ValueError as exc:
         parser.error(str(exc))
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
     with fake:
         print(f"fake OpenAI embeddings at {fake.url} (dim {args.dim}); Ctrl-C stops", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
+        while not done.wait(1.0):  # short waits: signal handlers run between them
             pass
-        print(f"{len(fake.requests)} requests, {sum(fake.texts_embedded.values())} texts embedded")
+    print(f"{len(fake.requests)} requests, {sum(fake.texts_embedded.values())} texts embedded")
 
 
 if __name__ == "__main__":

@@ -114,9 +114,8 @@ class _Retry(Exception):
 class _Conn:
     """An httpx.Client and the requests using it, so `unload` never cuts one off."""
 
-    def __init__(self, client: httpx.Client, secret: str | None) -> None:
+    def __init__(self, client: httpx.Client) -> None:
         self.client = client
-        self.secret = secret
         self.users = 0
         self.retired = False
 
@@ -151,7 +150,9 @@ class HttpEmbedder(Embedder):
         if not isinstance(api_key_env, str) or not api_key_env:
             raise ConfigError(f"http api_key_env must be a non-empty string, got {api_key_env!r}")
         if not _is_int(max_in_flight) or not 1 <= max_in_flight <= MAX_IN_FLIGHT:
-            raise ConfigError(f"http max_in_flight must be an integer from 1 to {MAX_IN_FLIGHT}, got {max_in_flight!r}")
+            raise ConfigError(
+                f"http max_in_flight must be an integer from 1 to {MAX_IN_FLIGHT}, got {max_in_flight!r}"
+            )
         if not _is_int(max_retries) or max_retries < 0:
             raise ConfigError(f"http max_retries must be an integer >= 0, got {max_retries!r}")
         for name, value in (
@@ -192,8 +193,9 @@ class HttpEmbedder(Embedder):
         self._rng = random.Random()
         self._lock = threading.Lock()  # guards _conn, _secrets, the counters
         self._conn: _Conn | None = None
-        # Every key ever loaded: a rotated key can still be echoed by a late reply.
-        self._secrets: set[str] = set()
+        # Every key ever loaded (a rotated key can still be echoed by a late reply); a tuple
+        # replaced whole, so _redact can read it without the lock.
+        self._secrets: tuple[str, ...] = ()
         self._auth_logged = False
         self._backoff_until = float("-inf")
         self._counts = {"requests": 0, "retries": 0, "rate_limited": 0, "server_errors": 0,
@@ -222,12 +224,17 @@ class HttpEmbedder(Embedder):
         return self._conn is not None
 
     def _open(self) -> _Conn:
-        secret = os.environ.get(self.api_key_env) or None
+        # Stripped: a key file's trailing newline would make an illegal header, and the
+        # error quoting it would escape the newline, so the redaction would not match.
+        secret = os.environ.get(self.api_key_env, "").strip()
+        if not all(33 <= ord(c) < 127 for c in secret):
+            raise ConfigError(f"${self.api_key_env} holds characters an HTTP header cannot carry")
         headers = {"Content-Type": "application/json", "Accept": "application/json",
                    "User-Agent": "roxi-mp"}
         if secret:
             headers["Authorization"] = f"Bearer {secret}"
-            self._secrets.add(secret)
+            if secret not in self._secrets:
+                self._secrets += (secret,)
         else:
             log.info("no API key in $%s: requests carry no Authorization header", self.api_key_env)
         self._auth_logged = False  # a new key deserves its own error line
@@ -238,9 +245,9 @@ class HttpEmbedder(Embedder):
             limits=httpx.Limits(max_connections=self.max_in_flight,
                                 max_keepalive_connections=self.max_in_flight,
                                 keepalive_expiry=KEEPALIVE_SECONDS),
-            follow_redirects=False,  # a redirect would resend the key to another host
+            follow_redirects=False,  # a redirect means a wrong base_url: report it, resend nothing
         )
-        return _Conn(client, secret)
+        return _Conn(client)
 
     def _checkout(self) -> _Conn:
         with self._lock:
@@ -276,14 +283,16 @@ class HttpEmbedder(Embedder):
         for attempt in range(attempts):
             if attempt:
                 self._count("retries")
+            # The client is opened before the limiter's slot, not after: a lazy load
+            # between the two would delay this request's arrival behind the next one's.
+            conn = self._checkout()
             try:
                 self._limiter.acquire(estimate, timeout=self.max_wait_seconds)
+                vectors, used = self._attempt(conn, body, len(texts))
             except EmbedError as exc:
                 self._count("failures")
                 self._set_error(str(exc))
                 raise
-            try:
-                vectors, used = self._attempt(body, len(texts))
             except _Retry as exc:
                 self._count(_COUNTER[exc.kind])
                 if exc.kind == "bad_reply":
@@ -296,32 +305,30 @@ class HttpEmbedder(Embedder):
                 raise EmbedError(
                     f"embedding API failed after {attempts} attempts: last error {exc.message}"
                 ) from None
+            finally:
+                self._checkin(conn)
             if used > estimate:
                 self._limiter.charge(used - estimate)
             self._count("embedded", len(texts))
             return vectors
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _attempt(self, body: bytes, n: int) -> tuple[np.ndarray, int]:
+    def _attempt(self, conn: _Conn, body: bytes, n: int) -> tuple[np.ndarray, int]:
         """One POST: the vectors and the tokens the reply says were used, or _Retry."""
-        conn = self._checkout()
+        self._count("requests")
+        deadline = self._clock() + self.timeout_seconds
         try:
-            self._count("requests")
-            deadline = self._clock() + self.timeout_seconds
-            try:
-                with conn.client.stream("POST", self._url, content=body) as reply:
-                    status, headers = reply.status_code, reply.headers
-                    if 200 <= status < 300:
-                        limit = 65_536 + n * (self.dim * REPLY_BYTES_PER_FLOAT + REPLY_BYTES_PER_INPUT)
-                        raw = self._read(reply, limit, deadline, truncate=False)
-                    else:
-                        raw = self._read(reply, MAX_ERROR_BYTES, deadline, truncate=True)
-            except httpx.TimeoutException as exc:
-                raise _Retry("transport", f"{type(exc).__name__} after {self.timeout_seconds:g} s") from None
-            except httpx.RequestError as exc:
-                raise _Retry("transport", self._redact(f"{type(exc).__name__}: {exc}")) from None
-        finally:
-            self._checkin(conn)
+            with conn.client.stream("POST", self._url, content=body) as reply:
+                status, headers = reply.status_code, reply.headers
+                if 200 <= status < 300:
+                    limit = 65_536 + n * (self.dim * REPLY_BYTES_PER_FLOAT + REPLY_BYTES_PER_INPUT)
+                    raw = self._read(reply, limit, deadline, truncate=False)
+                else:
+                    raw = self._read(reply, MAX_ERROR_BYTES, deadline, truncate=True)
+        except httpx.TimeoutException as exc:
+            raise _Retry("transport", f"{type(exc).__name__} after {self.timeout_seconds:g} s") from None
+        except httpx.RequestError as exc:
+            raise _Retry("transport", self._redact(f"{type(exc).__name__}: {exc}")) from None
         if 200 <= status < 300:
             return self._parse(raw, n)
         message = self._server_message(raw)
@@ -329,11 +336,9 @@ class HttpEmbedder(Embedder):
             raise _Retry("rate_limited", f"HTTP 429: {message}", retry_after_seconds(headers))
         if status >= 500 or status in RETRY_STATUSES:
             raise _Retry("server", f"HTTP {status}: {message}")
-        self._count("failures")
+        # Not retried: _embed counts the failure and records the message.
         if status in INPUT_STATUSES:
-            error = f"embedding API refused the input (HTTP {status}): {message}"
-            self._set_error(error)
-            raise EmbedError(error, input_error=True)
+            raise EmbedError(f"embedding API refused the input (HTTP {status}): {message}", input_error=True)
         if status in AUTH_STATUSES:
             error = f"embedding API refused the key from ${self.api_key_env} (HTTP {status}): {message}"
             with self._lock:
@@ -343,7 +348,6 @@ class HttpEmbedder(Embedder):
         else:
             error = f"embedding API answered HTTP {status} (is base_url right?): {message}"
             log.error("%s", error)
-        self._set_error(error)
         raise EmbedError(error)
 
     def _read(self, reply: httpx.Response, limit: int, deadline: float, *, truncate: bool) -> bytes:
@@ -402,7 +406,10 @@ class HttpEmbedder(Embedder):
 
     def _wait(self, exc: _Retry, attempt: int, attempts: int) -> None:
         if exc.kind == "rate_limited":
-            delay = self._backoff(attempt) if exc.retry_after is None else min(exc.retry_after, self.backoff_max_seconds)
+            if exc.retry_after is None:
+                delay = self._backoff(attempt)
+            else:
+                delay = min(exc.retry_after, self.backoff_max_seconds)
             # Every worker pauses, not just this one: the limit is the account's.
             self._limiter.pause_until(self._clock() + delay)
             log.warning("rate limited (429), pausing %.2f s (attempt %d/%d)", delay, attempt + 1, attempts)

@@ -15,7 +15,8 @@ Failures: a batch refused for its input is split in halves until the culprit sta
 so one bad chunk never fails its neighbours; a chunk that fails alone uses up an attempt
 and is marked failed after `max_attempts`. When the service itself is down (nothing has
 succeeded since the batch was sent), the batch goes back without using an attempt and the
-embedder backs off: an outage must not mark the whole corpus failed.
+embedder backs off, probing with ever smaller batches: an outage must not mark the whole
+corpus failed, and a bad chunk in the very first batch must still be found.
 
 Idle for `idle_seconds`, the embedder unloads its model and sleeps, looking for work every
 `wake_check_seconds` with a count query, or at once when `roxi ingest` notifies it. It
@@ -116,6 +117,7 @@ class Embedder(Role):
         self.next_check = 0.0  # next pending-count check while asleep
         self.next_renew = now + ecfg.lease_seconds / 3
         self.outage_backoff = 0.0
+        self.probe_size = 0  # while the service looks down: claim this few chunks (0: no limit)
         self.cpu = CpuWatch(ecfg.busy_cpu_percent)
         self.embedded = self.batches = self.yields = self.failed = self.splits = 0
         try:
@@ -155,6 +157,8 @@ class Embedder(Role):
             return
         serving = now - self.last_queries < ecfg.yield_seconds
         size = ecfg.yield_batch_size if serving else ecfg.batch_size
+        if self.probe_size:
+            size = min(size, self.probe_size)
         batch = self.store.claim(self.owner, size, now=time.time(), lease_seconds=ecfg.lease_seconds)
         if not batch:
             if now - self.last_work >= ecfg.idle_seconds:
@@ -182,6 +186,7 @@ class Embedder(Role):
                 continue
             self.last_success = now
             self.outage_backoff = 0.0
+            self.probe_size = 0
             meta, buf = protocol.encode_array(np.asarray(vectors, dtype=np.float16))
             header = {"v": protocol.VERSION, "type": "vectors", "chunk_ids": job.ids,
                       "model_id": self.model.model_id, "sender": self.owner, **meta}
@@ -209,7 +214,11 @@ class Embedder(Role):
                         "; marked failed, see `roxi retry-failed`" if failed else "; will retry")
             return
         # The service looks down: give the batch back without using an attempt, and wait.
+        # Probe with half as many chunks next time: if the "outage" is really one bad chunk
+        # (nothing has succeeded yet to tell), a probe without it succeeds and proves the
+        # service healthy; if the service is down, probes shrink to one chunk per backoff.
         self.store.release(job.ids, owner=self.owner, error=message, count_attempt=False)
+        self.probe_size = max(1, len(job.ids) // 2)
         self.outage_backoff = min(OUTAGE_BACKOFF_MAX, max(OUTAGE_BACKOFF_INITIAL, self.outage_backoff * 2))
         self.next_claim = now + self.outage_backoff
         log.warning("embedding failed with the service apparently down (%s); backing off %.1f s",

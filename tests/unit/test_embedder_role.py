@@ -175,7 +175,24 @@ def test_an_outage_uses_no_attempts_and_backs_off(setup):
     emb.model.down = False
     emb.loop(1002.0)
     settle(emb, 1002.0)
+    assert emb.model.calls[1] == 3  # the first probe after an outage is half the failed batch
     assert sorted(received(sink)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_bad_chunk_in_the_very_first_batch_is_still_found(setup):
+    """Nothing has succeeded yet, so the first failure looks like an outage: probes find out."""
+    cfg, emb, sink = setup
+    emb.model = FlakyBackend(emb.model)
+    with Store(cfg.db_path) as store:
+        store.add_document(content_hash="d", source="d", title="d", size=1,
+                           chunks=((i, "POISON" if i == 7 else f"fine {i}", f"h{i}") for i in range(8)))
+    for step in range(200):
+        emb.loop(1000.0 + step * 60)  # time moves on past every backoff
+        settle(emb, 1000.0 + step * 60)
+        if chunk_states(cfg)["POISON"][0] == "failed":
+            break
+    assert chunk_states(cfg)["POISON"] == ("failed", cfg.embedder.max_attempts)
+    assert sorted(received(sink)) == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_leases_of_work_in_flight_are_renewed(setup):

@@ -1,0 +1,101 @@
+"""The HTTP backend against a fake OpenAI-compatible server on 127.0.0.1 (issue 5, 2-4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from roxi_mp.embedders import HashingEmbedder
+
+from ..corpus import check_exactly_once, write_corpus
+from ..fake_openai import FakeOpenAI
+from .test_pipeline import roxi
+
+pytestmark = pytest.mark.integration
+
+DIM = 64
+RPM = 1200
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAI(dim=DIM) as server:
+        yield server
+
+
+def http_config(make_config, fake, **overrides):
+    settings = dict(embedder__backend="http", http__base_url=fake.url, http__model="fake-embed",
+                    http__dim=DIM, http__requests_per_minute=float(RPM), http__max_in_flight=4,
+                    http__timeout_seconds=1.0, http__max_retries=4, http__backoff_initial_seconds=0.05,
+                    http__backoff_max_seconds=0.5, embedder__batch_size=16, embedder__lease_seconds=10.0)
+    return make_config(**{**settings, **overrides})
+
+
+def corpus_chunks(cfg) -> int:
+    from roxi_mp.store import Store
+
+    with Store(cfg.db_path) as store:
+        return store.stats().chunks
+
+
+def test_2k_chunks_through_429_500_slow_and_wrong_dim(system, make_config, fake, tmp_path):
+    cfg = http_config(make_config, fake, store__chunk_words=40, store__chunk_overlap=5)
+    write_corpus(tmp_path / "docs", docs=100, words=700)
+    fake.script("429:1", "500", "slow:1.5", "wrong_dim", "503", "429", "drop")
+    fake.every(23, "500")
+    s = system(cfg)
+    assert roxi(cfg, "ingest", str(tmp_path / "docs")).returncode == 0
+    total = s.stats().chunks
+    assert total >= 2000
+    s.wait_indexed(total, timeout=120)
+    assert s.stats().failed == 0
+    assert check_exactly_once(cfg, model=HashingEmbedder(dim=DIM)) == total
+    assert fake.max_in_window(60.0) <= RPM
+    assert fake.max_in_window(1.0) <= RPM / 60 + 1  # spaced, not bursts averaged over a minute
+    log = (cfg.log_dir / "embedder-1.log").read_text()
+    assert "rate limited (429), pausing" in log
+    assert log.count("WARNING") >= 5  # 500, 503, timeout, wrong dimension, dropped connection
+
+
+def test_a_chunk_that_always_fails_ends_failed_then_retry_failed_recovers(system, make_config, fake, tmp_path):
+    cfg = http_config(make_config, fake, embedder__max_attempts=2, http__max_retries=2)
+    write_corpus(tmp_path / "docs", docs=10, words=200)
+    (tmp_path / "docs" / "poison.md").write_text("# Poison\n\nThis chunk carries POISONPILL and always fails.\n")
+    fake.fail_inputs_containing("POISONPILL", status=500)
+    s = system(cfg)
+    assert roxi(cfg, "ingest", str(tmp_path / "docs")).returncode == 0
+    total = s.stats().chunks
+    s.wait_for(lambda: s.stats().failed == 1 and s.stats().indexed == total - 1, timeout=60,
+               what="one failed chunk, the rest indexed")
+    status = json.loads(roxi(cfg, "status", "--json").stdout)
+    assert status["store"]["failed"] == 1
+    progress = roxi(cfg, "progress")
+    assert "1 failed" in progress.stdout and "poison.md" in progress.stdout and "500" in progress.stdout
+    fake.heal()
+    result = roxi(cfg, "retry-failed")
+    assert result.returncode == 0 and "1 failed chunks back to pending" in result.stdout
+    s.wait_indexed(total, timeout=30)
+    assert s.stats().failed == 0
+    assert check_exactly_once(cfg, model=HashingEmbedder(dim=DIM)) == total
+
+
+def test_kill_9_embedder_with_requests_in_flight_loses_and_duplicates_nothing(system, make_config, fake, tmp_path):
+    cfg = http_config(make_config, fake, embedder__lease_seconds=2.0, http__timeout_seconds=5.0)
+    write_corpus(tmp_path / "docs", docs=40, words=600)
+    fake.every(1, "slow:0.3")  # every reply takes a while: requests are in flight when we strike
+    s = system(cfg)
+    assert roxi(cfg, "ingest", str(tmp_path / "docs")).returncode == 0
+    total = s.stats().chunks
+    for _ in range(2):
+        s.wait_for(lambda: s.role("embedder-1").get("in_flight", 0) > 0, timeout=20, what="requests in flight")
+        victim = s.pid("embedder-1")
+        os.kill(victim, signal.SIGKILL)
+        s.wait_for(lambda: s.pid("embedder-1") not in (None, victim), timeout=20, what="restart")
+    assert s.stats().indexed < total
+    fake.heal()
+    s.wait_indexed(total, timeout=90)
+    assert check_exactly_once(cfg, model=HashingEmbedder(dim=DIM)) == total
