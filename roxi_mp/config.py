@@ -71,7 +71,7 @@ class HashingSettings:
 @dataclass
 class MiniLMSettings:
     max_tokens: int = 256
-    batch_tokens: int = 8192
+    batch_tokens: int = 256
     threads: int = 1
 
 
