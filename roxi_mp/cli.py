@@ -6,6 +6,8 @@ code documented in roxi_mp.errors; click's own usage errors exit 2.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from . import config as config_mod
 from . import ingest as ingest_mod
 from . import service
 from .client import QueryClient
-from .errors import TARGET_NOT_REACHED, BadInput, RoxiError
+from .errors import TARGET_NOT_REACHED, BadInput, NotRunning, RoxiError, Timeout
 from .logs import follow as follow_log
 from .logs import log_path, tail
 from .store import Store
@@ -176,9 +178,26 @@ def _print_roles(data: dict) -> None:
                 click.echo(f"      | {line}")
 
 
+def _rate_eta(stats: dict) -> str:
+    rate, eta = stats.get("rate_per_second") or 0.0, stats.get("eta_seconds")
+    if eta is None:
+        return f"{rate:.1f} chunks/s, no ETA"
+    return f"{rate:.1f} chunks/s, ETA {_duration(eta)}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
 def _print_store(s: dict) -> None:
     click.echo(f"store: {s['documents']} documents, {s['chunks']} chunks, {s['indexed']} indexed "
-               f"({s['percent']:.1f} %), {s['pending'] + s['leased']} pending, {s['failed']} failed")
+               f"({s['percent']:.1f} %), {s['pending'] + s['leased']} pending, {s['failed']} failed; "
+               f"{_rate_eta(s)}{'; PROCESSING PAUSED (roxi resume)' if s.get('paused') else ''}")
 
 
 # --- data --------------------------------------------------------------------------
@@ -281,6 +300,96 @@ def reembed(ctx: click.Context, backend: str) -> None:
                    f"before `roxi start`", err=True)
 
 
+@main.command()
+@click.pass_context
+def pause(ctx: click.Context) -> None:
+    """Stop claiming new work; batches in flight finish and commit. Survives restarts;
+    queries keep working."""
+    service.set_paused(_cfg(ctx), True)
+    click.echo("processing paused")
+
+
+@main.command()
+@click.pass_context
+def resume(ctx: click.Context) -> None:
+    """Resume processing after `roxi pause`."""
+    service.set_paused(_cfg(ctx), False)
+    click.echo("processing resumed")
+
+
+@main.command()
+@click.option("--until", "target", type=click.FloatRange(0, 100, min_open=True), required=True,
+              help="Percentage of chunks indexed at which processing pauses again.")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds (exit 8).")
+@click.pass_context
+def process(ctx: click.Context, target: float, timeout: float | None) -> None:
+    """Resume processing, show progress, and pause again once PCT % are indexed.
+    Ctrl-C pauses processing too; what is in flight still commits (exit 130)."""
+    cfg = _cfg(ctx)
+    if not service.is_running(cfg):
+        raise NotRunning(f"not running on {cfg.data_dir}: `roxi start` first")
+    stats = service.store_stats(cfg)
+    if not stats["chunks"]:
+        raise BadInput("nothing to process: the store has no chunks (`roxi ingest` first)")
+    service.set_paused(cfg, False)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    bar = click.progressbar(length=stats["chunks"], label=f"indexing to {target:g} %", file=sys.stderr,
+                            show_pos=True, item_show_func=lambda _: _rate_eta(stats))
+    try:
+        with bar:
+            while True:
+                stats = service.store_stats(cfg)
+                bar.length = stats["chunks"]
+                bar.update(stats["indexed"] - bar.pos)
+                if stats["percent"] >= target:
+                    break
+                if not stats["pending"] and not stats["leased"]:
+                    raise RoxiError(f"target {target:g} % cannot be reached: {stats['failed']} chunks failed "
+                                    f"(see `roxi progress`, `roxi retry-failed`)")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise Timeout(f"{stats['percent']:.1f} % after {timeout:g} s, below {target:g} %")
+                time.sleep(0.1)
+    except KeyboardInterrupt:
+        service.set_paused(cfg, True)
+        click.echo(f"interrupted at {service.store_stats(cfg)['percent']:.1f} %: processing paused", err=True)
+        ctx.exit(130)
+    except RoxiError:
+        service.set_paused(cfg, True)
+        raise
+    service.set_paused(cfg, True)
+    final = service.store_stats(cfg)  # batches in flight when we paused still commit
+    click.echo(f"reached {final['percent']:.1f} % ({final['indexed']}/{final['chunks']} chunks): processing "
+               f"paused; `roxi resume` or `roxi process --until 100` to go on")
+
+
+@main.command()
+@click.option("--notify-at", "target", type=click.FloatRange(0, 100), required=True,
+              help="Percentage of chunks indexed to wait for.")
+@click.option("--exec", "command", default=None,
+              help="Shell command to run then, with ROXI_PERCENT, ROXI_INDEXED, ROXI_CHUNKS, ROXI_FAILED set.")
+@click.option("--interval", type=click.FloatRange(0.05, 3600), default=2.0, show_default=True,
+              help="Seconds between checks.")
+@click.pass_context
+def watch(ctx: click.Context, target: float, command: str | None, interval: float) -> None:
+    """Wait until PCT % of chunks are indexed, then print and/or run a command. Exits 0, or
+    the command's exit code if it fails."""
+    cfg = _cfg(ctx)
+    while True:
+        stats = service.store_stats(cfg)
+        if stats["chunks"] and stats["percent"] >= target:
+            break
+        time.sleep(interval)
+    click.echo(f"reached {stats['percent']:.1f} % ({stats['indexed']}/{stats['chunks']} chunks, "
+               f"{stats['failed']} failed)")
+    if command:
+        env = {**os.environ, "ROXI_PERCENT": f"{stats['percent']:.2f}", "ROXI_INDEXED": str(stats["indexed"]),
+               "ROXI_CHUNKS": str(stats["chunks"]), "ROXI_FAILED": str(stats["failed"])}
+        code = subprocess.run(command, shell=True, env=env).returncode
+        if code:
+            click.echo(f"roxi: --exec command exited with {code}", err=True)
+            ctx.exit(code)
+
+
 @main.command("retry-failed")
 @click.pass_context
 def retry_failed(ctx: click.Context) -> None:
@@ -305,7 +414,7 @@ def progress(ctx: click.Context, target: float | None, as_json: bool) -> None:
                     **({"target": target, "reached": reached} if target is not None else {})})
     else:
         click.echo(f"{stats['indexed']}/{stats['chunks']} chunks indexed ({stats['percent']:.1f} %), "
-                   f"{stats['failed']} failed")
+                   f"{stats['failed']} failed; {_rate_eta(stats)}{' (paused)' if stats['paused'] else ''}")
         for f in failed:
             click.echo(f"  failed chunk {f['chunk_id']} of {Path(f['source']).name}: {f['error']}")
         if stats["failed"]:

@@ -135,6 +135,16 @@ class RestartSettings:
 
 
 @dataclass
+class BackupSettings:
+    #: empty means <data_dir>/backups
+    dir: str = ""
+    keep: int = 5
+    interval_seconds: float = 86400.0
+    milestones: bool = True
+    check_seconds: float = 10.0
+
+
+@dataclass
 class LimitsSettings:
     max_message_bytes: int = 1024 * 1024
     socket_hwm: int = 1000
@@ -159,6 +169,7 @@ SECTIONS: dict[str, type] = {
     "query": QuerySettings,
     "supervisor": SupervisorSettings,
     "restart": RestartSettings,
+    "backup": BackupSettings,
     "limits": LimitsSettings,
     "network": NetworkSettings,
 }
@@ -179,6 +190,7 @@ class Config:
     restart: RestartSettings = field(default_factory=RestartSettings)
     #: [restart.<role>] values, applied over `restart` by restart_for()
     restart_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backup: BackupSettings = field(default_factory=BackupSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
 
@@ -197,6 +209,10 @@ class Config:
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def backup_dir(self) -> Path:
+        return Path(self.backup.dir).expanduser() if self.backup.dir else self.data_dir / "backups"
 
     @property
     def lock_path(self) -> Path:
@@ -399,6 +415,11 @@ def validate(cfg: Config) -> None:
         _require(r.stable_seconds > 0, where + "stable_seconds", "> 0", r.stable_seconds)
         _require(r.flap_count >= 1, where + "flap_count", ">= 1", r.flap_count)
         _require(r.flap_window_seconds > 0, where + "flap_window_seconds", "> 0", r.flap_window_seconds)
+    b = cfg.backup
+    _require(b.keep >= 1, "backup.keep", ">= 1", b.keep)
+    _require(b.interval_seconds >= 0, "backup.interval_seconds", ">= 0 (0: no scheduled backups)",
+             b.interval_seconds)
+    _require(b.check_seconds > 0, "backup.check_seconds", "> 0", b.check_seconds)
     _require(lim.max_message_bytes >= 4096, "limits.max_message_bytes", ">= 4096", lim.max_message_bytes)
     _require(lim.socket_hwm >= 1, "limits.socket_hwm", ">= 1", lim.socket_hwm)
     _require(lim.request_timeout_seconds > 0, "limits.request_timeout_seconds", "> 0",

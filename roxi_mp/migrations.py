@@ -40,6 +40,11 @@ MIGRATIONS: list[tuple[int, str]] = [
     -- the claim query scans pending and leased chunks in id order
     CREATE INDEX chunks_state ON chunks(state, id);
     """),
+    (2, """
+    -- when each chunk was committed: progress rates and ETAs without a running supervisor
+    ALTER TABLE chunks ADD COLUMN indexed_at REAL;
+    CREATE INDEX chunks_indexed_at ON chunks(indexed_at);
+    """),
 ]
 
 LATEST = MIGRATIONS[-1][0]

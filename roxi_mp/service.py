@@ -25,12 +25,37 @@ POLL = 0.1
 READY_STATES = ("running", "asleep")
 
 
+#: window over which `roxi progress` measures the indexing rate, seconds
+RATE_WINDOW = 300.0
+
+
 def store_stats(cfg: Config) -> dict[str, Any]:
+    """Store counts, the indexing rate over the last minutes, an ETA, and the pause flag."""
     if not cfg.db_path.exists():
         return {"documents": 0, "chunks": 0, "pending": 0, "leased": 0, "indexed": 0, "failed": 0,
-                "committed_rows": 0, "percent": 0.0}
+                "committed_rows": 0, "percent": 0.0, "rate_per_second": 0.0, "eta_seconds": None,
+                "paused": False}
     with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
-        return store.stats().as_dict()
+        stats = store.stats().as_dict()
+        rate = store.rate(now=time.time(), window=RATE_WINDOW)
+        paused = store.paused()
+    left = stats["pending"] + stats["leased"]
+    stats.update(rate_per_second=round(rate, 2), paused=paused,
+                 eta_seconds=round(left / rate, 1) if rate > 0 and left else (0.0 if not left else None))
+    return stats
+
+
+def set_paused(cfg: Config, paused: bool) -> None:
+    """Pause or resume processing: persisted in the store (it survives restarts), and the
+    embedders are told at once when the system runs. In-flight batches still commit."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
+        store.set_paused(paused)
+    if is_running(cfg):
+        try:
+            control(cfg, "notify", timeout=2.0, event="pause" if paused else "resume")
+        except RoxiError:
+            pass  # embedders read the flag before every claim anyway
 
 
 def is_running(cfg: Config) -> bool:

@@ -26,6 +26,7 @@ META_MODEL = "model_id"
 META_DIM = "dim"
 META_ROWS = "committed_rows"
 META_GENERATION = "generation"
+META_PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -301,9 +302,10 @@ class Store:
             before = self.committed_rows()
             if rows != before + len(assignments):
                 raise StoreError(f"commit of {len(assignments)} rows at {before} does not reach {rows}")
+            now = time.time()
             cur = self.conn.executemany(
-                "UPDATE chunks SET state='indexed', row=?, lease_owner=NULL, lease_expires=NULL, "
-                "error=NULL WHERE id=? AND row IS NULL", [(row, cid) for cid, row in assignments])
+                "UPDATE chunks SET state='indexed', row=?, indexed_at=?, lease_owner=NULL, lease_expires=NULL, "
+                "error=NULL WHERE id=? AND row IS NULL", [(row, now, cid) for cid, row in assignments])
             if cur.rowcount != len(assignments):
                 raise StoreError(f"commit expected {len(assignments)} unindexed chunks, updated {cur.rowcount}")
             generation = self.generation() + 1
@@ -319,6 +321,22 @@ class Store:
         return Stats(documents=documents, chunks=sum(counts.values()), pending=counts[PENDING],
                      leased=counts[LEASED], indexed=counts[INDEXED], failed=counts[FAILED],
                      committed_rows=self.committed_rows())
+
+    def rate(self, *, now: float, window: float) -> float:
+        """Chunks committed per second over the last `window` seconds (or since the first of them)."""
+        count, first = self.conn.execute(
+            "SELECT count(*), min(indexed_at) FROM chunks WHERE indexed_at > ?", (now - window,)).fetchone()
+        if count < 2:
+            return 0.0
+        return count / max(now - first, 1.0)
+
+    def paused(self) -> bool:
+        return self.get_meta(META_PAUSED, "0") == "1"
+
+    def set_paused(self, paused: bool) -> None:
+        """Persisted, so a paused system stays paused across restarts."""
+        with self.transaction():
+            self._set_meta(META_PAUSED, "1" if paused else "0")
 
     def hits(self, rows: Sequence[int]) -> dict[int, Hit]:
         """Chunk and document fields for the given vector rows (only what a reply needs)."""

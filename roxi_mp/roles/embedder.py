@@ -155,6 +155,11 @@ class Embedder(Role):
             self.yields += 1  # the machine is busy with other work: leave it the CPU
             self.next_claim = now + ecfg.yield_pause_seconds
             return
+        if self.store.paused():  # `roxi pause`: claim nothing; what is in flight still commits
+            self.next_claim = now + ecfg.poll_seconds
+            if now - self.last_work >= ecfg.idle_seconds:
+                self.sleep(now)
+            return
         serving = now - self.last_queries < ecfg.yield_seconds
         size = ecfg.yield_batch_size if serving else ecfg.batch_size
         if self.probe_size:
@@ -248,7 +253,7 @@ class Embedder(Role):
         if self.work_notified or now >= self.next_check:
             self.work_notified = False
             self.next_check = now + self.cfg.embedder.wake_check_seconds
-            if self.store.pending_count(now=time.time()) > 0:
+            if not self.store.paused() and self.store.pending_count(now=time.time()) > 0:
                 self.wake(now)
                 return
         time.sleep(self.poll_timeout())
@@ -288,7 +293,7 @@ class Embedder(Role):
             self.sleep(now)
         elif op == "wake":
             self.wake(now)
-        elif op == "work":  # `roxi ingest` added chunks: look at once
+        elif op in ("work", "resume"):  # `roxi ingest` added chunks, or `roxi resume`: look at once
             self.work_notified = True
             self.next_claim = min(self.next_claim, now)
         elif op == "queries":  # the query server is serving: yield to it for a while
@@ -298,7 +303,7 @@ class Embedder(Role):
         if not hasattr(self, "state"):
             return {"state": "starting"}
         return {"state": "asleep" if self.state is EState.ASLEEP else "running",
-                "embedded": self.embedded, "batches": self.batches, "yields": self.yields,
+                "paused": self.store.paused(), "embedded": self.embedded, "batches": self.batches, "yields": self.yields,
                 "failed": self.failed, "splits": self.splits, "in_flight": sum(len(j.ids) for j in self.jobs),
                 "backoff_seconds": self.outage_backoff,  # 0 unless the service looks down
                 "model_loaded": self.model.loaded, "model_id": self.model.model_id,

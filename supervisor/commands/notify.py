@@ -1,9 +1,18 @@
-"""notify: new chunks are pending (sent by `roxi ingest`); sleeping embedders look at once."""
+"""notify: tell the embedders something changed: new work (`roxi ingest`), or that
+processing was paused or resumed (the flag itself lives in the store)."""
+
+from roxi_mp.errors import BadInput
 
 NAME = "notify"
-HELP = "tell the embedders that new work is pending"
+HELP = "tell the embedders that new work is pending, or that processing was paused/resumed"
+
+#: what a notification may say
+EVENTS = ("work", "pause", "resume")
 
 
 def execute(arbiter, msg: dict) -> dict:
-    arbiter.publish("embedder", "work")
-    return {"notified": True}
+    event = msg.get("event", "work")
+    if event not in EVENTS:
+        raise BadInput(f"notify takes one of {', '.join(EVENTS)}, not {event!r}")
+    arbiter.publish("embedder", event)
+    return {"notified": event}

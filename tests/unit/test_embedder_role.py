@@ -207,3 +207,25 @@ def test_leases_of_work_in_flight_are_renewed(setup):
         assert store.pending_count(now=time.time()) == 0  # nobody else can claim them now
     assert all(e > time.time() for e in expires)
     emb.jobs.clear()
+
+
+def test_paused_store_claims_nothing_until_resumed(setup):
+    cfg, emb, sink = setup
+    add_chunks(cfg, 5)
+    emb.last_work = 1000.0
+    with Store(cfg.db_path) as store:
+        store.set_paused(True)
+    emb.loop(1000.0)
+    settle(emb, 1000.0)
+    assert received(sink) == [] and emb.info()["paused"] is True
+    emb.loop(1006.0)  # paused past idle_seconds: it sleeps, and a pending count does not wake it
+    assert emb.state is EState.ASLEEP
+    emb.loop(1000.0 + cfg.embedder.wake_check_seconds + 10)
+    assert emb.state is EState.ASLEEP
+    with Store(cfg.db_path) as store:
+        store.set_paused(False)
+    emb.command({"op": "resume"}, 1100.0)
+    emb.loop(1100.0)
+    emb.loop(1100.1)
+    settle(emb, 1100.1)
+    assert sorted(received(sink)) == [1, 2, 3, 4, 5]
