@@ -19,7 +19,7 @@ from . import config as config_mod
 from . import ingest as ingest_mod
 from . import service
 from .client import QueryClient
-from .errors import TARGET_NOT_REACHED, BadInput, NotRunning, RoxiError, Timeout
+from .errors import TARGET_NOT_REACHED, AlreadyRunning, BadInput, NotRunning, RoxiError, Timeout
 from .logs import follow as follow_log
 from .logs import log_path, tail
 from .store import Store
@@ -217,7 +217,7 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
     files = ingest_mod.expand(paths, report)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
-        show_bar = len(files) > 20 and not as_json
+        show_bar = len(files) > 20 and not as_json and sys.stderr.isatty()
         with click.progressbar(files, label="ingesting", file=sys.stderr, show_pos=True) if show_bar \
                 else _plain(files) as items:
             for path in items:
@@ -285,12 +285,7 @@ def reembed(ctx: click.Context, backend: str) -> None:
     from .reembed import reembed as run_reembed
 
     cfg = _cfg(ctx)
-    bar = click.progressbar(length=1, label=f"re-embedding with {backend}", file=sys.stderr, show_pos=True)
-
-    def progress(done: int, total: int) -> None:
-        bar.length = max(total, 1)
-        bar.update(done - bar.pos)
-
+    bar, progress = _byte_bar(f"re-embedding with {backend}")
     with bar:
         result = run_reembed(cfg, backend, progress=progress)
     click.echo(f"store now uses {result.model_id} (dim {result.dim}): {result.chunks} chunks "
@@ -333,8 +328,7 @@ def process(ctx: click.Context, target: float, timeout: float | None) -> None:
         raise BadInput("nothing to process: the store has no chunks (`roxi ingest` first)")
     service.set_paused(cfg, False)
     deadline = None if timeout is None else time.monotonic() + timeout
-    bar = click.progressbar(length=stats["chunks"], label=f"indexing to {target:g} %", file=sys.stderr,
-                            show_pos=True, item_show_func=lambda _: _rate_eta(stats))
+    bar = _bar(f"indexing to {target:g} %", show_pos=True, item_show_func=lambda _: _rate_eta(stats))
     try:
         with bar:
             while True:
@@ -388,6 +382,132 @@ def watch(ctx: click.Context, target: float, command: str | None, interval: floa
         if code:
             click.echo(f"roxi: --exec command exited with {code}", err=True)
             ctx.exit(code)
+
+
+@main.group()
+def backup() -> None:
+    """Consistent online backups: create, list, verify, prune (and `roxi restore`)."""
+
+
+class _NoBar:
+    """Stands in for a progress bar where stderr is no terminal: scripts get one-line errors."""
+
+    pos = 0
+    length = 1
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        self.pos += n
+
+
+def _bar(label: str, **kwargs):
+    if not sys.stderr.isatty():
+        return _NoBar()
+    return click.progressbar(length=1, label=label, file=sys.stderr, **kwargs)
+
+
+def _byte_bar(label: str):
+    bar = _bar(label)
+
+    def progress(done: int, total: int) -> None:
+        bar.length = max(total, 1)
+        bar.update(done - bar.pos)
+
+    return bar, progress
+
+
+def _backup_path(cfg: config_mod.Config, name: str) -> Path:
+    for candidate in (Path(name), cfg.backup_dir / name):
+        if candidate.is_dir():
+            return candidate
+    raise BadInput(f"no backup {name!r} (a directory, or a name in {cfg.backup_dir}; see `roxi backup list`)")
+
+
+@backup.command("create")
+@click.pass_context
+def backup_create(ctx: click.Context) -> None:
+    """Snapshot the store now, also while ingest runs (SQLite online backup + committed rows)."""
+    from . import backup as backup_mod
+
+    cfg = _cfg(ctx)
+    bar, progress = _byte_bar("backing up")
+    with bar:
+        path = backup_mod.create(cfg, cfg.backup_dir, kind="manual", progress=progress)
+    removed = backup_mod.prune(cfg.backup_dir, keep=cfg.backup.keep)
+    click.echo(f"backup {path}" + (f" (pruned {len(removed)} old)" if removed else ""))
+
+
+@backup.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def backup_list(ctx: click.Context, as_json: bool) -> None:
+    """Backups, oldest first: name, created, kind, rows, chunks, size."""
+    from . import backup as backup_mod
+
+    cfg = _cfg(ctx)
+    infos = backup_mod.list_backups(cfg.backup_dir)
+    if as_json:
+        _echo_json([{"path": str(i.path), "bytes": i.bytes, **json.loads(i.manifest.to_json())} for i in infos])
+        return
+    if not infos:
+        click.echo(f"no backups in {cfg.backup_dir}")
+    for i in infos:
+        m = i.manifest
+        click.echo(f"{i.path.name}  {m.created}  {m.kind:<9} rows {m.rows:<9} chunks {m.chunks:<9} "
+                   f"{i.bytes / 2**20:.1f} MB  {m.model_id or '-'}")
+
+
+@backup.command("verify")
+@click.argument("name")
+@click.pass_context
+def backup_verify(ctx: click.Context, name: str) -> None:
+    """Check checksums, SQLite integrity, and that rows and chunk states agree (exit 7 if not)."""
+    from . import backup as backup_mod
+
+    path = _backup_path(_cfg(ctx), name)
+    bar, progress = _byte_bar("verifying")
+    with bar:
+        m = backup_mod.verify(path, progress=progress)
+    click.echo(f"ok: {path.name} ({m.rows} rows, {m.chunks} chunks, {m.model_id or 'no model'})")
+
+
+@backup.command("prune")
+@click.option("--keep", type=click.IntRange(1), default=None, help="Backups to keep (default backup.keep).")
+@click.pass_context
+def backup_prune(ctx: click.Context, keep: int | None) -> None:
+    """Delete all but the newest backups."""
+    from . import backup as backup_mod
+
+    cfg = _cfg(ctx)
+    removed = backup_mod.prune(cfg.backup_dir, keep=keep or cfg.backup.keep)
+    click.echo(f"removed {len(removed)} backups" + "".join(f"\n  {p.name}" for p in removed))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--stop", "stop_first", is_flag=True, help="Stop the running system first.")
+@click.pass_context
+def restore(ctx: click.Context, name: str, stop_first: bool) -> None:
+    """Replace the store by a backup: verified first, swapped in atomically (the current
+    files are kept in data/previous/). Refused while the system runs, unless --stop."""
+    from . import backup as backup_mod
+
+    cfg = _cfg(ctx)
+    path = _backup_path(cfg, name)
+    if service.is_running(cfg):
+        if not stop_first:
+            raise AlreadyRunning(f"roxi is running on {cfg.data_dir}: `roxi stop` first, or pass --stop")
+        service.stop(cfg)
+    bar, progress = _byte_bar("restoring")
+    with bar:
+        m = backup_mod.restore(cfg, path, progress=progress)
+    click.echo(f"restored {path.name} ({m.rows} rows, {m.chunks} chunks) into {cfg.data_dir}; "
+               f"previous store in {cfg.data_dir / 'previous'}; `roxi start` to run it")
 
 
 @main.command("retry-failed")

@@ -30,6 +30,7 @@ from roxi_mp.roles.base import ENV_SUPERVISOR_PID
 from roxi_mp.store import Store
 
 from . import commands
+from .backups import BackupScheduler
 from .child import LIVE_STATES, Child, ChildState
 
 log = logging.getLogger("roxi.supervisor")
@@ -102,6 +103,7 @@ class Arbiter:
         now = time.monotonic()
         for child in self.children:
             self.spawn_child(child, now)
+        self.backups = BackupScheduler(cfg, self.store, now)
         log.info("supervisor %d started on %s", os.getpid(), cfg.data_dir)
 
     def _queue_signal(self, signum: int, frame: object) -> None:
@@ -119,6 +121,7 @@ class Arbiter:
                 self.reap_children(now)
                 self.kill_stalled_children(now)
                 self.manage_children(now)
+                self.backups.manage(now, stopping=self.shutdown_phase is not None)
                 self.manage_shutdown(now)
         finally:
             self.cleanup()
@@ -150,7 +153,8 @@ class Arbiter:
         return LOOP_TIMEOUT
 
     def finished(self) -> bool:
-        return self.shutdown_phase is not None and self.shutdown_phase >= len(STOP_ORDER)
+        return (self.shutdown_phase is not None and self.shutdown_phase >= len(STOP_ORDER)
+                and not self.backups.running())
 
     def handle_signals(self) -> None:
         while self.sig_queue:
@@ -351,6 +355,8 @@ class Arbiter:
                     child.set_state(ChildState.STOPPED)
 
     def cleanup(self) -> None:
+        if hasattr(self, "backups"):
+            self.backups.kill()
         for child in self.children:  # only on an unexpected exit of the loop
             if child.proc is not None and child.proc.poll() is None:
                 self.signal_child(child, signal.SIGKILL)
@@ -393,6 +399,7 @@ class Arbiter:
                                "data_dir": str(self.cfg.data_dir)},
                 "roles": [c.status(now, vectors_path=self.cfg.vectors_path if c.kind == "query" else None)
                           for c in self.children],
+                "backups": self.backups.status(),
                 "store": self.store.stats().as_dict()}
 
 

@@ -32,6 +32,20 @@ def slow_ingest(system, make_config, tmp_path):
     return cfg, s
 
 
+def settled(s, *, quiet: float = 1.0, timeout: float = 10.0) -> int:
+    """The indexed count once batches in flight at a pause have committed (unchanged for `quiet` s)."""
+    deadline = time.monotonic() + timeout
+    last, since = s.stats().indexed, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = s.stats().indexed
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return last
+    raise AssertionError(f"indexing did not stop within {timeout} s of the pause")
+
+
 def percent(cfg) -> float:
     return json.loads(roxi(cfg, "progress", "--json").stdout)["percent"]
 
@@ -42,7 +56,7 @@ def test_process_until_50_stops_between_50_and_100(slow_ingest):
     result = roxi(cfg, "process", "--until", "50", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "processing paused" in result.stdout
-    time.sleep(1.0)  # batches in flight at the pause commit; nothing more follows
+    settled(s)  # batches in flight at the pause commit; nothing more follows
     reached = percent(cfg)
     assert 50.0 <= reached < 100.0
     assert percent(cfg) == reached
@@ -81,8 +95,7 @@ def test_pause_survives_a_supervisor_restart_and_resume_finishes_exactly_once(sl
     assert roxi(cfg, "resume").returncode == 0
     s.wait_for(lambda: s.stats().indexed > 100, timeout=30, what="some progress")
     assert roxi(cfg, "pause").returncode == 0
-    time.sleep(0.5)  # one batch time: what was in flight commits
-    frozen = s.stats().indexed
+    frozen = settled(s)  # what was in flight commits, then nothing more
     time.sleep(1.5)
     assert s.stats().indexed == frozen, "chunks were indexed while paused"
     with s.query_client() as client:  # queries keep working while paused
@@ -116,8 +129,7 @@ def test_process_ctrl_c_pauses_and_leaves_the_store_consistent(slow_ingest):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=10) == 130
     assert "processing paused" in proc.stderr.read()
-    time.sleep(0.5)
-    frozen = s.stats().indexed
+    frozen = settled(s)
     time.sleep(1.0)
     assert s.stats().indexed == frozen < s.stats().chunks
     assert roxi(cfg, "resume").returncode == 0
