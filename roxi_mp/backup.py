@@ -32,7 +32,7 @@ from .config import Config
 from .embedders import make_embedder
 from .errors import BadInput, StoreError
 from .lock import DataDirLock
-from .staging import checkpoint, complete_swap, stage_dir, swap_in
+from .staging import checkpoint, complete_swap, fsync_path, stage_dir, swap_in
 from .store import Store
 from .vectors import HEADER_BYTES, VectorWriter, model_tag, read_header
 
@@ -146,7 +146,7 @@ def create(cfg: Config, root: Path, *, kind: str = "manual", progress: Progress 
         if model_id is not None:
             _copy_vectors(cfg.vectors_path, partial / VECTORS, rows=rows, dim=dim, model_id=model_id,
                           meter=meter)
-        _fsync(partial / DB)
+        fsync_path(partial / DB)
         files = {name: {"bytes": (partial / name).stat().st_size, "sha256": _stream(partial / name, meter)}
                  for name in FILES[model_id is not None]}
         manifest = Manifest(format_version=FORMAT_VERSION, created=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -154,10 +154,10 @@ def create(cfg: Config, root: Path, *, kind: str = "manual", progress: Progress 
                             indexed=facts["indexed"], documents=facts["documents"], files=files)
         (partial / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         for durable in (partial / MANIFEST, partial):
-            _fsync(durable)
+            fsync_path(durable)
         final = partial.with_name(partial.name[:-len(PARTIAL)])
         os.rename(partial, final)
-        _fsync(final.parent)
+        fsync_path(final.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -219,7 +219,7 @@ def prune(root: Path, *, keep: int) -> list[Path]:
         # Renamed first: a crash mid-delete leaves an unlisted .partial, never a half backup.
         trash = path.with_name(path.name + PARTIAL)
         os.rename(path, trash)
-        _fsync(Path(root))
+        fsync_path(Path(root))
         shutil.rmtree(trash, ignore_errors=True)
         log.info("pruned backup %s", path)
     return doomed
@@ -250,7 +250,7 @@ def restore(cfg: Config, path: Path, *, progress: Progress | None = None) -> Man
             if manifest.model_id is None:
                 model = make_embedder(cfg)  # cheap: only its id and dim, no weights
                 VectorWriter(stage / VECTORS, dim=model.dim, model_id=model.model_id).close()
-            _fsync(stage)
+            fsync_path(stage)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
@@ -390,10 +390,3 @@ def _stream(src: Path, meter: Meter, *, copy_to: Path | None = None, limit: int 
             os.fsync(fout.fileno())
     return digest.hexdigest()
 
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -40,7 +40,8 @@ def checkpoint(db: Path) -> None:
         conn.close()
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a rename is durable only once its directory is)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -55,15 +56,15 @@ def swap_in(cfg: Config, stage: Path) -> Path:
             raise FileNotFoundError(f"staged store is incomplete: {stage / name} is missing")
     checkpoint(stage / "roxi.sqlite3")
     for name in STORE_FILES:
-        _fsync_path(stage / name)
+        fsync_path(stage / name)
     if cfg.db_path.exists():
         checkpoint(cfg.db_path)  # the live WAL must not survive next to the new database
     marker = cfg.data_dir / MARKER
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(json.dumps({"stage": str(stage), "files": list(STORE_FILES)}))
-    _fsync_path(tmp)
+    fsync_path(tmp)
     os.replace(tmp, marker)
-    _fsync_path(cfg.data_dir)
+    fsync_path(cfg.data_dir)
     complete_swap(cfg)
     return cfg.data_dir / "previous"
 
@@ -86,8 +87,8 @@ def complete_swap(cfg: Config) -> bool:
             if old.exists():
                 os.replace(old, previous / old.name)
         os.replace(staged, live)
-    _fsync_path(cfg.data_dir)
+    fsync_path(cfg.data_dir)
     marker.unlink()
-    _fsync_path(cfg.data_dir)
+    fsync_path(cfg.data_dir)
     shutil.rmtree(stage, ignore_errors=True)
     return True
