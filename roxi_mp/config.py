@@ -109,6 +109,7 @@ class QuerySettings:
     cache_ttl_seconds: float = 60.0
     trim_seconds: float = 60.0
     prewarm: bool = True
+    model_process: bool = True
 
 
 @dataclass

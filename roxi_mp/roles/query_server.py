@@ -25,6 +25,7 @@ import zmq
 from .. import memory, protocol
 from ..cache import ResultCache
 from ..embedders import make_embedder
+from ..model_process import ModelProcess
 from ..errors import BadInput, ModelMismatch
 from ..protocol import ProtocolError
 from ..store import Store
@@ -48,7 +49,10 @@ class QueryServer(Role):
     def initialize(self) -> None:
         qcfg, lim = self.cfg.query, self.cfg.limits
         self.store: Store | None = None
-        self.model = make_embedder(self.cfg)
+        if qcfg.model_process and self.cfg.embedder.backend == "minilm":
+            self.model = ModelProcess(self.cfg, ctx=self.ctx)
+        else:
+            self.model = make_embedder(self.cfg)
         self.cache = ResultCache(max_entries=qcfg.cache_entries, ttl_seconds=qcfg.cache_ttl_seconds)
         faiss.omp_set_num_threads(qcfg.threads)
         # The socket's hard cap is twice the request limit: a request between the two gets a
@@ -278,7 +282,8 @@ class QueryServer(Role):
     def stats(self) -> dict:
         return {"state": self.state.value, "rows": self.index_rows, "known_rows": self.known_rows,
                 "served": self.served, "errors": self.errors, "dropped": self.dropped,
-                "sleeps": self.sleeps, "cache_entries": len(self.cache), "cache_hits": self.cache.hits}
+                "sleeps": self.sleeps, "cache_entries": len(self.cache), "cache_hits": self.cache.hits,
+                "model_loaded": self.model.loaded}
 
     def info(self) -> dict:
         if not hasattr(self, "state"):
@@ -287,6 +292,8 @@ class QueryServer(Role):
 
     def shutdown(self) -> None:
         self.index = None
+        if hasattr(self, "model"):
+            self.model.unload()  # ends the model process, if there is one
         for name in ("router", "sub"):
             if hasattr(self, name):
                 getattr(self, name).close(0)

@@ -3,6 +3,8 @@ wake, an embedder that sleeps and wakes on ingest, a sleeping system that costs 
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -13,6 +15,7 @@ from roxi_mp.memory import mapped, maps_file
 from roxi_mp.service import READY_STATES
 from roxi_mp.store import Store
 
+from ..conftest import roxi_processes
 from ..corpus import populate, write_corpus
 from .test_pipeline import roxi
 
@@ -184,3 +187,38 @@ def test_wake_prewarms_and_status_never_wakes(system, store_100k):
     result = roxi(store_100k, "wake", "query")
     assert result.returncode == 0, result.stderr
     assert s.role("query")["state"] in READY_STATES and maps_file(pid, store_100k.vectors_path)
+
+
+def model_processes(cfg) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "roxi_mp.model_process" in cmd and str(cfg.data_dir) in cmd:
+            out.append(p)
+    return out
+
+
+def test_minilm_query_server_sleeps_to_its_floor(system, make_config, tmp_path):
+    """The default backend too: its model lives in a child process that deep sleep ends."""
+    cfg = make_config(embedder__backend="minilm", supervisor__ingest_sample_on_empty=True)
+    s = system(cfg)
+    s.wait_indexed(s.stats().chunks, timeout=120)
+    pid = s.pid("query")
+    floor = rss(pid)
+    first = scan(s, "heart attack", k=3)
+    assert len(model_processes(cfg)) == 1
+    assert roxi(cfg, "sleep", "query").returncode == 0
+    assert model_processes(cfg) == []
+    assert rss(pid) - floor < 5 * MB, f"asleep {rss(pid) / MB:.1f} MB vs floor {floor / MB:.1f} MB"
+    assert [h["chunk_id"] for h in scan(s, "heart attack", k=3)] == [h["chunk_id"] for h in first]
+
+
+def test_model_process_dies_with_a_killed_supervisor(system, make_config):
+    cfg = make_config(embedder__backend="minilm", supervisor__ingest_sample_on_empty=True)
+    s = system(cfg)
+    scan(s, "gout")
+    assert len(model_processes(cfg)) == 1
+    os.kill(s.proc.pid, signal.SIGKILL)
+    s.proc.wait(timeout=5)
+    time.sleep(2.0)
+    assert model_processes(cfg) == [] and roxi_processes(cfg.data_dir) == []
