@@ -5,6 +5,7 @@ code documented in roxi_mp.errors; click's own usage errors exit 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -134,11 +135,9 @@ def logs(ctx: click.Context, role: str, lines: int, follow: bool) -> None:
     for line in tail(path, lines):
         click.echo(line)
     if follow:
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how -f ends
             for line in follow_log(path):
                 click.echo(line)
-        except KeyboardInterrupt:
-            pass
 
 
 @main.command()

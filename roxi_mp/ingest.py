@@ -163,7 +163,7 @@ def _title(path: Path, *, limit: int = 200) -> str:
                 if text:
                     return text[:limit]
     except OSError:
-        pass
+        return path.stem  # unreadable here: the ingest itself will report why
     return path.stem
 
 

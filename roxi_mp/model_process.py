@@ -13,6 +13,7 @@ parent (PR_SET_PDEATHSIG plus a parent-pid check), and every wait on it is bound
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -143,10 +144,8 @@ def serve(cfg: config_mod.Config, endpoint: str, parent: int) -> int:
         sock.close(0)
         ctx.term()
         if endpoint.startswith("ipc://"):
-            try:
+            with contextlib.suppress(OSError):  # already gone: nothing to tidy
                 os.unlink(endpoint[len("ipc://"):])
-            except OSError:
-                pass
     return 0
 
 

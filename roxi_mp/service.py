@@ -8,6 +8,7 @@ works, and wakes nothing, whether or not the system runs.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -52,10 +53,8 @@ def set_paused(cfg: Config, paused: bool) -> None:
     with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
         store.set_paused(paused)
     if is_running(cfg):
-        try:
+        with contextlib.suppress(RoxiError):  # embedders read the flag before every claim anyway
             control(cfg, "notify", timeout=2.0, event="pause" if paused else "resume")
-        except RoxiError:
-            pass  # embedders read the flag before every claim anyway
 
 
 def is_running(cfg: Config) -> bool:
@@ -121,11 +120,9 @@ def start_background(cfg: Config, *, timeout: float | None = None) -> dict[str, 
 
 def _start_failure(code: int, log_path) -> RoxiError:
     tail = ""
-    try:
+    with contextlib.suppress(OSError):  # no log to quote: the exit code alone is reported
         lines = log_path.read_text(errors="replace").strip().splitlines()
         tail = next((ln for ln in reversed(lines) if ln.startswith("roxi:")), lines[-1] if lines else "")
-    except OSError:
-        pass
     err = RoxiError(tail.removeprefix("roxi: ") or f"supervisor exited with code {code}")
     err.exit_code = code or 1
     return err

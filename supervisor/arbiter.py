@@ -9,6 +9,7 @@ blocks: a child's crash loop costs one poll timeout, never the control socket's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -134,11 +135,9 @@ class Arbiter:
             elif sock is self.beats:
                 self.handle_heartbeats()
             elif sock == self.sig_r:
-                try:
+                with contextlib.suppress(BlockingIOError):  # drained: the signals wait in sig_queue
                     while os.read(self.sig_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
+                        continue
             else:
                 child = next((c for c in self.children if c.proc is not None and c.proc.stdout is not None
                               and not c.proc.stdout.closed and c.proc.stdout.fileno() == sock), None)
@@ -246,10 +245,8 @@ class Arbiter:
 
     def signal_child(self, child: Child, sig: int) -> None:
         if child.proc is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it exited already; reap_children sees it
                 child.proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
 
     def handle_heartbeats(self) -> None:
         for _ in range(1000):
@@ -285,11 +282,9 @@ class Arbiter:
 
     def publish(self, target: str, op: str) -> None:
         """A command to roles: "all", a kind or a name (see protocol.command_topic)."""
-        try:
+        with contextlib.suppress(zmq.Again):  # commands are hints; roles also poll the store
             self.commands.send_multipart([protocol.command_topic(target),
                                           protocol.pack({"v": protocol.VERSION, "op": op})], zmq.NOBLOCK)
-        except zmq.Again:
-            pass
 
     def sleep_roles(self, target: str | None, *, wake: bool) -> list[str]:
         chosen = self.select(target) if target else self.children
@@ -386,10 +381,8 @@ class Arbiter:
                                        on_internal=lambda exc: log.error("control command failed", exc_info=exc))
             if answered is None:
                 continue
-            try:
+            with contextlib.suppress(zmq.ZMQError):  # the client went away; never block the loop
                 self.control.send_multipart(answered[0], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # the client went away; never block the loop on it
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()

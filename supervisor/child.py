@@ -10,6 +10,7 @@ tight loop that helps no one.
 
 from __future__ import annotations
 
+import contextlib
 import collections
 import enum
 import subprocess
@@ -138,13 +139,11 @@ class Child:
             "rss": None, "cpu_percent": None,
         }
         if self.proc is not None:
-            try:
+            with contextlib.suppress(psutil.Error):  # exiting right now: the row says "-"
                 if self._ps is None or self._ps.pid != self.proc.pid:
                     self._ps = psutil.Process(self.proc.pid)
                 row["rss"] = self._ps.memory_info().rss
                 row["cpu_percent"] = self._ps.cpu_percent(None)
-            except psutil.Error:
-                pass
             if vectors_path is not None:  # read from /proc: asks the child nothing
                 held = mapped(self.proc.pid, vectors_path)
                 row["mapped_bytes"], row["mapped_rss"] = held.size, held.rss

@@ -82,7 +82,7 @@ def retry_after_seconds(headers: httpx.Headers, *, wall_now: float | None = None
             if math.isfinite(value):
                 return max(0.0, value)
         except ValueError:
-            pass
+            value = None  # not a number: try the standard header
     raw = headers.get("retry-after")
     if raw is None:
         return None
@@ -91,7 +91,7 @@ def retry_after_seconds(headers: httpx.Headers, *, wall_now: float | None = None
         value = float(raw)
         return max(0.0, value) if math.isfinite(value) else None
     except ValueError:
-        pass
+        value = None  # not seconds: an HTTP date, below
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError):

@@ -14,6 +14,7 @@ their own logic and tests can call `loop(now)` directly with a chosen time:
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import ctypes
 import ctypes.util
@@ -192,7 +193,5 @@ def _drain_commands(sock: zmq.Socket, role: Role) -> None:
 def _send_heartbeat(sock: zmq.Socket, role: Role, seq: int, info: dict[str, Any]) -> None:
     msg = {"v": protocol.VERSION, "type": "heartbeat", "role": role.role, "name": role.name,
            "pid": os.getpid(), "seq": seq, **info}
-    try:
+    with contextlib.suppress(zmq.Again):  # supervisor busy or gone: its watchdog judges silence
         sock.send(protocol.pack(msg), zmq.NOBLOCK)
-    except zmq.Again:
-        pass  # supervisor busy or gone: its watchdog judges silence, we never block on it

@@ -25,6 +25,7 @@ yields to query traffic (smaller batches, pauses) and to a machine busy with oth
 
 from __future__ import annotations
 
+import contextlib
 import concurrent.futures as cf
 import enum
 import logging
@@ -120,10 +121,8 @@ class Embedder(Role):
         self.probe_size = 0  # while the service looks down: claim this few chunks (0: no limit)
         self.cpu = CpuWatch(ecfg.busy_cpu_percent)
         self.embedded = self.batches = self.yields = self.failed = self.splits = 0
-        try:
+        with contextlib.suppress(OSError):  # a lower priority is a courtesy, not a need
             os.nice(NICE)
-        except OSError:
-            pass
 
     # --- main loop ---------------------------------------------------------------
     def loop(self, now: float) -> None:

@@ -10,6 +10,7 @@ are grouped for up to `commit_max_ms` or `commit_max_rows` so one fsync serves m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -127,10 +128,8 @@ class Indexer(Role):
 
     def _publish(self) -> None:
         msg = {"v": protocol.VERSION, "generation": self.generation, "rows": self.writer.rows}
-        try:
+        with contextlib.suppress(zmq.Again):  # a slow subscriber also polls committed_rows
             self.pub.send_multipart([protocol.TOPIC_GENERATION, protocol.pack(msg)], zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # a slow subscriber also polls committed_rows; PUB never blocks us
 
     def info(self) -> dict:
         return {"state": "asleep" if getattr(self, "asleep", False) else "running",
