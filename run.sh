@@ -2,6 +2,7 @@
 # roxi-mp launcher.
 #   ./run.sh            set up .venv if needed, then run the system in the foreground
 #   ./run.sh test       set up .venv (with test extras) if needed, then run the tests
+#   ./run.sh bench [--quick]  run the benchmarks in tests/bench (tables on stdout)
 #   ./run.sh ARGS...    anything else is passed to `roxi` (e.g. ./run.sh status)
 # Options before the command: --data-dir DIR (default ./data or $ROXI_DATA_DIR).
 set -euo pipefail
@@ -41,6 +42,11 @@ case "${1:-}" in
     shift
     setup "[test]"
     exec "$venv/bin/python" -m pytest "$@"
+    ;;
+  bench)
+    shift
+    setup "[test]"
+    exec "$venv/bin/python" -m tests.bench "$@"
     ;;
   *)
     setup ""

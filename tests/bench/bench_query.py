@@ -1,0 +1,102 @@
+"""Query latency through ZeroMQ vs the same FAISS search in-process, and the memory bandwidth.
+
+    .venv/bin/python -m tests.bench.bench_query [--sizes 10000,100000] [--queries 200]
+
+For each size N (dim 384, generated unit vectors through the durable commit path), in one
+run so the ratios share the machine's mood: p50/p99 of single queries through the real
+query server (QueryClient, vectors sent as float32 frames, `with_text` off so SQLite work
+is the same small lookup), p50/p99 of `index.search` in this process on the same mapped
+file, the implied GB/s scanned, and the machine's read bandwidth measured as a numpy sum
+over a large array. Issue 7's acceptance 2 wants ZeroMQ p50 <= 1.1 x in-process p50 at 100k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+
+import faiss
+import numpy as np
+
+from roxi_mp.vectors import open_index
+
+from ..corpus import populate
+from .common import machine, make_system, table, temp_root, write_results
+
+DIM = 384
+
+
+def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Bytes/s of a sequential read: numpy sum over a float32 array (best of `repeats`)."""
+    data = np.ones(int(gib * 2**30) // 4, dtype=np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - started)
+    return data.nbytes / best
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    arr = np.array(samples)
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def measure(n: int, queries: int) -> dict:
+    root = temp_root(f"query-{n}")
+    s = make_system(root, hashing__dim=DIM, query__idle_seconds=3600.0, query__cache_entries=0)
+    try:
+        populate(s.cfg, rows=n)
+        s.start()
+        rng = np.random.default_rng(7)
+        vecs = rng.standard_normal((queries, DIM), dtype=np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        zmq_times, local_times = [], []
+        faiss.omp_set_num_threads(1)
+        local = open_index(s.cfg.vectors_path, rows=n)
+        with s.query_client(timeout=60) as client:
+            client.query_vector(vecs[0], k=10, with_text=False)  # wake and map
+            local.search(vecs[:1], 10)
+            for v in vecs:  # alternate, so both paths see the same machine
+                started = time.perf_counter()
+                client.query_vector(v, k=10, with_text=False)
+                zmq_times.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                local.search(v[None, :], 10)
+                local_times.append(time.perf_counter() - started)
+        del local
+        zp50, zp99 = percentiles(zmq_times)
+        lp50, lp99 = percentiles(local_times)
+        scanned = n * DIM * 2
+        return {"n": n, "zmq_p50": zp50, "zmq_p99": zp99, "local_p50": lp50, "local_p99": lp99,
+                "ratio_p50": zp50 / lp50, "local_gbps": scanned / lp50 / 1e9}
+    finally:
+        s.stop()
+        s.kill_everything()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args(argv)
+    bandwidth = memory_bandwidth()
+    results = [measure(int(n), args.queries) for n in args.sizes.split(",") if n]
+    rows = [[f"{r['n']:,}", f"{r['zmq_p50'] * 1e3:.2f} / {r['zmq_p99'] * 1e3:.2f}",
+             f"{r['local_p50'] * 1e3:.2f} / {r['local_p99'] * 1e3:.2f}", f"{r['ratio_p50']:.2f}",
+             f"{r['local_gbps']:.1f} ({r['local_gbps'] * 1e9 / bandwidth:.2f} of memory bandwidth)"]
+            for r in results]
+    md = "\n".join([f"## Query latency, single queries, dim {DIM}, k 10", "",
+                    table(["N", "ZeroMQ p50 / p99 ms", "in-process p50 / p99 ms", "ZeroMQ / in-process p50",
+                           "in-process GB/s scanned"], rows), "",
+                    f"memory read bandwidth (numpy sum, best of 5): {bandwidth / 1e9:.1f} GB/s"]) + "\n"
+    path = write_results("query", {"machine": machine(), "bandwidth": bandwidth, "sizes": results}, md)
+    print(md)
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
