@@ -12,7 +12,6 @@ goal is end to end >= 0.9 x the model alone.
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 
 from roxi_mp.config import load as load_config
@@ -20,7 +19,7 @@ from roxi_mp.embedders.minilm import MiniLMEmbedder
 from roxi_mp.ingest import ingest_paths, sample_corpus_dir
 from roxi_mp.store import Store
 
-from .common import machine, make_system, median, table, temp_root, write_results
+from .common import bench_system, machine, median, table, write_results
 
 
 def texts_from_sample(n: int, words: int) -> list[str]:
@@ -42,12 +41,10 @@ def model_alone(texts: list[str], batch: int) -> float:
 
 
 def end_to_end(texts: list[str], words: int) -> float:
-    root = temp_root("minilm-ingest")
-    s = make_system(root, embedder__backend="minilm", store__chunk_words=words + 50, store__chunk_overlap=0,
-                    embedder__idle_seconds=600.0)
-    try:
+    with bench_system("minilm-ingest", embedder__backend="minilm", store__chunk_words=words + 50,
+                      store__chunk_overlap=0, embedder__idle_seconds=600.0) as s:
         s.start()
-        docs = root / "docs"
+        docs = s.cfg.data_dir.parent / "docs"
         docs.mkdir()
         for i, text in enumerate(texts):
             (docs / f"t{i:05d}.txt").write_text(text)
@@ -61,10 +58,6 @@ def end_to_end(texts: list[str], words: int) -> float:
             control.command("notify")
         s.wait_indexed(len(texts), timeout=3600)
         return len(texts) / (time.perf_counter() - started)
-    finally:
-        s.stop()
-        s.kill_everything()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ over a large array. Issue 7's acceptance 2 wants ZeroMQ p50 <= 1.1 x in-process 
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 
 import faiss
@@ -22,7 +21,7 @@ import numpy as np
 from roxi_mp.vectors import open_index
 
 from ..corpus import populate
-from .common import machine, make_system, table, temp_root, write_results
+from .common import bench_system, machine, table, write_results
 
 DIM = 384
 
@@ -44,9 +43,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def measure(n: int, queries: int) -> dict:
-    root = temp_root(f"query-{n}")
-    s = make_system(root, hashing__dim=DIM, query__idle_seconds=3600.0, query__cache_entries=0)
-    try:
+    with bench_system(f"query-{n}", hashing__dim=DIM, query__idle_seconds=3600.0, query__cache_entries=0) as s:
         populate(s.cfg, rows=n)
         s.start()
         rng = np.random.default_rng(7)
@@ -71,10 +68,6 @@ def measure(n: int, queries: int) -> dict:
         scanned = n * DIM * 2
         return {"n": n, "zmq_p50": zp50, "zmq_p99": zp99, "local_p50": lp50, "local_p99": lp99,
                 "ratio_p50": zp50 / lp50, "local_gbps": scanned / lp50 / 1e9}
-    finally:
-        s.stop()
-        s.kill_everything()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,14 +12,12 @@ Then CPU of the supervisor and each role over `--sleep-seconds` of whole-system 
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 
 from roxi_mp.memory import mapped, maps_file
 
 from ..corpus import populate
-from .common import MB, evict_page_cache, machine, make_system, median, rss, table, temp_root, timed, \
-    write_results
+from .common import MB, bench_system, evict_page_cache, machine, median, rss, table, timed, write_results
 
 import psutil
 
@@ -28,9 +26,7 @@ QUERY = "synovial joint inflammation"
 
 
 def measure_size(n: int, *, repeats: int = 3) -> dict:
-    root = temp_root(f"sleep-{n}")
-    s = make_system(root, hashing__dim=DIM, query__idle_seconds=3600.0)
-    try:
+    with bench_system(f"sleep-{n}", hashing__dim=DIM, query__idle_seconds=3600.0) as s:
         started = time.perf_counter()
         populate(s.cfg, rows=n)
         populate_s = time.perf_counter() - started
@@ -59,16 +55,10 @@ def measure_size(n: int, *, repeats: int = 3) -> dict:
                 "mapped_rss": held.rss, "mapped_after_sleep": still_mapped, "first_query_s": first_s,
                 "wake_warm_s": median(warm), "wake_cold_s": median(cold), "warm_all": warm, "cold_all": cold,
                 "data_bytes": data_bytes, "awake_bound": bound, "awake_within_bound": awake <= bound}
-    finally:
-        s.stop()
-        s.kill_everything()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def measure_sleep_cpu(seconds: float) -> dict:
-    root = temp_root("sleep-cpu")
-    s = make_system(root, hashing__dim=DIM, embedder__idle_seconds=1.0, query__idle_seconds=1.0)
-    try:
+    with bench_system("sleep-cpu", hashing__dim=DIM, embedder__idle_seconds=1.0, query__idle_seconds=1.0) as s:
         populate(s.cfg, rows=10_000)
         s.start()
         with s.query_client() as client:
@@ -88,10 +78,6 @@ def measure_sleep_cpu(seconds: float) -> dict:
         per = {name: (after[name] - before[name]) / elapsed for name in procs}
         return {"seconds": round(elapsed, 1), "all_asleep_at_end": asleep,
                 "cpu_fraction_of_one_core": per, "total": sum(per.values())}
-    finally:
-        s.stop()
-        s.kill_everything()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,14 +8,16 @@ and print as pass/fail). Stores are filled through the durable commit path
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import faiss
 import numpy as np
@@ -39,6 +41,19 @@ def make_system(root: Path, **overrides: Any) -> System:
 
 def temp_root(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"roxi-bench-{name}-"))
+
+
+@contextlib.contextmanager
+def bench_system(name: str, **overrides: Any) -> Iterator[System]:
+    """A not yet started System in a temporary directory, stopped and removed afterwards."""
+    root = temp_root(name)
+    s = make_system(root, **overrides)
+    try:
+        yield s
+    finally:
+        s.stop()
+        s.kill_everything()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def machine() -> dict[str, Any]:
