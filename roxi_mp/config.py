@@ -44,6 +44,8 @@ class StoreSettings:
 
 #: embedder backends, each configured in its own section
 BACKENDS = ("minilm", "hashing", "http")
+#: search indexes (`indexer.index`): exact scan, or an approximate index built beside it
+INDEX_KINDS = ("exact", "hnsw", "ivf")
 
 
 @dataclass
@@ -95,6 +97,14 @@ class HttpSettings:
 class IndexerSettings:
     commit_max_rows: int = 8192
     commit_max_ms: int = 100
+    index: str = "exact"
+    ann_min_rows: int = 50_000
+    ann_update_rows: int = 20_000
+    ann_update_seconds: float = 600.0
+    ann_build_threads: int = 1
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 40
+    ivf_lists: int = 0
 
 
 @dataclass
@@ -110,6 +120,8 @@ class QuerySettings:
     trim_seconds: float = 60.0
     prewarm: bool = True
     model_process: bool = True
+    hnsw_ef_search: int = 64
+    ivf_nprobe: int = 16
 
 
 @dataclass
@@ -206,6 +218,11 @@ class Config:
     @property
     def vectors_path(self) -> Path:
         return self.data_dir / "vectors.faiss"
+
+    @property
+    def ann_path(self) -> Path:
+        """The approximate index beside the vectors (derived data: rebuilt, never backed up)."""
+        return self.data_dir / "vectors.ann"
 
     @property
     def log_dir(self) -> Path:
@@ -390,6 +407,18 @@ def validate(cfg: Config) -> None:
     _require(e.max_attempts >= 1, "embedder.max_attempts", ">= 1", e.max_attempts)
     _require(i.commit_max_rows >= 1, "indexer.commit_max_rows", ">= 1", i.commit_max_rows)
     _require(i.commit_max_ms >= 0, "indexer.commit_max_ms", ">= 0", i.commit_max_ms)
+    _require(i.index in INDEX_KINDS, "indexer.index", f"one of {', '.join(INDEX_KINDS)}", i.index)
+    _require(i.ann_min_rows >= 1000, "indexer.ann_min_rows", ">= 1000", i.ann_min_rows)
+    _require(i.ann_update_rows >= 1, "indexer.ann_update_rows", ">= 1", i.ann_update_rows)
+    _require(i.ann_update_seconds > 0, "indexer.ann_update_seconds", "> 0", i.ann_update_seconds)
+    _require(1 <= i.ann_build_threads <= 64, "indexer.ann_build_threads", "in [1, 64]", i.ann_build_threads)
+    _require(4 <= i.hnsw_m <= 128, "indexer.hnsw_m", "in [4, 128]", i.hnsw_m)
+    _require(i.hnsw_ef_construction >= i.hnsw_m, "indexer.hnsw_ef_construction", ">= hnsw_m",
+             i.hnsw_ef_construction)
+    _require(i.ivf_lists == 0 or 16 <= i.ivf_lists <= 1 << 20, "indexer.ivf_lists",
+             "0 (automatic) or in [16, 1048576]", i.ivf_lists)
+    _require(q.hnsw_ef_search >= 1, "query.hnsw_ef_search", ">= 1", q.hnsw_ef_search)
+    _require(q.ivf_nprobe >= 1, "query.ivf_nprobe", ">= 1", q.ivf_nprobe)
     _require(1 <= q.default_k <= q.max_k, "query.default_k", "in [1, max_k]", q.default_k)
     _require(1 <= q.max_k <= 100_000, "query.max_k", "in [1, 100000]", q.max_k)
     _require(q.max_query_chars >= 1, "query.max_query_chars", ">= 1", q.max_query_chars)

@@ -229,46 +229,63 @@ class VectorWriter:
         self.close()
 
 
-def open_index(path: Path, *, rows: int | None = None, willneed: bool = False) -> faiss.IndexScalarQuantizer:
-    """Map the file zero-copy as a faiss index, clamped to the rows known to be complete.
+def open_index(path: Path, *, rows: int | None = None, start: int = 0,
+               willneed: bool = False) -> faiss.IndexScalarQuantizer:
+    """Map rows [start, rows) zero-copy as a faiss index, clamped to the rows known complete.
 
-    `rows` is the committed row count the caller knows from SQLite or the indexer. The
-    mapping lives as long as the returned object (kept in `referenced_objects`); keep
-    that object, not a `downcast_index` copy of it. `willneed` asks the kernel to read the
-    rows ahead (asynchronously) so the first scan does not fault them in page by page.
+    `rows` is the committed row count the caller knows from SQLite or the indexer; the
+    index's row i is file row start + i. The mapping lives as long as the returned object
+    (kept in `referenced_objects`); keep that object, not a `downcast_index` copy of it.
+    `willneed` asks the kernel to read the rows ahead (asynchronously) so the first scan
+    does not fault them in page by page.
     """
     import faiss  # lazily: the indexer only writes and need not load faiss
 
     path = Path(path)
     if rows is not None and rows < 0:
         raise BadInput(f"rows must be >= 0, got {rows}")
-    read_header(path)  # short or foreign files fail here, before mapping
+    if start < 0:
+        raise BadInput(f"start must be >= 0, got {start}")
+    header = read_header(path)  # short or foreign files fail here, before mapping
+    data_at = HEADER_BYTES + start * header.code_size
+    # The mapping starts on the page holding the 81 bytes before row `start`: faiss reads
+    # a header followed by the rows, and that is where we write one.
+    map_from = (data_at - HEADER_BYTES) // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
     with open(path, "rb") as f:
-        # Private mapping: we patch the header below and only that page gets copied;
-        # the codes stay shared with the page cache.
-        mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE,
+        size = os.fstat(f.fileno()).st_size
+        if size <= map_from:
+            return _empty_index(header.dim)
+        # Private mapping: we write the header below and only that page gets copied; the
+        # rows stay shared with the page cache.
+        mm = mmap.mmap(f.fileno(), size - map_from, offset=map_from, flags=mmap.MAP_PRIVATE,
                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    # Parse the header again from the mapping: it may have changed since read_header.
-    header = _parse_header(mm[:HEADER_BYTES], path)
-    visible = min(header.rows, header.codes_bytes // header.code_size,
-                  (len(mm) - HEADER_BYTES) // header.code_size)
+        # Parse the header again, after mapping: it may have changed since read_header.
+        header = _parse_header(os.pread(f.fileno(), HEADER_BYTES, 0), path)
+    visible = min(header.rows, header.codes_bytes // header.code_size, (size - HEADER_BYTES) // header.code_size)
     if rows is not None:
         visible = min(visible, rows)
+    count = max(0, visible - start)
     # faiss refuses a header whose ntotal and codes length disagree (which is what a
     # reader racing publish() sees) and one claiming more codes than the file has, so
     # hand it a consistent header rather than the file's own.
-    struct.pack_into("<q", mm, _NTOTAL_AT, visible)
-    struct.pack_into("<Q", mm, _CODES_AT, visible * header.code_size)
-    size = HEADER_BYTES + visible * header.code_size
+    at = data_at - HEADER_BYTES - map_from
+    mm[at:at + HEADER_BYTES] = _pack_header(dim=header.dim, rows=count, tag=header.model_tag)
+    length = HEADER_BYTES + count * header.code_size
     if willneed and hasattr(mm, "madvise") and hasattr(mmap, "MADV_WILLNEED"):
-        mm.madvise(mmap.MADV_WILLNEED, 0, size)
-    buf = np.frombuffer(mm, dtype=np.uint8)
+        mm.madvise(mmap.MADV_WILLNEED, 0, at + length)
+    buf = np.frombuffer(mm, dtype=np.uint8)[at:at + length]
     try:
-        index = faiss.read_index(faiss.ZeroCopyIOReader(faiss.swig_ptr(buf), size), 0)
+        index = faiss.read_index(faiss.ZeroCopyIOReader(faiss.swig_ptr(buf), length), 0)
     except RuntimeError as e:
         raise StoreError(f"{path}: faiss cannot read the vectors file: {e}") from e
     index.referenced_objects = [buf]
     return index
+
+
+def _empty_index(dim: int) -> faiss.IndexScalarQuantizer:
+    import faiss
+
+    return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
 
 
 def preload(path: Path, *, chunk_bytes: int = 8 << 20) -> int:

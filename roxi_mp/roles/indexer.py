@@ -17,7 +17,7 @@ import time
 import numpy as np
 import zmq
 
-from .. import memory, protocol
+from .. import ann, memory, protocol
 from ..commit import commit
 from ..embedders import make_embedder
 from ..errors import BadInput
@@ -44,6 +44,12 @@ class Indexer(Role):
         dropped = self.writer.recover(self.store.committed_rows())
         if dropped:
             log.warning("dropped %d uncommitted rows left by an interrupted commit", dropped)
+        stale = ann.remove_stale(self.cfg.ann_path, self.cfg.vectors_path, kind=self.cfg.indexer.index,
+                                 rows=self.writer.rows)
+        if stale:
+            log.warning("removed an approximate index that no longer fits: %s", stale)
+        covered = ann.read_header(self.cfg.ann_path).rows if self.cfg.ann_path.exists() else 0
+        self.builds = ann.Builds(self.cfg, covered=covered)
         self.pull = protocol.configure(self.ctx.socket(zmq.PULL), hwm=VECTORS_HWM,
                                        max_message_bytes=self._max_batch_bytes())
         self.pull.bind(self.cfg.endpoint("vectors"))
@@ -82,7 +88,9 @@ class Indexer(Role):
         if self.pending and (len(self.pending) >= self.cfg.indexer.commit_max_rows
                              or now >= (self.deadline or now)):
             self.commit()
-        elif (not self.pending and not self.asleep
+        if self.builds.step(self.writer.rows):
+            self._publish()  # the query server maps the new index at once
+        elif (not self.pending and not self.asleep and self.builds.proc is None
               and now - self.last_activity >= self.cfg.embedder.idle_seconds):
             # Nothing to unload (no model, no mapping), but reporting sleep lets the
             # supervisor slow down once every role is idle.
@@ -127,7 +135,8 @@ class Indexer(Role):
         self.deadline = None
 
     def _publish(self) -> None:
-        msg = {"v": protocol.VERSION, "generation": self.generation, "rows": self.writer.rows}
+        msg = {"v": protocol.VERSION, "generation": self.generation, "rows": self.writer.rows,
+               "ann_rows": self.builds.covered}
         with contextlib.suppress(zmq.Again):  # a slow subscriber also polls committed_rows
             self.pub.send_multipart([protocol.TOPIC_GENERATION, protocol.pack(msg)], zmq.NOBLOCK)
 
@@ -135,7 +144,8 @@ class Indexer(Role):
         return {"state": "asleep" if getattr(self, "asleep", False) else "running",
                 "rows": self.writer.rows if hasattr(self, "writer") else 0,
                 "generation": getattr(self, "generation", 0), "commits": getattr(self, "commits", 0),
-                "duplicates": getattr(self, "duplicates", 0), "rejected": getattr(self, "rejected", 0)}
+                "duplicates": getattr(self, "duplicates", 0), "rejected": getattr(self, "rejected", 0),
+                **(self.builds.info() if hasattr(self, "builds") else {})}
 
     def shutdown(self) -> None:
         if hasattr(self, "pull"):
@@ -149,6 +159,8 @@ class Indexer(Role):
                 self._receive([f.buffer for f in frames])
         if getattr(self, "pending", None):
             self.commit()
+        if hasattr(self, "builds"):
+            self.builds.stop()
         for name in ("pull", "pub"):
             if hasattr(self, name):
                 getattr(self, name).close(0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from typing import Any
 
 import faiss
 import numpy as np
@@ -29,7 +28,7 @@ from ..model_process import ModelProcess
 from ..errors import BadInput, ModelMismatch
 from ..protocol import ProtocolError
 from ..store import Store
-from ..vectors import open_index
+from ..ann import Searcher
 from .base import Role, run
 
 log = logging.getLogger("roxi.query")
@@ -67,7 +66,7 @@ class QueryServer(Role):
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.sub, zmq.POLLIN)
         self.state = QState.ASLEEP
-        self.index: Any = None
+        self.searcher: Searcher | None = None
         self.index_rows = 0
         self.known_rows = self.db().committed_rows()
         self.last_query = self.last_follow = self.last_trim = time.monotonic()
@@ -105,6 +104,8 @@ class QueryServer(Role):
             if now - self.last_follow >= self.cfg.query.follow_poll_seconds:
                 self.known_rows = max(self.known_rows, self.db().committed_rows())
                 self.last_follow = now
+                if self.searcher is not None and self.searcher.ann_changed():
+                    self.reload()
             if now - self.last_query >= self.cfg.query.idle_seconds:
                 self.sleep()
             elif now - self.last_trim >= self.cfg.query.trim_seconds:
@@ -125,6 +126,8 @@ class QueryServer(Role):
                 continue
             if isinstance(rows, int) and rows > self.known_rows:
                 self.known_rows = rows
+            if self.searcher is not None and self.searcher.ann_changed():
+                self.reload()  # a new approximate index (it comes with an event)
 
     # --- requests ----------------------------------------------------------------
     def handle(self, frames: list[bytes], now: float) -> None:
@@ -173,10 +176,10 @@ class QueryServer(Role):
                 "took_ms": round((time.perf_counter() - started) * 1000, 3)}
 
     def search(self, vector: np.ndarray, k: int, *, with_text: bool) -> list[dict]:
-        if self.index is None or self.index.ntotal == 0:
+        if self.searcher is None or self.searcher.ntotal == 0:
             return []
-        scores, rows = self.index.search(vector, min(k, self.index.ntotal))
-        found = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
+        scores, rows = self.searcher.search(vector, k)
+        found = [(int(r), float(s)) for r, s in zip(rows, scores)]
         meta = self.db().hits([r for r, _ in found])  # only what the hits need, never all texts
         hits = []
         for rank, (row, score) in enumerate(found, start=1):
@@ -247,20 +250,26 @@ class QueryServer(Role):
             self.last_follow = self.last_trim = time.monotonic()
             self.state = QState.AWAKE
             log.info("awake: %d rows", self.known_rows)
-        if self.index is None or self.index_rows != self.known_rows:
-            self.index = None  # unmap the old view before mapping the new one
+        if self.searcher is None or self.index_rows != self.known_rows:
             self.cache.invalidate()  # a new generation may change any answer
-            if self.known_rows > 0 and self.cfg.vectors_path.exists():
-                self.index = open_index(self.cfg.vectors_path, rows=self.known_rows,
-                                        willneed=self.cfg.query.prewarm)
-                self.index_rows = self.index.ntotal
+            if self.known_rows == 0 or not self.cfg.vectors_path.exists():
+                self.searcher, self.index_rows = None, 0
+            elif self.searcher is None:
+                self.searcher = Searcher(self.cfg, rows=self.known_rows, willneed=self.cfg.query.prewarm)
             else:
-                self.index_rows = 0
+                self.searcher.follow(self.known_rows)  # remaps only the exactly searched rows
+            self.index_rows = self.searcher.ntotal if self.searcher is not None else 0
+
+    def reload(self) -> None:
+        """Map everything afresh (a new approximate index was installed)."""
+        self.searcher = None  # unmap the old index before mapping the new one
+        if self.state is QState.AWAKE:
+            self.wake()
 
     def sleep(self) -> None:
         """Deep sleep: drop every reference to the mapping and every cache, give memory back."""
         was_awake = self.state is QState.AWAKE
-        self.index = None  # the only holder of the mapping: this unmaps the file
+        self.searcher = None  # the only holder of the mappings: this unmaps the files
         self.index_rows = 0
         self.cache.invalidate()
         self.model.unload()
@@ -283,7 +292,9 @@ class QueryServer(Role):
         return {"state": self.state.value, "rows": self.index_rows, "known_rows": self.known_rows,
                 "served": self.served, "errors": self.errors, "dropped": self.dropped,
                 "sleeps": self.sleeps, "cache_entries": len(self.cache), "cache_hits": self.cache.hits,
-                "model_loaded": self.model.loaded}
+                "model_loaded": self.model.loaded,
+                **(self.searcher.info() if self.searcher is not None
+                   else {"index": self.cfg.indexer.index, "ann_rows": 0})}
 
     def info(self) -> dict:
         if not hasattr(self, "state"):
@@ -291,7 +302,7 @@ class QueryServer(Role):
         return {**self.stats(), "state": "asleep" if self.state is QState.ASLEEP else "running"}
 
     def shutdown(self) -> None:
-        self.index = None
+        self.searcher = None
         if hasattr(self, "model"):
             self.model.unload()  # ends the model process, if there is one
         for name in ("router", "sub"):

@@ -167,7 +167,8 @@ def test_indexer_commits_received_vectors(indexer_setup) -> None:
     assert cfg.vectors_path.stat().st_size == HEADER_BYTES + 3 * 2 * DIM
     np.testing.assert_array_equal(file_rows(cfg), matrix[[2, 0, 1]])
     assert indexer.info() == {"state": "running", "rows": 3, "generation": 1, "commits": 1,
-                              "duplicates": 0, "rejected": 0}
+                              "duplicates": 0, "rejected": 0, "index": "exact", "ann_rows": 0,
+                              "building": False, "builds": 0, "build_failures": 0, "last_build_seconds": None}
 
 
 def test_indexer_drops_a_duplicate_delivery(indexer_setup) -> None:
@@ -398,7 +399,7 @@ def assert_good_query(q: QS) -> None:
 
 
 def test_text_query_returns_ranked_hits_with_title_and_text(qs: QS) -> None:
-    assert qs.server.state is QState.ASLEEP and qs.server.index is None
+    assert qs.server.state is QState.ASLEEP and qs.server.searcher is None
     reply = qs.ask("query", text="urate crystals in the big toe", k=3)
     assert reply["ok"] is True and reply["rows"] == 3
     hits = reply["hits"]
@@ -410,7 +411,7 @@ def test_text_query_returns_ranked_hits_with_title_and_text(qs: QS) -> None:
     assert top["source"] == "/corpus/gout.md" and top["position"] == 0
     assert top["row"] == 0 and top["chunk_id"] == 1 and top["doc_id"] == 1
     assert {h["title"] for h in hits} == {"Gout", "Systemic lupus erythematosus", "Osteoporosis"}
-    assert qs.server.state is QState.AWAKE and qs.server.index is not None
+    assert qs.server.state is QState.AWAKE and qs.server.searcher is not None
     # k limits the hits; with_text=False leaves the text out; default k applies.
     one = qs.ask("query", text="lupus nephritis antinuclear antibodies", k=1, with_text=False)
     assert len(one["hits"]) == 1 and one["hits"][0]["title"] == "Systemic lupus erythematosus"
@@ -539,31 +540,31 @@ def test_stats_and_ping_do_not_wake_a_sleeping_server(qs: QS) -> None:
         stats = qs.ask("stats")
         assert stats["ok"] is True and stats["state"] == "asleep" and stats["rows"] == 0
         assert qs.ask("ping")["pong"] is True
-    assert qs.server.state is QState.ASLEEP and qs.server.index is None
+    assert qs.server.state is QState.ASLEEP and qs.server.searcher is None
     assert qs.server.served == 0
 
 
 def test_sleep_op_drops_the_index_and_a_query_wakes_it(qs: QS) -> None:
     assert_good_query(qs)
-    assert qs.server.index is not None and qs.ask("stats")["state"] == "awake"
+    assert qs.server.searcher is not None and qs.ask("stats")["state"] == "awake"
     reply = qs.ask("sleep")
     assert reply["ok"] is True and reply["state"] == "asleep" and reply["rows"] == 0
-    assert qs.server.index is None and qs.server.state is QState.ASLEEP
+    assert qs.server.searcher is None and qs.server.state is QState.ASLEEP
     assert_good_query(qs)
-    assert qs.server.state is QState.AWAKE and qs.server.index.ntotal == 3
+    assert qs.server.state is QState.AWAKE and qs.server.searcher.ntotal == 3
 
 
 def test_wake_op_maps_the_committed_rows(qs: QS) -> None:
     reply = qs.ask("wake")
     assert reply["state"] == "awake" and reply["rows"] == 3 and reply["known_rows"] == 3
-    assert qs.server.index is not None and qs.server.index.ntotal == 3
+    assert qs.server.searcher is not None and qs.server.searcher.ntotal == 3
 
 
 def test_idle_server_goes_to_sleep(qs_factory) -> None:
     q = qs_factory(query__idle_seconds=0.2)
     assert_good_query(q)  # maps the index (the server may already be idle again on a slow box)
     drive(q.server, lambda: q.server.state is QState.ASLEEP, timeout=3.0, what="idle sleep")
-    assert q.server.index is None
+    assert q.server.searcher is None
 
 
 def test_awake_server_follows_new_commits(qs_factory) -> None:
@@ -616,10 +617,10 @@ def test_sleep_drops_cache_model_and_connection(qs: QS) -> None:
     assert len(qs.server.cache) == 1 and qs.server.model.loaded and qs.server.store is not None
     qs.ask("sleep")
     assert len(qs.server.cache) == 0 and not qs.server.model.loaded and qs.server.store is None
-    assert qs.server.index is None
+    assert qs.server.searcher is None
     assert_good_query(qs)  # and everything comes back on demand
 
 
 def test_bad_request_does_not_wake_a_sleeping_server(qs: QS) -> None:
     reply = qs.ask("query", text="   ")
-    assert reply["ok"] is False and qs.server.state is QState.ASLEEP and qs.server.index is None
+    assert reply["ok"] is False and qs.server.state is QState.ASLEEP and qs.server.searcher is None

@@ -229,3 +229,30 @@ def test_preload_reads_whole_file(tmp_path: Path) -> None:
     path = tmp_path / "v.vec"
     write_published(path, unit_rows(100, seed=20))
     assert preload(path, chunk_bytes=512) == path.stat().st_size
+
+
+@pytest.mark.parametrize("start", [0, 1, 255, 256, 257, 511, 600])
+def test_open_index_from_a_start_row_is_the_tail(tmp_path: Path, start: int) -> None:
+    # Row sizes of 16 bytes put row boundaries at, on and across page boundaries.
+    x = unit_rows(600, seed=5)
+    path = tmp_path / "v.faiss"
+    write_published(path, x)
+    tail = open_index(path, rows=600, start=start)
+    assert tail.ntotal == 600 - start
+    if start < 600:
+        want = x[start:].astype(np.float16).astype(np.float32)
+        assert np.array_equal(tail.reconstruct_n(0, tail.ntotal), want)
+        _, rows = tail.search(x[start:start + 1], 1)
+        assert rows[0, 0] == 0
+    # The private header write never reaches the file or another reader.
+    assert np.array_equal(open_index(path).reconstruct_n(0, 600), x.astype(np.float16).astype(np.float32))
+
+
+def test_open_index_start_past_the_rows_is_empty(tmp_path: Path) -> None:
+    path = tmp_path / "v.faiss"
+    write_published(path, unit_rows(10, seed=6))
+    assert open_index(path, start=10).ntotal == 0
+    assert open_index(path, rows=4, start=8).ntotal == 0
+    assert open_index(path, start=100_000).ntotal == 0
+    with pytest.raises(BadInput):
+        open_index(path, start=-1)
