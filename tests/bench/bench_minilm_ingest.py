@@ -60,27 +60,41 @@ def end_to_end(texts: list[str], words: int) -> float:
         return len(texts) / (time.perf_counter() - started)
 
 
+def measure_all(chunks: int, words: int, repeats: int) -> dict:
+    batch = load_config(use_default_file=True).embedder.batch_size
+    texts = texts_from_sample(chunks, words)
+    alone, e2e = [], []
+    for _ in range(repeats):  # interleaved, so drift on a shared machine hits both alike
+        alone.append(model_alone(texts, batch))
+        e2e.append(end_to_end(texts, words))
+    return {"chunks": chunks, "words": words, "batch": batch, "model_alone": alone, "end_to_end": e2e,
+            "ratio": median(e2e) / median(alone)}
+
+
+def markdown(data: dict) -> str:
+    alone, e2e = data["model_alone"], data["end_to_end"]
+    return "\n".join([f"## MiniLM ingest ({data['chunks']} chunks of {data['words']} words, batch {data['batch']})", "",
+                      table(["path", "chunks/s (median)", "runs"],
+                            [["model alone (encode)", f"{median(alone):.1f}", ", ".join(f"{x:.1f}" for x in alone)],
+                             ["end to end (ingest -> indexed)", f"{median(e2e):.1f}",
+                              ", ".join(f"{x:.1f}" for x in e2e)]]),
+                      "", f"end to end / model alone = {data['ratio']:.2f} (goal >= 0.9)"]) + "\n"
+
+
+def run(quick: bool) -> dict:
+    data = measure_all(64, 200, 1) if quick else measure_all(512, 200, 3)
+    return {"name": "minilm-ingest", "markdown": markdown(data), "data": data}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=512)
     parser.add_argument("--words", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    batch = load_config(use_default_file=True).embedder.batch_size
-    texts = texts_from_sample(args.chunks, args.words)
-    alone, e2e = [], []
-    for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both alike
-        alone.append(model_alone(texts, batch))
-        e2e.append(end_to_end(texts, args.words))
-    ratio = median(e2e) / median(alone)
-    md = "\n".join([f"## MiniLM ingest ({args.chunks} chunks of {args.words} words, batch {batch})", "",
-                    table(["path", "chunks/s (median)", "runs"],
-                          [["model alone (encode)", f"{median(alone):.1f}", ", ".join(f"{x:.1f}" for x in alone)],
-                           ["end to end (ingest -> indexed)", f"{median(e2e):.1f}", ", ".join(f"{x:.1f}" for x in e2e)]]),
-                    "", f"end to end / model alone = {ratio:.2f} (goal >= 0.9)"]) + "\n"
-    path = write_results("minilm-ingest", {"machine": machine(), "chunks": args.chunks, "words": args.words,
-                                           "batch": batch, "model_alone": alone, "end_to_end": e2e,
-                                           "ratio": ratio}, md)
+    data = measure_all(args.chunks, args.words, args.repeats)
+    md = markdown(data)
+    path = write_results("minilm-ingest", {"machine": machine(), **data}, md)
     print(md)
     print(f"written: {path}")
     return 0
