@@ -94,6 +94,8 @@ def parse_args(role: str, argv: list[str] | None) -> argparse.Namespace:
 def setup_logging(name: str) -> None:
     logging.basicConfig(level=os.environ.get("ROXI_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s")
+    # faiss's loader tells at INFO which SIMD build it tried and could not load, every start.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
