@@ -2,7 +2,8 @@
 # roxi-mp launcher.
 #   ./run.sh            set up .venv if needed, then run the system in the foreground
 #   ./run.sh test       set up .venv (with test extras) if needed, then run the tests
-#   ./run.sh bench [--quick]  run the benchmarks in tests/bench (tables on stdout)
+#   ./run.sh bench [--quick]  set up .venv (with test and bench extras), run the benchmarks in
+#                     tests/bench (tables on stdout, report in tests/bench/out/)
 #   ./run.sh ARGS...    anything else is passed to `roxi` (e.g. ./run.sh status)
 # Options before the command: --data-dir DIR (default ./data or $ROXI_DATA_DIR).
 set -euo pipefail
@@ -45,7 +46,7 @@ case "${1:-}" in
     ;;
   bench)
     shift
-    setup "[test]"
+    setup "[test,bench]"
     exec "$venv/bin/python" -m tests.bench "$@"
     ;;
   *)
