@@ -47,6 +47,10 @@ class Stats:
         return {**self.__dict__, "percent": round(self.percent, 2)}
 
 
+#: document titles and sources a connection keeps for `hits`
+DOC_CACHE_ENTRIES = 10_000
+
+
 @dataclass(frozen=True)
 class Hit:
     row: int
@@ -63,6 +67,7 @@ class Store:
 
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000, migrate: bool = True) -> None:
         self.path = Path(path)
+        self._doc_cache: dict[int, tuple[str, str]] = {}
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=busy_timeout_ms / 1000,
                                         isolation_level=None, check_same_thread=False)
@@ -338,18 +343,37 @@ class Store:
         with self.transaction():
             self._set_meta(META_PAUSED, "1" if paused else "0")
 
-    def hits(self, rows: Sequence[int]) -> dict[int, Hit]:
-        """Chunk and document fields for the given vector rows (only what a reply needs)."""
+    def hits(self, rows: Sequence[int], *, with_text: bool = True) -> dict[int, Hit]:
+        """Chunk and document fields for the given vector rows (only what a reply needs).
+
+        Runs right after a scan has flushed the CPU caches, so it does as little as it can:
+        one lookup per row on the chunks table, and document titles and sources from a small
+        cache (documents never change once stored) instead of a join.
+        """
         out: dict[int, Hit] = {}
         if not rows:
             return out
         marks = ",".join("?" * len(rows))
-        for r in self.conn.execute(
-                f"SELECT c.row, c.id, c.doc_id, c.position, d.title, d.source, c.text "
-                f"FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE c.row IN ({marks})",
-                [int(r) for r in rows]):
-            out[r[0]] = Hit(*r)
+        found = self.conn.execute(
+            f"SELECT row, id, doc_id, position{', text' if with_text else ''} FROM chunks WHERE row IN ({marks})",
+            [int(r) for r in rows]).fetchall()
+        docs = self._documents({r[2] for r in found})
+        for r in found:
+            if r[2] in docs:
+                out[r[0]] = Hit(r[0], r[1], r[2], r[3], *docs[r[2]], r[4] if with_text else "")
         return out
+
+    def _documents(self, ids: set[int]) -> dict[int, tuple[str, str]]:
+        """(title, source) of documents, cached (bounded) for the life of this connection."""
+        missing = [i for i in ids if i not in self._doc_cache]
+        if missing:
+            if len(self._doc_cache) + len(missing) > DOC_CACHE_ENTRIES:
+                self._doc_cache.clear()
+            marks = ",".join("?" * len(missing))
+            for doc_id, title, source in self.conn.execute(
+                    f"SELECT id, title, source FROM documents WHERE id IN ({marks})", missing):
+                self._doc_cache[doc_id] = (title, source)
+        return {i: self._doc_cache[i] for i in ids if i in self._doc_cache}
 
     def iter_rows(self) -> Iterator[tuple[int, int]]:
         """(chunk_id, row) of every indexed chunk, for consistency checks."""

@@ -179,6 +179,8 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
 
 def _drain_commands(sock: zmq.Socket, role: Role) -> None:
     for _ in range(100):
+        if not sock.get(zmq.EVENTS) & zmq.POLLIN:  # the common case, without an exception
+            return
         try:
             _topic, body = sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:

@@ -48,6 +48,7 @@ class QueryServer(Role):
     def initialize(self) -> None:
         qcfg, lim = self.cfg.query, self.cfg.limits
         self.store: Store | None = None
+        self.model_checked = False
         if qcfg.model_process and self.cfg.embedder.backend == "minilm":
             self.model = ModelProcess(self.cfg, ctx=self.ctx)
         else:
@@ -80,6 +81,7 @@ class QueryServer(Role):
         return self.store
 
     def close_db(self) -> None:
+        self.model_checked = False
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -94,11 +96,10 @@ class QueryServer(Role):
             self._drain_events()
         if self.router in events:
             for _ in range(MAX_REQUESTS_PER_STEP):
-                try:
-                    frames = self.router.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
+                # Asking is cheaper than a failed recv (an exception) on every request.
+                if not self.router.get(zmq.EVENTS) & zmq.POLLIN:
                     break
-                self.handle(frames, time.monotonic())
+                self.handle(self.router.recv_multipart(zmq.NOBLOCK), time.monotonic())
         now = time.monotonic()
         if self.state is QState.AWAKE:
             if now - self.last_follow >= self.cfg.query.follow_poll_seconds:
@@ -180,7 +181,7 @@ class QueryServer(Role):
             return []
         scores, rows = self.searcher.search(vector, k)
         found = [(int(r), float(s)) for r, s in zip(rows, scores)]
-        meta = self.db().hits([r for r, _ in found])  # only what the hits need, never all texts
+        meta = self.db().hits([r for r, _ in found], with_text=with_text)  # never all texts
         hits = []
         for rank, (row, score) in enumerate(found, start=1):
             hit = meta.get(row)
@@ -218,10 +219,15 @@ class QueryServer(Role):
         raise BadInput("query needs 'text' or a vector frame with 'dtype' and 'shape'")
 
     def _check_model(self) -> int:
+        if self.model_checked:
+            return self.model.dim
         recorded = self.db().model()
         if recorded is not None and recorded != (self.model.model_id, self.model.dim):
             raise ModelMismatch(f"store was built with model {recorded[0]!r} (dim {recorded[1]}); "
                                 f"this query server embeds with {self.model.model_id!r} (dim {self.model.dim})")
+        # A store's model changes only by `reembed` or `restore`, both with the system
+        # stopped; until the connection closes (deep sleep) the answer stands.
+        self.model_checked = recorded is not None
         return self.model.dim
 
     def op_stats(self, msg: dict, extra: list[bytes], now: float) -> dict:

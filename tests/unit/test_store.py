@@ -313,3 +313,14 @@ def test_hits_returns_document_and_chunk_fields_for_rows(store: Store) -> None:
                           source="/src/beta.md", text="beta chunk 0")
     assert (hits[1].title, hits[1].text, hits[1].position) == ("Alpha Title", "alpha chunk 0", 0)
     assert store.hits([]) == {}
+    assert store.hits([0], with_text=False)[0] == Hit(row=0, chunk_id=3, doc_id=2, position=0, title="Beta Title",
+                                                      source="/src/beta.md", text="")
+
+
+def test_hits_document_cache_stays_bounded(store: Store, monkeypatch) -> None:
+    monkeypatch.setattr("roxi_mp.store.DOC_CACHE_ENTRIES", 2)
+    for name in ("a", "b", "c"):
+        add(store, name, 1, title=name.upper())
+    store.commit_rows([(1, 0), (2, 1), (3, 2)], rows=3)
+    assert [store.hits([r])[r].title for r in (0, 1, 2, 0)] == ["A", "B", "C", "A"]
+    assert len(store._doc_cache) <= 2
