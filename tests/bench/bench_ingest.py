@@ -9,7 +9,8 @@ default 200 words / 40 overlap each) are written outside the timing; then a real
 subprocess until `committed_rows` reaches its chunk count (polled every 0.1 s, then checked
 against the store's stats). Ingest and indexing overlap: embedders claim chunks while the
 CLI is still adding documents. CPU seconds of every process over that time (supervisor,
-each role, the CLI) show where the time goes. Acceptance: >= 5,000 chunks/s end to end.
+each role, the CLI, and the rest of the machine's load) show where the time goes.
+Acceptance: >= 5,000 chunks/s end to end.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
     return out
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (all cores), to see load from outside."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -71,7 +78,7 @@ def measure(n: int, config: dict[str, Any]) -> dict:
         s.start()
         roles = s.status()["roles"]
         procs = {"supervisor": psutil.Process(s.proc.pid), **{r["name"]: psutil.Process(r["pid"]) for r in roles}}
-        cpu_before, children_before = cpu_seconds(procs), children_cpu()
+        cpu_before, children_before, busy_before = cpu_seconds(procs), children_cpu(), machine_busy()
         started = time.perf_counter()
         cli = subprocess.run([sys.executable, "-m", "roxi_mp.cli", *s.cfg.to_argv(), "ingest", str(docs), "--json"],
                              capture_output=True, text=True, env=clean_env(), check=True)
@@ -79,6 +86,7 @@ def measure(n: int, config: dict[str, Any]) -> dict:
         cli_cpu = children_cpu() - children_before
         chunks = json.loads(cli.stdout)["chunks"]
         with Store(s.cfg.db_path) as store:
+            indexed_at_return = store.committed_rows()
             while store.committed_rows() < chunks:
                 if time.perf_counter() - started > 3600 or s.proc.poll() is not None:
                     raise RuntimeError(f"ingest of {chunks} chunks did not finish\n{s.logs()}")
@@ -89,9 +97,11 @@ def measure(n: int, config: dict[str, Any]) -> dict:
         assert stats.indexed == stats.chunks == chunks, stats
         cpu = {name: cpu_after[name] - cpu_before[name] for name in procs}
         cpu["ingest CLI"] = cli_cpu
+        cpu["other load"] = machine_busy() - busy_before - sum(cpu.values())
         info = {r["name"]: {k: r.get(k) for k in ("embedded", "batches", "yields", "commits")
                             if r.get(k) is not None} for r in s.status()["roles"]}
-        return {"n": n, "chunks": chunks, "ingest_cli_s": ingest_s, "total_s": total_s,
+        return {"n": n, "chunks": chunks, "ingest_cli_s": ingest_s, "indexed_at_return": indexed_at_return,
+                "total_s": total_s,
                 "chunks_per_s": chunks / total_s, "pass": chunks / total_s >= BOUND, "cpu_s": cpu,
                 "roles": info}
 
@@ -104,8 +114,8 @@ def measure_all(sizes: list[int], config: dict[str, Any]) -> dict:
 
 def markdown(data: dict) -> str:
     results = data["sizes"]
-    rows = [[f"{r['chunks']:,}", f"{r['ingest_cli_s']:.1f}", f"{r['total_s']:.1f}", f"{r['chunks_per_s']:,.0f}",
-             "pass" if r["pass"] else "FAIL"] for r in results]
+    rows = [[f"{r['chunks']:,}", f"{r['ingest_cli_s']:.1f}", f"{r['indexed_at_return']:,}", f"{r['total_s']:.1f}",
+             f"{r['chunks_per_s']:,.0f}", "pass" if r["pass"] else "FAIL"] for r in results]
     names = list(results[-1]["cpu_s"])
     cpu_rows = [[f"{r['chunks']:,}", f"{r['total_s']:.1f}"]
                 + [f"{r['cpu_s'].get(name, float('nan')):.1f}" for name in names] for r in results]
@@ -113,7 +123,8 @@ def markdown(data: dict) -> str:
              if k.split("__")[0] in ("embedder", "indexer", "hashing", "backup", "store")}
     return "\n".join([
         f"## Ingest end to end (hashing backend, dim {DIM}, durable commits, {data['cores']} cores)", "",
-        table(["chunks", "`roxi ingest` returned s", "all indexed s", "chunks/s", f">= {BOUND:,}/s"], rows), "",
+        table(["chunks", "`roxi ingest` returned s", "indexed by then", "all indexed s", "chunks/s",
+               f">= {BOUND:,}/s"], rows), "",
         "CPU seconds per process over the whole ingest (2 cores give 2 CPU s per wall second):", "",
         table(["chunks", "wall s", *names], cpu_rows), "",
         "config: " + ", ".join(f"`{k.replace('__', '.')} = {v}`" for k, v in sorted(tuned.items())),
