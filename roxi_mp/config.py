@@ -120,7 +120,7 @@ class QuerySettings:
     trim_seconds: float = 60.0
     prewarm: bool = True
     model_process: bool = True
-    hnsw_ef_search: int = 64
+    hnsw_ef_search: int = 128
     ivf_nprobe: int = 16
 
 

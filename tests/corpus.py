@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -41,8 +42,10 @@ def write_corpus(root: Path, *, docs: int, words: int, seed: int = 1) -> list[Pa
     return paths
 
 
-def populate(cfg: Config, *, rows: int, batch: int = 20_000, seed: int = 0) -> None:
-    """A store with `rows` indexed chunks of random unit vectors, through the commit protocol."""
+def populate(cfg: Config, *, rows: int, batch: int = 20_000, seed: int = 0,
+             vectors: Callable[[np.random.Generator, int, int], np.ndarray] | None = None) -> None:
+    """A store with `rows` indexed chunks, through the commit protocol: random unit vectors,
+    or what `vectors(rng, n, dim)` makes."""
     model = make_embedder(cfg)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -60,8 +63,11 @@ def populate(cfg: Config, *, rows: int, batch: int = 20_000, seed: int = 0) -> N
                                    chunks=((i, f"chunk {done + i}", f"h{done + i}") for i in range(n)))
                 ids = [r[0] for r in store.conn.execute(
                     "SELECT id FROM chunks WHERE row IS NULL ORDER BY id")]
-                vecs = rng.standard_normal((n, model.dim), dtype=np.float32)
-                vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+                if vectors is None:
+                    vecs = rng.standard_normal((n, model.dim), dtype=np.float32)
+                    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+                else:
+                    vecs = vectors(rng, n, model.dim)
                 commit(store, writer, ids, vecs)
                 done += n
 
