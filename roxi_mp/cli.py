@@ -171,6 +171,10 @@ def _print_roles(data: dict) -> None:
         backoff = max(r.get("backoff_seconds") or 0, (r.get("backend") or {}).get("backoff_seconds") or 0)
         if backoff:
             click.echo(f"      backing off {backoff:.1f} s ({(r.get('backend') or {}).get('last_error') or 'service down'})")
+        if r.get("index") not in (None, "exact") and r.get("ann_rows") is not None and r["name"] == "indexer":
+            building = ", building" if r.get("building") else ""
+            click.echo(f"      {r['index']} index covers {r['ann_rows']:,} rows{building}"
+                       f" ({r.get('builds', 0)} builds, {r.get('build_failures', 0)} failures)")
         if r["state"] == "failed":
             click.echo(f"      exit code {r.get('exit_code')}; last log lines:")
             for line in r.get("log_tail", [])[-5:]:

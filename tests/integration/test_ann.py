@@ -48,6 +48,8 @@ def test_index_is_built_in_background_and_new_rows_are_found_before_the_update(s
     s.wait_for(lambda: query_stats(s)["ann_rows"] == 3000, timeout=60, what="index built and mapped")
     assert query_stats(s)["index"] == kind
     s.wait_for(lambda: s.role("indexer")["builds"] == 1, timeout=10, what="the indexer reaped its build")
+    shown = roxi(cfg, "status")
+    assert f"{kind} index covers 3,000 rows (1 builds, 0 failures)" in shown.stdout, shown.stdout
     own_row_is_first(s, [0, 1500, 2999])
     # New chunks arrive through the embedder: searchable at once (exactly, beyond the index) ...
     write_corpus(tmp_path / "docs", docs=20, words=300)
