@@ -1,9 +1,11 @@
 """Ingest: turn files and directories of .txt/.md into documents and pending chunks.
 
-Files are streamed twice, never loaded whole: once in binary to hash them (an identical
+Files are read twice, never loaded whole: once in binary to hash them (an identical
 document already stored is skipped before any work), once as UTF-8 lines through the
 chunker into one SQLite transaction, so a file that fails halfway (bad UTF-8, vanished)
-leaves nothing behind. Problems with one file are reported and counted, and the rest of
+leaves nothing behind. Files up to CHUNK_FIRST_BYTES are chunked before the transaction
+begins (the write lock embedders claim work under is then held only for the inserts);
+larger ones stream their chunks inside it. Problems with one file are reported and counted, and the rest of
 the batch goes on: one bad file in a directory of thousands must not stop an ingest.
 """
 
@@ -22,6 +24,8 @@ from .store import Store
 SUFFIXES = (".txt", ".md")
 #: read size for hashing, bytes
 READ_BYTES = 1 << 20
+#: files up to this size are chunked in memory before their transaction, larger ones streamed
+CHUNK_FIRST_BYTES = 8 << 20
 
 
 @dataclass
@@ -89,9 +93,13 @@ def ingest_file(store: Store, path: Path, report: IngestReport, *, chunk_words: 
             report.duplicates += 1
             return "duplicate"
         title = _title(path)
-        doc_id = store.add_document(
-            content_hash=digest, source=str(path.resolve()), title=title, size=size,
-            chunks=_chunk_stream(path, chunk_words, chunk_overlap))
+        chunks: Iterable[tuple[int, str, str]] = _chunk_stream(path, chunk_words, chunk_overlap)
+        if size <= CHUNK_FIRST_BYTES:
+            # Chunk before the transaction: the store's write lock, which embedders need to
+            # claim work, is then held for the inserts only. A larger file streams inside it.
+            chunks = list(chunks)
+        doc_id = store.add_document(content_hash=digest, source=str(path.resolve()), title=title,
+                                    size=size, chunks=chunks)
     except UnicodeDecodeError:
         report.errors.append((str(path), f"not valid UTF-8 (byte {_bad_utf8_offset(path)})"))
         return "error"

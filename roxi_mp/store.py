@@ -216,12 +216,20 @@ class Store:
     def claim(self, owner: str, limit: int, *, now: float, lease_seconds: float) -> list[tuple[int, str]]:
         """Lease up to `limit` chunks that are pending or whose lease has expired."""
         with self.transaction():
+            # Two limited index range scans: one query with an OR would gather every
+            # pending id before sorting (40 ms a claim with 300k pending, measured).
+            ids = [r[0] for r in self.conn.execute(
+                "SELECT id FROM chunks WHERE state='leased' AND lease_expires < ? ORDER BY id LIMIT ?",
+                (now, limit))]
+            ids += [r[0] for r in self.conn.execute(
+                "SELECT id FROM chunks WHERE state='pending' ORDER BY id LIMIT ?", (limit,))]
+            ids = sorted(ids)[:limit]
+            if not ids:
+                return []
             rows = self.conn.execute(
-                "UPDATE chunks SET state='leased', lease_owner=?, lease_expires=?, attempts=attempts+1 "
-                "WHERE id IN (SELECT id FROM chunks WHERE state='pending' "
-                "             OR (state='leased' AND lease_expires < ?) ORDER BY id LIMIT ?) "
-                "RETURNING id, text",
-                (owner, now + lease_seconds, now, limit)).fetchall()
+                f"UPDATE chunks SET state='leased', lease_owner=?, lease_expires=?, attempts=attempts+1 "
+                f"WHERE id IN ({','.join('?' * len(ids))}) RETURNING id, text",
+                (owner, now + lease_seconds, *ids)).fetchall()
         rows.sort()
         return rows
 
@@ -276,9 +284,10 @@ class Store:
             "WHERE c.state='failed' ORDER BY c.id LIMIT ?", (limit,)).fetchall()
 
     def pending_count(self, *, now: float) -> int:
-        return self.conn.execute(
-            "SELECT count(*) FROM chunks WHERE state='pending' OR (state='leased' AND lease_expires < ?)",
-            (now,)).fetchone()[0]
+        pending = self.conn.execute("SELECT count(*) FROM chunks WHERE state='pending'").fetchone()[0]
+        expired = self.conn.execute("SELECT count(*) FROM chunks WHERE state='leased' AND lease_expires < ?",
+                                    (now,)).fetchone()[0]
+        return pending + expired
 
     # --- indexer side: the commit ------------------------------------------------
     def committed_rows(self) -> int:

@@ -172,6 +172,7 @@ def test_large_file_is_chunked_into_many_ordered_chunks(store: Store, tmp_path: 
 def test_large_file_is_streamed_not_loaded_whole(store: Store, tmp_path: Path, monkeypatch) -> None:
     # Smaller hash reads than the 1 MiB default, so the measured peak is the chunk stream's.
     monkeypatch.setattr(ingest, "READ_BYTES", 1 << 16)
+    monkeypatch.setattr(ingest, "CHUNK_FIRST_BYTES", 1 << 20)  # smaller files are chunked in memory
     big = tmp_path / "big.txt"
     size = write_big(big, 2_500_000)
     tracemalloc.start()
