@@ -25,8 +25,8 @@ from .vectors import VectorWriter
 def commit(store: Store, writer: VectorWriter, chunk_ids: Sequence[int], matrix: np.ndarray) -> int:
     """Commit rows for chunks that have none yet; returns the new generation."""
     start = store.committed_rows()
-    first = writer.append(matrix)
     try:
+        first = writer.append(matrix)  # a full disk may fail it halfway
         if first != start:
             raise StoreError(f"vectors file has {first} rows, the store committed {start}")
         writer.sync()

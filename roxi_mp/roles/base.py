@@ -114,6 +114,9 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
         stop["flag"] = True
 
     signal.signal(signal.SIGTERM, handle_stop)
+    # A write past a file size limit then fails with EFBIG, handled like a full disk,
+    # instead of killing the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     # Under a supervisor, Ctrl-C in the terminal reaches the whole process group; only the
     # supervisor may act on it, so that roles stop in order (embedders, indexer, queries).
     signal.signal(signal.SIGINT, signal.SIG_IGN if supervisor_pid else handle_stop)

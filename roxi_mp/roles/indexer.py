@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ import zmq
 from .. import ann, memory, protocol
 from ..commit import commit
 from ..embedders import make_embedder
-from ..errors import BadInput
+from ..errors import BadInput, StoreError
 from ..store import Store
 from ..vectors import VectorWriter
 from .base import Role, run
@@ -29,6 +30,9 @@ log = logging.getLogger("roxi.indexer")
 
 #: received messages buffered from all embedders together
 VECTORS_HWM = 64
+#: seconds before a failed commit is retried, doubling up to the maximum
+COMMIT_RETRY_INITIAL = 0.5
+COMMIT_RETRY_MAX = 30.0
 
 
 class Indexer(Role):
@@ -59,6 +63,8 @@ class Indexer(Role):
         self.deadline: float | None = None
         self.generation = self.store.generation()
         self.commits = self.rows_committed = self.duplicates = self.rejected = 0
+        self.commit_failures = 0
+        self.last_error: str | None = None
         self.last_activity = time.monotonic()
         self.asleep = False
         self._publish()
@@ -85,8 +91,8 @@ class Indexer(Role):
         now = time.monotonic()
         if self.pending and self.deadline is None:
             self.deadline = now + self.cfg.indexer.commit_max_ms / 1000
-        if self.pending and (len(self.pending) >= self.cfg.indexer.commit_max_rows
-                             or now >= (self.deadline or now)):
+        due = len(self.pending) >= self.cfg.indexer.commit_max_rows or now >= (self.deadline or now)
+        if self.pending and due and not (self.commit_failures and now < (self.deadline or now)):
             self.commit()
         if self.builds.step(self.writer.rows):
             self._publish()  # the query server maps the new index at once
@@ -122,15 +128,36 @@ class Indexer(Role):
                 self.pending[cid] = matrix[i]
 
     def commit(self) -> None:
-        """Make the pending rows durable, then visible (see the module docstring)."""
-        fresh = self.store.unindexed(self.pending)
-        ids = [cid for cid in self.pending if cid in fresh]
-        self.duplicates += len(self.pending) - len(ids)
-        if ids:
-            self.generation = commit(self.store, self.writer, ids, np.stack([self.pending[cid] for cid in ids]))
-            self.commits += 1
-            self.rows_committed += len(ids)
-            self._publish()
+        """Make the pending rows durable, then visible (see the module docstring).
+
+        A commit that fails (disk full, a file size limit, SQLite busy or failing) takes
+        back what it appended and keeps the rows in memory: they are paid work, so they
+        are retried with a backoff, and meanwhile no more are received (the embedders
+        hold theirs, with renewed leases, until the indexer takes them).
+        """
+        try:
+            fresh = self.store.unindexed(self.pending)
+            stale = [cid for cid in self.pending if cid not in fresh]
+            for cid in stale:
+                del self.pending[cid]
+            self.duplicates += len(stale)
+            if self.pending:
+                ids = list(self.pending)
+                self.generation = commit(self.store, self.writer, ids, np.stack([self.pending[cid] for cid in ids]))
+                self.commits += 1
+                self.rows_committed += len(ids)
+                self._publish()
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            self.commit_failures += 1
+            delay = min(COMMIT_RETRY_MAX, COMMIT_RETRY_INITIAL * 2 ** (self.commit_failures - 1))
+            self.deadline = time.monotonic() + delay
+            self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            log.error("commit of %d rows failed (%s); kept in memory, retrying in %.1f s",
+                      len(self.pending), self.last_error, delay)
+            return
+        if self.commit_failures:
+            log.info("commit succeeded after %d failed attempts", self.commit_failures)
+        self.commit_failures, self.last_error = 0, None
         self.pending.clear()
         self.deadline = None
 
@@ -145,6 +172,7 @@ class Indexer(Role):
                 "rows": self.writer.rows if hasattr(self, "writer") else 0,
                 "generation": getattr(self, "generation", 0), "commits": getattr(self, "commits", 0),
                 "duplicates": getattr(self, "duplicates", 0), "rejected": getattr(self, "rejected", 0),
+                "commit_failures": getattr(self, "commit_failures", 0), "last_error": getattr(self, "last_error", None),
                 **(self.builds.info() if hasattr(self, "builds") else {})}
 
     def shutdown(self) -> None:

@@ -7,8 +7,11 @@ endpoints under the test's temporary directory, and `shutdown()` in a finally bl
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import shutil
+import sqlite3
 import time
 from typing import Callable, Iterator
 
@@ -167,8 +170,51 @@ def test_indexer_commits_received_vectors(indexer_setup) -> None:
     assert cfg.vectors_path.stat().st_size == HEADER_BYTES + 3 * 2 * DIM
     np.testing.assert_array_equal(file_rows(cfg), matrix[[2, 0, 1]])
     assert indexer.info() == {"state": "running", "rows": 3, "generation": 1, "commits": 1,
-                              "duplicates": 0, "rejected": 0, "index": "exact", "ann_rows": 0,
+                              "duplicates": 0, "rejected": 0, "commit_failures": 0, "last_error": None,
+                              "index": "exact", "ann_rows": 0,
                               "building": False, "builds": 0, "build_failures": 0, "last_build_seconds": None}
+
+
+@pytest.mark.parametrize("fault", ["disk full", "sqlite full"])
+def test_indexer_keeps_rows_through_a_failed_commit_and_retries(indexer_setup, monkeypatch, fault) -> None:
+    cfg, ids, indexer, push = indexer_setup
+    matrix = embed(chunk_texts(cfg, ids))
+    size = cfg.vectors_path.stat().st_size
+    failures = {"left": 2}
+    if fault == "disk full":
+        real = os.pwrite
+
+        def pwrite(fd: int, data, offset: int) -> int:
+            if failures["left"] and offset >= HEADER_BYTES:  # rows, not the header patch
+                failures["left"] -= 1
+                real(fd, bytes(data)[:7], offset)  # half a row reached the disk
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(fd, data, offset)
+
+        monkeypatch.setattr("roxi_mp.vectors.os.pwrite", pwrite)
+    else:
+        real_commit_rows = Store.commit_rows
+
+        def commit_rows(self, *args, **kwargs):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise sqlite3.OperationalError("database or disk is full")
+            return real_commit_rows(self, *args, **kwargs)
+
+        monkeypatch.setattr(Store, "commit_rows", commit_rows)
+    push.send_multipart(vectors_message(ids[:3], matrix[:3]))
+    drive(indexer, lambda: indexer.commit_failures == 1, what="a failed commit")
+    assert ("No space left" if fault == "disk full" else "disk is full") in indexer.info()["last_error"]
+    assert len(indexer.pending) == 3 and indexer.rows_committed == 0
+    assert cfg.vectors_path.stat().st_size == size  # what the failed commit appended is taken back
+    assert read_header(cfg.vectors_path).rows == 0
+    with Store(cfg.db_path) as store:
+        assert store.committed_rows() == 0 and store.stats().indexed == 0
+    # Retried after a backoff (0.5 s, then 1 s), without receiving anything new meanwhile.
+    drive(indexer, lambda: indexer.rows_committed == 3, timeout=10, what="the retried commit")
+    assert indexer.info()["commit_failures"] == 0 and indexer.info()["last_error"] is None
+    assert chunk_rows(cfg) == {ids[0]: 0, ids[1]: 1, ids[2]: 2, **{i: None for i in ids[3:]}}
+    np.testing.assert_array_equal(file_rows(cfg), matrix[:3])
 
 
 def test_indexer_drops_a_duplicate_delivery(indexer_setup) -> None:
