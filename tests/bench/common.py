@@ -32,8 +32,14 @@ OUT_DIR = Path(__file__).resolve().parent / "out"
 MB = 2**20
 
 
+#: what every benchmarked system runs with, over TEST_DEFAULTS: no scheduled or milestone
+#: backup copying the store in the middle of a measurement (a milestone fires as soon as a
+#: populated store is 100 % indexed)
+BENCH_DEFAULTS: dict[str, Any] = {"backup__milestones": False, "backup__interval_seconds": 0.0}
+
+
 def make_system(root: Path, **overrides: Any) -> System:
-    settings = {**TEST_DEFAULTS, **overrides}
+    settings = {**TEST_DEFAULTS, **BENCH_DEFAULTS, **overrides}
     conf = write_toml(root / "roxi.toml", settings)
     cfg = config_mod.load(conf, data_dir=root / "data", env={})
     return System(cfg)
