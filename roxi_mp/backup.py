@@ -193,6 +193,8 @@ def verify(path: Path, *, progress: Progress | None = None) -> Manifest:
     meter = _meter(progress, sum(f["bytes"] for f in manifest.files.values()))
     for name in expected:
         want = manifest.files[name]
+        if (path / name).is_symlink():  # it would read (and restore) a file from anywhere
+            raise BackupError(f"{path / name}: is a symbolic link; a backup holds its own files")
         size = (path / name).stat().st_size if (path / name).is_file() else None
         if size != want["bytes"]:
             raise BackupError(f"{path / name}: {'missing' if size is None else f'{size} bytes'}, "

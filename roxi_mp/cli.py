@@ -388,6 +388,27 @@ def watch(ctx: click.Context, target: float, command: str | None, interval: floa
 
 
 @main.group()
+def keys() -> None:
+    """CURVE keys for a tcp:// query endpoint (network.query_endpoint)."""
+
+
+@keys.command("generate")
+@click.option("--client", "client", default="client", show_default=True,
+              help="Name of the client key pair to create.")
+@click.pass_context
+def keys_generate(ctx: click.Context, client: str) -> None:
+    """Create the server key pair (once) and a client key pair allowed to connect."""
+    from . import keys as keys_mod
+
+    cfg = _cfg(ctx)
+    made = keys_mod.generate(cfg, client)
+    if "server" in made:
+        click.echo(f"server key pair: {made['server']} (+ .key_secret)")
+    click.echo(f"client {client!r}: give the client {made['client_secret']} and {made['server_public']}")
+    click.echo(f"allowed: {made['allowed']} (a running query server admits it after `roxi restart query`)")
+
+
+@main.group()
 def backup() -> None:
     """Consistent online backups: create, list, verify, prune (and `roxi restore`)."""
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import protocol
+from . import keys, protocol
 from .config import Config
 from .errors import NotRunning, ServerError, Timeout
 
@@ -30,8 +30,10 @@ class Client:
     """Request/reply client with id matching and a bounded wait."""
 
     def __init__(self, endpoint: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 ctx: zmq.Context | None = None, max_message_bytes: int = 64 << 20) -> None:
+                 ctx: zmq.Context | None = None, max_message_bytes: int = 64 << 20,
+                 curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.endpoint = endpoint
+        self.curve = curve  # (client public, client secret, server public) for a CURVE server
         self.timeout = timeout
         self.ctx = ctx or zmq.Context.instance()
         self.max_message_bytes = max_message_bytes
@@ -44,6 +46,8 @@ class Client:
             if self.endpoint.startswith("ipc://") and not Path(self.endpoint[6:]).exists():
                 raise NotRunning(f"nothing listens on {self.endpoint}")
             self._sock = protocol.configure(self.ctx.socket(zmq.DEALER), hwm=100)
+            if self.curve is not None:
+                keys.secure_client(self._sock, self.curve)
             self._sock.connect(self.endpoint)
         return self._sock
 
@@ -93,6 +97,8 @@ class QueryClient(Client):
     @classmethod
     def for_config(cls, cfg: Config, **kwargs: Any) -> "QueryClient":
         kwargs.setdefault("timeout", cfg.limits.request_timeout_seconds)
+        if keys.needs_keys(cfg) and "curve" not in kwargs:
+            kwargs["curve"] = keys.client_keys(cfg)
         return cls(cfg.endpoint("query"), **kwargs)
 
     def query(self, text: str, *, k: int = 10, with_text: bool = True) -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,8 @@ class NetworkSettings:
     run_dir: str = ""
     #: empty means ipc://<run_dir>/query.sock
     query_endpoint: str = ""
+    #: empty means <data_dir>/keys (CURVE keys for a tcp:// query endpoint)
+    keys_dir: str = ""
 
 
 SECTIONS: dict[str, type] = {
@@ -455,8 +458,8 @@ def validate(cfg: Config) -> None:
     _require(lim.request_timeout_seconds > 0, "limits.request_timeout_seconds", "> 0",
              lim.request_timeout_seconds)
     ep = cfg.network.query_endpoint
-    _require(ep == "" or ep.startswith("ipc://"), "network.query_endpoint",
-             "an ipc:// endpoint (tcp:// needs CURVE keys, not supported yet)", ep)
+    _require(ep == "" or ep.startswith("ipc://") or re.fullmatch(r"tcp://[^:/\s]+:\d{1,5}", ep) is not None,
+             "network.query_endpoint", "empty, ipc://PATH or tcp://HOST:PORT (tcp needs `roxi keys generate`)", ep)
     for name in ("query", "heartbeat", "control", "vectors", "events"):
         path = cfg.endpoint(name)[len("ipc://"):]
         _require(len(path) <= MAX_IPC_PATH, "network.run_dir",

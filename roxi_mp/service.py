@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+from . import keys
 from .client import ControlClient
 from .config import Config
 from .errors import AlreadyRunning, NotRunning, RoxiError, Timeout
@@ -86,6 +87,8 @@ def start_background(cfg: Config, *, timeout: float | None = None) -> dict[str, 
     """Spawn a detached supervisor and wait until every role reported ready."""
     if is_running(cfg):
         raise AlreadyRunning(f"another supervisor (pid {holder_pid(cfg.lock_path)}) is running on {cfg.data_dir}")
+    if keys.needs_keys(cfg):
+        keys.server_keys(cfg)  # say so here, in one line, rather than from the detached process
     cfg.log_dir.mkdir(parents=True, exist_ok=True)
     # Records go to the rotating supervisor.log; the console output of the detached
     # process (a traceback before logging is set up, a boot error) lands in supervisor.out.

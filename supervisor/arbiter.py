@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from roxi_mp import ingest, protocol
+from roxi_mp import ingest, keys, protocol
 from roxi_mp.config import Config
 from roxi_mp.errors import BadInput
 from roxi_mp.lock import DataDirLock
@@ -64,6 +64,8 @@ class Arbiter:
     def start(self) -> None:
         cfg = self.cfg
         self.acquire()
+        if keys.needs_keys(cfg):
+            keys.server_keys(cfg)  # a tcp:// endpoint without CURVE keys never opens
         for d in (cfg.data_dir, cfg.log_dir):
             d.mkdir(parents=True, exist_ok=True)
         cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 import zmq
 
-from .. import memory, protocol
+from .. import keys, memory, protocol
 from ..cache import ResultCache
 from ..embedders import make_embedder
 from ..model_process import ModelProcess
@@ -59,6 +59,7 @@ class QueryServer(Role):
         # too_large error reply, only a grossly oversized one is dropped by zmq unanswered.
         self.router = protocol.configure(self.ctx.socket(zmq.ROUTER), hwm=lim.socket_hwm,
                                          max_message_bytes=2 * self.max_request_bytes())
+        self.auth = keys.secure_server(self.cfg, self.ctx, self.router) if keys.needs_keys(self.cfg) else None
         self.router.bind(self.cfg.endpoint("query"))
         self.sub = protocol.configure(self.ctx.socket(zmq.SUB), hwm=lim.socket_hwm)
         self.sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_GENERATION)
@@ -314,6 +315,8 @@ class QueryServer(Role):
         for name in ("router", "sub"):
             if hasattr(self, name):
                 getattr(self, name).close(0)
+        if getattr(self, "auth", None) is not None:
+            self.auth.stop()
         if hasattr(self, "store"):
             self.close_db()
 

@@ -254,6 +254,21 @@ def test_manifest_file_names_must_be_plain(cfg, tmp_path, name):
     assert list_backups(tmp_path / "backups") == []  # listed only with a valid manifest
 
 
+@pytest.mark.parametrize("name", ["roxi.sqlite3", "vectors.faiss"])
+def test_a_backup_file_that_links_elsewhere_is_refused(cfg, tmp_path, name):
+    add_rows(cfg, 10, tag="a")
+    path = create(cfg, tmp_path / "backups")
+    outside = tmp_path / "elsewhere"
+    (path / name).rename(outside)  # same bytes, same checksum: only the link is wrong
+    (path / name).symlink_to(outside)
+    live = cfg.db_path.read_bytes()
+    with pytest.raises(BackupError, match="symbolic link"):
+        verify(path)
+    with pytest.raises(BackupError, match="symbolic link"):
+        restore(cfg, path)
+    assert cfg.db_path.read_bytes() == live
+
+
 @pytest.mark.parametrize("changes", [{"format_version": 2}, {"format_version": "1"}, {"rows": -1},
                                      {"kind": "weekly"}, {"extra": 1}, {"dim": "256"}])
 def test_a_manifest_out_of_format_is_refused(cfg, tmp_path, changes):

@@ -145,7 +145,13 @@ def test_int_is_accepted_for_a_float_key(tmp_path: Path) -> None:
     ("[supervisor]\nheartbeat_seconds = 2.0\nliveness_seconds = 2.0\n", "supervisor.liveness_seconds"),
     ("[supervisor]\nliveness_seconds = 0.5\n", "supervisor.liveness_seconds"),
     ("[query]\ndefault_k = 11\nmax_k = 10\n", "query.default_k"),
-    ("[network]\nquery_endpoint = \"tcp://127.0.0.1:5555\"\n", "network.query_endpoint"),
+    ("[network]\nquery_endpoint = \"tcp://127.0.0.1\"\n", "network.query_endpoint"),
+    ("[network]\nquery_endpoint = \"udp://127.0.0.1:5555\"\n", "network.query_endpoint"),
+    ("[network]\nquery_endpoint = \"127.0.0.1:5555\"\n", "network.query_endpoint"),
+    ("[indexer]\nindex = \"annoy\"\n", "indexer.index"),
+    ("[indexer]\nhnsw_m = 2\n", "indexer.hnsw_m"),
+    ("[indexer]\nann_min_rows = 10\n", "indexer.ann_min_rows"),
+    ("[query]\nhnsw_ef_search = 0\n", "query.hnsw_ef_search"),
 ])
 def test_out_of_range_values_are_refused(tmp_path: Path, text: str, named: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -291,6 +297,9 @@ def test_explicit_run_dir_and_query_endpoint(tmp_path: Path) -> None:
     assert cfg.run_dir == tmp_path / "r"
     assert cfg.endpoint("control") == f"ipc://{tmp_path}/r/control.sock"
     assert cfg.endpoint("query") == f"ipc://{tmp_path}/q.sock"
+    tcp = load(None, data_dir=tmp_path, use_default_file=False,
+               env={"ROXI_NETWORK_QUERY_ENDPOINT": "tcp://127.0.0.1:5555"})
+    assert tcp.endpoint("query") == "tcp://127.0.0.1:5555"  # accepted here; the keys are checked at start
 
 
 def _run_dir_of_length(tmp_path: Path, total: int) -> Path:
