@@ -45,7 +45,8 @@ class Client:
         if self._sock is None:
             if self.endpoint.startswith("ipc://") and not Path(self.endpoint[6:]).exists():
                 raise NotRunning(f"nothing listens on {self.endpoint}")
-            self._sock = protocol.configure(self.ctx.socket(zmq.DEALER), hwm=100)
+            self._sock = protocol.configure(self.ctx.socket(zmq.DEALER), hwm=100,
+                                            max_message_bytes=self.max_message_bytes)
             if self.curve is not None:
                 keys.secure_client(self._sock, self.curve)
             self._sock.connect(self.endpoint)

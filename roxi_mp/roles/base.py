@@ -36,6 +36,8 @@ log = logging.getLogger("roxi")
 #: env var through which the supervisor tells a child its pid (for the orphan check)
 ENV_SUPERVISOR_PID = "ROXI_PARENT_PID"
 PR_SET_PDEATHSIG = 1
+#: largest command the supervisor publishes to roles, bytes
+COMMAND_BYTES = 64 * 1024
 
 
 class Role:
@@ -130,7 +132,7 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
     beat = protocol.configure(ctx.socket(zmq.PUSH), hwm=4)
     beat.connect(cfg.endpoint("heartbeat"))
     role = role_cls(cfg, ctx, name=args.name)
-    commands = protocol.configure(ctx.socket(zmq.SUB), hwm=100)
+    commands = protocol.configure(ctx.socket(zmq.SUB), hwm=100, max_message_bytes=COMMAND_BYTES)
     for target in ("all", role.role, args.name):
         commands.setsockopt(zmq.SUBSCRIBE, protocol.command_topic(target))
     commands.connect(cfg.endpoint("commands"))
@@ -191,7 +193,7 @@ def _drain_commands(sock: zmq.Socket, role: Role) -> None:
         except ValueError:
             continue
         try:
-            msg = protocol.unpack_map(body, max_bytes=64 * 1024)
+            msg = protocol.unpack_map(body, max_bytes=COMMAND_BYTES)
         except protocol.ProtocolError:
             continue
         role.command(msg, time.monotonic())
