@@ -38,6 +38,8 @@ log = logging.getLogger("roxi.supervisor")
 
 #: how long the loop waits for events when nothing is due, seconds
 LOOP_TIMEOUT = 0.25
+#: seconds a status answer reuses store counts and /proc/PID/smaps readings
+STATUS_CACHE_SECONDS = 1.0
 #: stop order: embedders first (stop producing), then the indexer (flushes), then queries
 STOP_ORDER = ("embedder", "indexer", "query")
 #: signals the arbiter handles (queued by the handler, dispatched by the loop)
@@ -54,6 +56,8 @@ class Arbiter:
         self.phase_deadline = 0.0
         self.started = time.monotonic()
         self.exit_code = 0
+        self._stats: dict[str, Any] | None = None
+        self._stats_at = 0.0
 
     # --- start -------------------------------------------------------------------
     def acquire(self) -> None:
@@ -395,7 +399,14 @@ class Arbiter:
                 "roles": [c.status(now, vectors_path=self.cfg.vectors_path if c.kind == "query" else None)
                           for c in self.children],
                 "backups": self.backups.status(),
-                "store": self.store.stats().as_dict()}
+                "store": self._store_stats(now)}
+
+    def _store_stats(self, now: float) -> dict[str, Any]:
+        # Counting 1M chunks by state takes tens of ms: a client polling status in a loop
+        # must not turn the supervisor into the busiest process on the machine.
+        if self._stats is None or now - self._stats_at >= STATUS_CACHE_SECONDS:
+            self._stats, self._stats_at = self.store.stats().as_dict(), now
+        return self._stats
 
 
 def log_file_tail(path: Path, lines: int = 20) -> str:

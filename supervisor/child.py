@@ -82,6 +82,7 @@ class Child:
         self.kill_at = None
         self.info = {}
         self._ps = None
+        self._mapped: tuple[int, float, Any] | None = None  # (pid, when, mapped) of the last smaps read
         self.set_state(ChildState.STARTING)
 
     def exited(self, code: int, now: float, *, shutting_down: bool) -> None:
@@ -145,7 +146,10 @@ class Child:
                 row["rss"] = self._ps.memory_info().rss
                 row["cpu_percent"] = self._ps.cpu_percent(None)
             if vectors_path is not None:  # read from /proc: asks the child nothing
-                held = mapped(self.proc.pid, vectors_path)
+                # smaps walks the page tables of a mapping (ms for 1M rows): at most once a second
+                if self._mapped is None or self._mapped[0] != self.proc.pid or now - self._mapped[1] >= 1.0:
+                    self._mapped = (self.proc.pid, now, mapped(self.proc.pid, vectors_path))
+                held = self._mapped[2]
                 row["mapped_bytes"], row["mapped_rss"] = held.size, held.rss
         if self.state is ChildState.BACKOFF:
             row["restart_in"] = round(max(0.0, self.next_start - now), 2)
