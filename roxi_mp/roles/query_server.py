@@ -96,9 +96,13 @@ class QueryServer(Role):
         if self.sub in events:
             self._drain_events()
         if self.router in events:
+            # Bounded in count and in time: at 1M rows a search takes ~30 ms, and a queue of
+            # requests must not keep the heartbeat from going out (the supervisor would take
+            # a busy server for a hung one and kill it).
+            budget = time.monotonic() + self.cfg.supervisor.heartbeat_seconds / 2
             for _ in range(MAX_REQUESTS_PER_STEP):
                 # Asking is cheaper than a failed recv (an exception) on every request.
-                if not self.router.get(zmq.EVENTS) & zmq.POLLIN:
+                if not self.router.get(zmq.EVENTS) & zmq.POLLIN or time.monotonic() >= budget:
                     break
                 self.handle(self.router.recv_multipart(zmq.NOBLOCK), time.monotonic())
         now = time.monotonic()

@@ -670,3 +670,28 @@ def test_sleep_drops_cache_model_and_connection(qs: QS) -> None:
 def test_bad_request_does_not_wake_a_sleeping_server(qs: QS) -> None:
     reply = qs.ask("query", text="   ")
     assert reply["ok"] is False and qs.server.state is QState.ASLEEP and qs.server.searcher is None
+
+
+def test_a_queue_of_slow_queries_leaves_room_for_heartbeats(qs_factory, monkeypatch) -> None:
+    """Requests are handled for at most half a heartbeat interval per loop step: a busy
+    server at 1M rows (30 ms a search) was killed by its supervisor as hung."""
+    q = qs_factory(supervisor__heartbeat_seconds=0.2)
+    q.ask("wake")
+    real_search = q.server.search
+
+    def slow_search(*args, **kwargs):
+        time.sleep(0.03)
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(q.server, "search", slow_search)
+    for i in range(12):
+        q.dealer.send_multipart([b"", protocol.pack(protocol.request("query", f"slow-{i}", text=f"gout {i}", k=1))])
+    time.sleep(0.2)  # all queued at the server's socket
+    served = q.server.served
+    started = time.monotonic()
+    q.server.loop(time.monotonic())
+    assert time.monotonic() - started < 0.2
+    assert 1 <= q.server.served - served <= 5  # ~0.1 s of 30 ms searches, not all 12
+    for _ in range(20):
+        q.server.loop(time.monotonic())
+    assert q.server.served - served == 12
