@@ -34,7 +34,8 @@ def test_disk_full_during_ingest_then_space_freed_completes_exactly_once(system,
     indexer = psutil.Process(s.pid("indexer"))
     # Room for the header and a few rows of the vectors file; the WAL may hit it too.
     limit = HEADER_BYTES + 20 * 256 * 2
-    indexer.rlimit(psutil.RLIMIT_FSIZE, (limit, limit))
+    # Only the soft limit: raising a hard limit again needs CAP_SYS_RESOURCE.
+    indexer.rlimit(psutil.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
     assert roxi(cfg, "ingest", str(tmp_path / "docs")).returncode == 0
     total = s.stats().chunks
     s.wait_for(lambda: s.role("indexer")["commit_failures"] >= 2, timeout=30, what="commits failing")
@@ -79,4 +80,6 @@ def test_a_corrupt_database_is_a_clear_error_at_start(make_config):
     assert started.returncode == errors.STORE
     line = started.stderr.strip()
     assert "\n" not in line and "roxi.sqlite3" in line and "not a usable roxi store" in line, line
-    assert roxi(cfg, "status").returncode == errors.NOT_RUNNING
+    status = roxi(cfg, "status")  # nothing runs, and status says why the store is unusable
+    assert status.returncode == errors.STORE and "not a usable roxi store" in status.stderr
+    assert cfg.db_path.read_bytes() == b"this is not a database" * 100  # left as found

@@ -11,6 +11,7 @@ import zmq
 from roxi_mp import errors, keys
 from roxi_mp.client import Client, QueryClient
 from roxi_mp.errors import Timeout
+from roxi_mp.service import READY_STATES
 
 from ..corpus import populate
 from .test_pipeline import roxi
@@ -56,8 +57,10 @@ def test_tcp_endpoint_needs_keys_then_admits_only_keyed_clients(system, make_con
     assert answered.returncode == 0, answered.stderr
     # A second client key is admitted once the query server restarts.
     assert roxi(cfg, "keys", "generate", "--client", "alice").returncode == 0
+    before = s.pid("query")
     assert roxi(cfg, "restart", "query").returncode == 0
-    s.wait_ready()
+    s.wait_for(lambda: s.pid("query") != before and s.role("query")["state"] in READY_STATES, timeout=20,
+               what="a new query server")
     alice = QueryClient.for_config(cfg, curve=keys.client_keys(cfg, cfg.data_dir / "keys" / "alice.key_secret"))
     assert alice.ping()
     alice.close()
