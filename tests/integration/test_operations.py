@@ -126,8 +126,10 @@ def test_process_ctrl_c_pauses_and_leaves_the_store_consistent(slow_ingest):
                             env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     s.wait_for(lambda: s.stats().indexed > 50, timeout=30, what="processing")
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=10) == 130
-    assert "processing paused" in proc.stderr.read()
+    code = proc.wait(timeout=10)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert code == 130, f"exit {code}; stats {s.stats()}; stdout {out!r}; stderr {err!r}"
+    assert "processing paused" in err
     frozen = settled(s)
     time.sleep(1.0)
     assert s.stats().indexed == frozen < s.stats().chunks
