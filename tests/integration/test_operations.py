@@ -122,8 +122,11 @@ def test_process_refuses_when_not_running_or_empty(make_config, system):
 
 def test_process_ctrl_c_pauses_and_leaves_the_store_consistent(slow_ingest):
     cfg, s = slow_ingest
+    # SIG_DFL in the child: a test run started in the background by a non-interactive
+    # shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "roxi_mp.cli", *cfg.to_argv(), "process", "--until", "100"],
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     s.wait_for(lambda: s.stats().indexed > 50, timeout=30, what="processing")
     proc.send_signal(signal.SIGINT)
     code = proc.wait(timeout=10)
