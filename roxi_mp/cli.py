@@ -171,6 +171,8 @@ def _print_roles(data: dict) -> None:
         backoff = max(r.get("backoff_seconds") or 0, (r.get("backend") or {}).get("backoff_seconds") or 0)
         if backoff:
             click.echo(f"      backing off {backoff:.1f} s ({(r.get('backend') or {}).get('last_error') or 'service down'})")
+        if r.get("last_error"):
+            click.echo(f"      commits failing ({r.get('commit_failures', 0)} attempts, retrying): {r['last_error']}")
         if r.get("index") not in (None, "exact") and r.get("ann_rows") is not None and r["name"] == "indexer":
             building = ", building" if r.get("building") else ""
             click.echo(f"      {r['index']} index covers {r['ann_rows']:,} rows{building}"

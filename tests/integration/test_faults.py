@@ -42,6 +42,8 @@ def test_disk_full_during_ingest_then_space_freed_completes_exactly_once(system,
     failing = s.role("indexer")
     assert "File too large" in failing["last_error"] and failing["state"] == "running"
     assert failing["restarts"] == 0  # handled, not a crash loop
+    shown = roxi(cfg, "status").stdout
+    assert "commits failing" in shown and "File too large" in shown, shown
     assert s.stats().indexed < total
     consistent(cfg)
     assert cfg.vectors_path.stat().st_size <= limit
