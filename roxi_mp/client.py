@@ -40,6 +40,7 @@ class Client:
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid()}-{time.monotonic_ns() % 1_000_000}-"
         self._sock: zmq.Socket | None = None
+        self._poller = zmq.Poller()  # one for the socket's life (Socket.poll builds one per call)
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
@@ -50,10 +51,13 @@ class Client:
             if self.curve is not None:
                 keys.secure_client(self._sock, self.curve)
             self._sock.connect(self.endpoint)
+            self._poller = zmq.Poller()
+            self._poller.register(self._sock, zmq.POLLIN)
         return self._sock
 
     def close(self) -> None:
         if self._sock is not None:
+            self._poller.unregister(self._sock)
             self._sock.close(0)
             self._sock = None
 
@@ -73,7 +77,7 @@ class Client:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not sock.poll(int(left * 1000), zmq.POLLIN):
+            if left <= 0 or not self._poller.poll(int(left * 1000)):
                 self.close()  # a late reply must not reach the next request
                 raise Timeout(f"no reply from {self.endpoint} within "
                               f"{self.timeout if timeout is None else timeout:g} s")
