@@ -5,8 +5,10 @@
 For each size N (dim 384, generated unit vectors through the durable commit path), in one
 run so the ratios share the machine's mood: p50/p99 of single queries through the real
 query server (QueryClient, vectors sent as float32 frames, `with_text` off), p50/p99 of
-`index.search` in this process on the same mapped file (the two alternate, and which goes
-first alternates too), the implied GB/s scanned, the query server's RSS, and the machine's
+`index.search` in this process on the same mapped file, and p50 through a bare ZeroMQ
+server doing the same search and nothing else (tests/bench/bare_server.py: the floor that
+ZeroMQ and a process boundary set on this machine); the three alternate, and their order
+rotates. Also the implied GB/s scanned, the query server's RSS, and the machine's
 read bandwidth measured as a numpy sum over a large array. Issue 7's acceptance 2 wants
 ZeroMQ p50 <= 1.1 x in-process p50 at 100k; acceptance 3 wants the exact scan at 1M at
 >= 0.8 x the memory bandwidth.
@@ -15,10 +17,13 @@ ZeroMQ p50 <= 1.1 x in-process p50 at 100k; acceptance 3 wants the exact scan at
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 
 import faiss
 import numpy as np
+import zmq
 
 from roxi_mp.vectors import open_index
 
@@ -51,34 +56,67 @@ def measure(n: int, queries: int) -> dict:
         rng = np.random.default_rng(7)
         vecs = rng.standard_normal((queries, DIM), dtype=np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        zmq_times, local_times = [], []
+        zmq_times, local_times, bare_times = [], [], []
         faiss.omp_set_num_threads(1)
         local = open_index(s.cfg.vectors_path, rows=n)
-        with s.query_client(timeout=60) as client:
-            client.query_vector(vecs[0], k=10, with_text=False)  # wake and map
-            local.search(vecs[:1], 10)
+        endpoint = f"ipc://{s.cfg.run_dir / 'bare.sock'}"
+        bare = subprocess.Popen([sys.executable, "-m", "tests.bench.bare_server", str(s.cfg.vectors_path),
+                                 str(n), endpoint])
+        ctx = zmq.Context()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(endpoint)
+        try:
+            with s.query_client(timeout=60) as client:
+                client.query_vector(vecs[0], k=10, with_text=False)  # wake and map
+                local.search(vecs[:1], 10)
+                bare_search(dealer, vecs[0])
 
-            def over_zmq(v: np.ndarray) -> None:
-                started = time.perf_counter()
-                client.query_vector(v, k=10, with_text=False)
-                zmq_times.append(time.perf_counter() - started)
+                def over_zmq(v: np.ndarray) -> None:
+                    started = time.perf_counter()
+                    client.query_vector(v, k=10, with_text=False)
+                    zmq_times.append(time.perf_counter() - started)
 
-            def in_process(v: np.ndarray) -> None:
-                started = time.perf_counter()
-                local.search(v[None, :], 10)
-                local_times.append(time.perf_counter() - started)
+                def in_process(v: np.ndarray) -> None:
+                    started = time.perf_counter()
+                    local.search(v[None, :], 10)
+                    local_times.append(time.perf_counter() - started)
 
-            for i, v in enumerate(vecs):  # alternate, so both paths see the same machine
-                for path in ((over_zmq, in_process) if i % 2 else (in_process, over_zmq)):
-                    path(v)
-            query_rss = rss(s.pid("query"))
+                def over_bare_zmq(v: np.ndarray) -> None:
+                    started = time.perf_counter()
+                    bare_search(dealer, v)
+                    bare_times.append(time.perf_counter() - started)
+
+                paths = [over_zmq, in_process, over_bare_zmq]
+                for i, v in enumerate(vecs):  # rotate, so every path sees the same machine
+                    for path in paths[i % 3:] + paths[:i % 3]:
+                        path(v)
+                query_rss = rss(s.pid("query"))
+            dealer.send_multipart([b"", b""])
+            dealer.poll(10_000)
+        finally:
+            dealer.close()
+            ctx.term()
+            try:
+                bare.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                bare.kill()
+                bare.wait()
         del local
         zp50, zp99 = percentiles(zmq_times)
         lp50, lp99 = percentiles(local_times)
+        bp50, _ = percentiles(bare_times)
         scanned = n * DIM * 2
         return {"n": n, "zmq_p50": zp50, "zmq_p99": zp99, "local_p50": lp50, "local_p99": lp99,
-                "ratio_p50": zp50 / lp50, "local_gbps": scanned / lp50 / 1e9, "zmq_gbps": scanned / zp50 / 1e9,
+                "ratio_p50": zp50 / lp50, "bare_p50": bp50, "bare_ratio_p50": bp50 / lp50, "local_gbps": scanned / lp50 / 1e9, "zmq_gbps": scanned / zp50 / 1e9,
                 "query_rss": query_rss}
+
+
+def bare_search(dealer: zmq.Socket, vector: np.ndarray) -> None:
+    dealer.send_multipart([b"", vector.tobytes()])
+    if not dealer.poll(60_000):
+        raise TimeoutError("the bare ZeroMQ server did not answer within 60 s")
+    dealer.recv_multipart()
 
 
 def run(quick: bool, *, sizes: list[int] | None = None, queries: int | None = None) -> dict:
@@ -88,11 +126,13 @@ def run(quick: bool, *, sizes: list[int] | None = None, queries: int | None = No
     results = [measure(n, queries) for n in sizes]
     rows = [[f"{r['n']:,}", f"{r['zmq_p50'] * 1e3:.2f} / {r['zmq_p99'] * 1e3:.2f}",
              f"{r['local_p50'] * 1e3:.2f} / {r['local_p99'] * 1e3:.2f}", f"{r['ratio_p50']:.2f}",
+             f"{r['bare_p50'] * 1e3:.2f} ({r['bare_ratio_p50']:.2f})",
              f"{r['local_gbps']:.1f} ({r['local_gbps'] * 1e9 / bandwidth:.2f})",
              f"{r['zmq_gbps']:.1f} ({r['zmq_gbps'] * 1e9 / bandwidth:.2f})", f"{r['query_rss'] / 2**20:.0f}"]
             for r in results]
     md = "\n".join([f"## Exact query latency, single queries, dim {DIM}, k 10, {queries} queries", "",
                     table(["N", "ZeroMQ p50 / p99 ms", "in-process faiss p50 / p99 ms", "ZeroMQ / in-process p50",
+                           "bare ZeroMQ server p50 ms (/ in-process)",
                            "in-process GB/s (x bandwidth)", "end-to-end GB/s (x bandwidth)", "query RSS MB"], rows),
                     "", f"memory read bandwidth (numpy sum over 1 GiB, best of 5): {bandwidth / 1e9:.1f} GB/s"]) + "\n"
     return {"name": "query", "markdown": md, "data": {"bandwidth": bandwidth, "queries": queries, "sizes": results}}
