@@ -37,9 +37,6 @@ log = logging.getLogger("roxi.query")
 MAX_REQUESTS_PER_STEP = 256
 #: rows read into the row map per idle loop step (~1 ms: what a request arriving then waits)
 ROW_MAP_BATCH = 1024
-#: seconds without a request before the row map reads on (a stream of fast queries, such as
-#: HNSW searches back to back, must not wait for it: those hits come from SQLite meanwhile)
-ROW_MAP_QUIET = 0.002
 
 
 class QState(enum.Enum):
@@ -76,7 +73,6 @@ class QueryServer(Role):
         self.searcher: Searcher | None = None
         self.index_rows = 0
         self.row_map_stuck = -1
-        self.quiet_since = 0.0  # monotonic time of the last request handled
         self.known_rows = self.db().committed_rows()
         self.last_query = self.last_follow = self.last_trim = time.monotonic()
         self.served = self.errors = self.dropped = self.sleeps = 0
@@ -99,10 +95,7 @@ class QueryServer(Role):
 
     # --- main loop ---------------------------------------------------------------
     def poll_timeout(self) -> float:
-        wait = super().poll_timeout()
-        if self._rows_to_map():  # wake up to read on once it has been quiet for long enough
-            return min(wait, max(0.0, self.quiet_since + ROW_MAP_QUIET - time.monotonic()))
-        return wait
+        return 0.0 if self._rows_to_map() else super().poll_timeout()
 
     def _rows_to_map(self) -> bool:
         """Awake with rows the row map does not hold yet (they are read in idle steps)."""
@@ -126,7 +119,6 @@ class QueryServer(Role):
                 if not self.router.get(zmq.EVENTS) & zmq.POLLIN or time.monotonic() >= budget:
                     break
                 self.handle(self.router.recv_multipart(zmq.NOBLOCK), time.monotonic())
-            self.quiet_since = time.monotonic()
         now = time.monotonic()
         if self.state is QState.AWAKE:
             if now - self.last_follow >= self.cfg.query.follow_poll_seconds:
@@ -136,7 +128,7 @@ class QueryServer(Role):
                     self.reload()
             if now - self.last_query >= self.cfg.query.idle_seconds:
                 self.sleep()
-            elif self._rows_to_map() and now - self.quiet_since >= ROW_MAP_QUIET:
+            elif self._rows_to_map() and self.router not in events:
                 if not self.db().map_rows(self.index_rows, max_rows=ROW_MAP_BATCH):
                     self.row_map_stuck = self.index_rows  # a gap: SQLite answers; never spin on it
             elif now - self.last_trim >= self.cfg.query.trim_seconds:
