@@ -65,7 +65,9 @@ class RowMap:
 
     def __init__(self) -> None:
         self.rows = 0
-        self._fields = np.empty((0, 3), np.int64)  # chunk id, document id, position
+        self._chunk = np.empty(0, np.int64)
+        self._doc = np.empty(0, np.int64)
+        self._position = np.empty(0, np.int32)
 
     def extend(self, conn: sqlite3.Connection, upto: int, max_rows: int) -> int:
         """Read up to `max_rows` more rows below `upto` from SQLite; the number added."""
@@ -79,21 +81,22 @@ class RowMap:
         # rows) is simply left to SQLite, which answers whatever is there.
         gapless = found[:, 0] == np.arange(self.rows, self.rows + len(found))
         added = len(found) if gapless.all() else int(np.argmin(gapless))
+        if self.rows + added > len(self._chunk):
+            capacity = max(self.rows + added, 2 * len(self._chunk))
+            self._chunk, self._doc, self._position = (
+                np.resize(a, capacity) for a in (self._chunk, self._doc, self._position))
         end = self.rows + added
-        if end > len(self._fields):
-            grown = np.empty((max(end, 2 * len(self._fields)), 3), np.int64)
-            grown[:self.rows] = self._fields[:self.rows]
-            self._fields = grown
-        self._fields[self.rows:end] = found[:added, 1:]
+        self._chunk[self.rows:end] = found[:added, 1]
+        self._doc[self.rows:end] = found[:added, 2]
+        self._position[self.rows:end] = found[:added, 3]
         self.rows = end
         return added
 
-    def lookup(self, rows: Sequence[int]) -> dict[int, tuple[int, int, int]]:
-        """{row: (chunk id, document id, position)} for those of `rows` the map holds."""
-        held = [r for r in rows if 0 <= r < self.rows]
-        if not held:
-            return {}
-        return dict(zip(held, map(tuple, self._fields[held].tolist())))
+    def get(self, row: int) -> tuple[int, int, int] | None:
+        """(chunk id, document id, position) of a mapped row, else None."""
+        if not 0 <= row < self.rows:
+            return None
+        return int(self._chunk[row]), int(self._doc[row]), int(self._position[row])
 
 
 @dataclass(frozen=True)
@@ -412,9 +415,15 @@ class Store:
         chunks table; texts only when asked; document titles and sources from a small cache
         (documents never change once stored) instead of a join.
         """
-        fields = self.row_map.lookup(rows) if self.row_map is not None else {}
+        fields: dict[int, tuple[int, int, int]] = {}
         texts: dict[int, str] = {}
-        missing = [int(r) for r in rows if r not in fields]
+        missing = [int(r) for r in rows]
+        if self.row_map is not None:
+            for row in rows:
+                got = self.row_map.get(row)
+                if got is not None:
+                    fields[row] = got
+            missing = [r for r in missing if r not in fields]
         if missing:
             marks = ",".join("?" * len(missing))
             for r in self.conn.execute(f"SELECT row, id, doc_id, position{', text' if with_text else ''} "

@@ -35,8 +35,8 @@ log = logging.getLogger("roxi.query")
 
 #: requests handled per loop step before heartbeats and follow-ups get a turn
 MAX_REQUESTS_PER_STEP = 256
-#: rows read into the row map per idle loop step (~1 ms: what a request arriving then waits)
-ROW_MAP_BATCH = 1024
+#: rows read into the store's row map per idle loop step (~7 ms: a request waits at most that)
+ROW_MAP_BATCH = 8192
 
 
 class QState(enum.Enum):
@@ -202,7 +202,7 @@ class QueryServer(Role):
         if self.searcher is None or self.searcher.ntotal == 0:
             return []
         scores, rows = self.searcher.search(vector, k)
-        found = list(zip(rows.tolist(), scores.tolist()))
+        found = [(int(r), float(s)) for r, s in zip(rows, scores)]
         meta = self.db().hits([r for r, _ in found], with_text=with_text)  # never all texts
         hits = []
         for rank, (row, score) in enumerate(found, start=1):

@@ -335,7 +335,7 @@ def test_row_map_fills_in_batches_and_answers_like_sqlite(store: Store) -> None:
     assert store.map_rows(5, max_rows=100) == 2  # never past `upto`
     assert store.map_rows(100, max_rows=100) == 2 and store.row_map.rows == 7  # only committed rows
     assert store.map_rows(100, max_rows=100) == 0
-    assert store.row_map.lookup([0, 2, 7, -1]) == {0: (5, 2, 0), 2: (7, 2, 2)}
+    assert store.row_map.get(0) == (5, 2, 0) and store.row_map.get(2) == (7, 2, 2) and store.row_map.get(7) is None and store.row_map.get(-1) is None
     for row, cid in ((0, 5), (1, 1), (6, 4)):  # mapped rows: no lookup by row, same fields
         assert store.hits([row])[row].chunk_id == cid
     assert store.hits(range(8), with_text=True) == plain["text"]
