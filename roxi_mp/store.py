@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import numpy as np
-
 from . import migrations
 from .errors import ModelMismatch, StoreError
 
@@ -53,52 +51,6 @@ class Stats:
 DOC_CACHE_ENTRIES = 10_000
 
 
-class RowMap:
-    """Chunk id, document id and position of the committed rows [0, rows), in arrays.
-
-    A vector row is assigned once, at commit, and only `reembed` and `restore` rewrite rows,
-    with the system stopped; so for the life of a connection these fields can be read from
-    memory instead of SQLite. That matters right after a scan has flushed the CPU caches:
-    ten hits cost ~0.17 ms from SQLite there and ~0.02 ms from these arrays (100k rows).
-    20 bytes a row: 2 MB at 100k, 20 MB at 1M, dropped with the connection.
-    """
-
-    def __init__(self) -> None:
-        self.rows = 0
-        self._chunk = np.empty(0, np.int64)
-        self._doc = np.empty(0, np.int64)
-        self._position = np.empty(0, np.int32)
-
-    def extend(self, conn: sqlite3.Connection, upto: int, max_rows: int) -> int:
-        """Read up to `max_rows` more rows below `upto` from SQLite; the number added."""
-        stop = min(upto, self.rows + max_rows)
-        if stop <= self.rows:
-            return 0
-        found = np.array(conn.execute(
-            "SELECT row, id, doc_id, position FROM chunks WHERE row >= ? AND row < ? ORDER BY row",
-            (self.rows, stop)).fetchall(), dtype=np.int64).reshape(-1, 4)
-        # Only a gapless run from `rows` counts: a missing row (never seen for committed
-        # rows) is simply left to SQLite, which answers whatever is there.
-        gapless = found[:, 0] == np.arange(self.rows, self.rows + len(found))
-        added = len(found) if gapless.all() else int(np.argmin(gapless))
-        if self.rows + added > len(self._chunk):
-            capacity = max(self.rows + added, 2 * len(self._chunk))
-            self._chunk, self._doc, self._position = (
-                np.resize(a, capacity) for a in (self._chunk, self._doc, self._position))
-        end = self.rows + added
-        self._chunk[self.rows:end] = found[:added, 1]
-        self._doc[self.rows:end] = found[:added, 2]
-        self._position[self.rows:end] = found[:added, 3]
-        self.rows = end
-        return added
-
-    def get(self, row: int) -> tuple[int, int, int] | None:
-        """(chunk id, document id, position) of a mapped row, else None."""
-        if not 0 <= row < self.rows:
-            return None
-        return int(self._chunk[row]), int(self._doc[row]), int(self._position[row])
-
-
 @dataclass(frozen=True)
 class Hit:
     row: int
@@ -116,7 +68,6 @@ class Store:
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000, migrate: bool = True) -> None:
         self.path = Path(path)
         self._doc_cache: dict[int, tuple[str, str]] = {}
-        self.row_map: RowMap | None = None  # filled by `map_rows` (the query server's)
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=busy_timeout_ms / 1000,
                                         isolation_level=None, check_same_thread=False)
@@ -401,46 +352,24 @@ class Store:
         with self.transaction():
             self._set_meta(META_PAUSED, "1" if paused else "0")
 
-    def map_rows(self, upto: int, *, max_rows: int) -> int:
-        """Read up to `max_rows` more committed rows below `upto` into the row map (see RowMap)."""
-        if self.row_map is None:
-            self.row_map = RowMap()
-        return self.row_map.extend(self.conn, upto, max_rows)
-
     def hits(self, rows: Sequence[int], *, with_text: bool = True) -> dict[int, Hit]:
         """Chunk and document fields for the given vector rows (only what a reply needs).
 
         Runs right after a scan has flushed the CPU caches, so it does as little as it can:
-        chunk fields from the row map where it has them, else one lookup per row on the
-        chunks table; texts only when asked; document titles and sources from a small cache
-        (documents never change once stored) instead of a join.
+        one lookup per row on the chunks table, and document titles and sources from a small
+        cache (documents never change once stored) instead of a join.
         """
-        fields: dict[int, tuple[int, int, int]] = {}
-        texts: dict[int, str] = {}
-        missing = [int(r) for r in rows]
-        if self.row_map is not None:
-            for row in rows:
-                got = self.row_map.get(row)
-                if got is not None:
-                    fields[row] = got
-            missing = [r for r in missing if r not in fields]
-        if missing:
-            marks = ",".join("?" * len(missing))
-            for r in self.conn.execute(f"SELECT row, id, doc_id, position{', text' if with_text else ''} "
-                                       f"FROM chunks WHERE row IN ({marks})", missing):
-                fields[r[0]] = r[1:4]
-                if with_text:
-                    texts[r[1]] = r[4]
-        if with_text:
-            ids = [f[0] for f in fields.values() if f[0] not in texts]
-            if ids:
-                marks = ",".join("?" * len(ids))
-                texts.update(self.conn.execute(f"SELECT id, text FROM chunks WHERE id IN ({marks})", ids))
-        docs = self._documents({f[1] for f in fields.values()})
         out: dict[int, Hit] = {}
-        for row, (chunk_id, doc_id, position) in fields.items():
-            if doc_id in docs and (not with_text or chunk_id in texts):
-                out[row] = Hit(row, chunk_id, doc_id, position, *docs[doc_id], texts.get(chunk_id, ""))
+        if not rows:
+            return out
+        marks = ",".join("?" * len(rows))
+        found = self.conn.execute(
+            f"SELECT row, id, doc_id, position{', text' if with_text else ''} FROM chunks WHERE row IN ({marks})",
+            [int(r) for r in rows]).fetchall()
+        docs = self._documents({r[2] for r in found})
+        for r in found:
+            if r[2] in docs:
+                out[r[0]] = Hit(r[0], r[1], r[2], r[3], *docs[r[2]], r[4] if with_text else "")
         return out
 
     def _documents(self, ids: set[int]) -> dict[int, tuple[str, str]]:

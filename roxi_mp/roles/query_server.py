@@ -35,8 +35,6 @@ log = logging.getLogger("roxi.query")
 
 #: requests handled per loop step before heartbeats and follow-ups get a turn
 MAX_REQUESTS_PER_STEP = 256
-#: rows read into the store's row map per idle loop step (~7 ms: a request waits at most that)
-ROW_MAP_BATCH = 8192
 
 
 class QState(enum.Enum):
@@ -72,7 +70,6 @@ class QueryServer(Role):
         self.state = QState.ASLEEP
         self.searcher: Searcher | None = None
         self.index_rows = 0
-        self.row_map_stuck = -1
         self.known_rows = self.db().committed_rows()
         self.last_query = self.last_follow = self.last_trim = time.monotonic()
         self.served = self.errors = self.dropped = self.sleeps = 0
@@ -94,17 +91,6 @@ class QueryServer(Role):
         return self.cfg.limits.max_message_bytes
 
     # --- main loop ---------------------------------------------------------------
-    def poll_timeout(self) -> float:
-        return 0.0 if self._rows_to_map() else super().poll_timeout()
-
-    def _rows_to_map(self) -> bool:
-        """Awake with rows the row map does not hold yet (they are read in idle steps)."""
-        if (self.state is not QState.AWAKE or self.store is None or self.index_rows == 0
-                or self.row_map_stuck == self.index_rows):
-            return False
-        row_map = self.store.row_map
-        return row_map is None or row_map.rows < self.index_rows
-
     def loop(self, now: float) -> None:
         events = dict(self.poller.poll(int(self.poll_timeout() * 1000)))
         if self.sub in events:
@@ -128,9 +114,6 @@ class QueryServer(Role):
                     self.reload()
             if now - self.last_query >= self.cfg.query.idle_seconds:
                 self.sleep()
-            elif self._rows_to_map() and self.router not in events:
-                if not self.db().map_rows(self.index_rows, max_rows=ROW_MAP_BATCH):
-                    self.row_map_stuck = self.index_rows  # a gap: SQLite answers; never spin on it
             elif now - self.last_trim >= self.cfg.query.trim_seconds:
                 memory.release()  # a long-awake server must not creep upward
                 self.last_trim = now
@@ -321,7 +304,6 @@ class QueryServer(Role):
                 "served": self.served, "errors": self.errors, "dropped": self.dropped,
                 "sleeps": self.sleeps, "cache_entries": len(self.cache), "cache_hits": self.cache.hits,
                 "model_loaded": self.model.loaded,
-                "row_map_rows": self.store.row_map.rows if self.store is not None and self.store.row_map else 0,
                 **(self.searcher.info() if self.searcher is not None
                    else {"index": self.cfg.indexer.index, "ann_rows": 0})}
 

@@ -222,14 +222,3 @@ def test_model_process_dies_with_a_killed_supervisor(system, make_config):
     s.proc.wait(timeout=5)
     time.sleep(2.0)
     assert model_processes(cfg) == [] and roxi_processes(cfg.data_dir) == []
-
-
-def test_row_map_fills_while_idle_answers_the_same_and_goes_in_sleep(system, make_config):
-    cfg = make_config(hashing__dim=384, query__cache_entries=0)
-    populate(cfg, rows=20_000)
-    s = system(cfg)
-    first = scan(s)  # right after wake: hit fields from SQLite, the row map is still empty
-    s.wait_for(lambda: s.role("query")["row_map_rows"] == 20_000, timeout=30, what="row map filled")
-    assert scan(s) == first  # the same hits, every field, from the row map
-    assert roxi(cfg, "sleep").returncode == 0
-    s.wait_for(lambda: s.role("query")["row_map_rows"] == 0, timeout=10, what="row map dropped")

@@ -324,39 +324,3 @@ def test_hits_document_cache_stays_bounded(store: Store, monkeypatch) -> None:
     store.commit_rows([(1, 0), (2, 1), (3, 2)], rows=3)
     assert [store.hits([r])[r].title for r in (0, 1, 2, 0)] == ["A", "B", "C", "A"]
     assert len(store._doc_cache) <= 2
-
-
-def test_row_map_fills_in_batches_and_answers_like_sqlite(store: Store) -> None:
-    add(store, "alpha", 4, title="Alpha Title")
-    add(store, "beta", 3, title="Beta Title")
-    store.commit_rows([(cid, row) for row, cid in enumerate((5, 1, 7, 2, 3, 6, 4))], rows=7)
-    plain = {r: store.hits(range(8), with_text=t) for r, t in (("text", True), ("slim", False))}
-    assert store.map_rows(7, max_rows=3) == 3 and store.row_map.rows == 3
-    assert store.map_rows(5, max_rows=100) == 2  # never past `upto`
-    assert store.map_rows(100, max_rows=100) == 2 and store.row_map.rows == 7  # only committed rows
-    assert store.map_rows(100, max_rows=100) == 0
-    assert store.row_map.get(0) == (5, 2, 0) and store.row_map.get(2) == (7, 2, 2) and store.row_map.get(7) is None and store.row_map.get(-1) is None
-    for row, cid in ((0, 5), (1, 1), (6, 4)):  # mapped rows: no lookup by row, same fields
-        assert store.hits([row])[row].chunk_id == cid
-    assert store.hits(range(8), with_text=True) == plain["text"]
-    assert store.hits(range(8), with_text=False) == plain["slim"]
-
-
-def test_row_map_mixes_with_sqlite_for_rows_it_does_not_hold(store: Store) -> None:
-    add(store, "alpha", 6)
-    store.commit_rows([(c, c - 1) for c in range(1, 5)], rows=4)
-    store.map_rows(2, max_rows=10)  # holds rows 0 and 1 only
-    store.commit_rows([(5, 4), (6, 5)], rows=6)
-    hits = store.hits([5, 0, 3, 1, 9])
-    assert sorted(hits) == [0, 1, 3, 5]
-    assert [hits[r].chunk_id for r in (0, 1, 3, 5)] == [1, 2, 4, 6]
-    assert hits[3].text == "alpha chunk 3" and hits[0].text == "alpha chunk 0"
-
-
-def test_row_map_stops_at_a_gap(store: Store) -> None:
-    add(store, "alpha", 3)
-    store.commit_rows([(1, 0), (2, 1), (3, 2)], rows=3)
-    store.conn.execute("UPDATE chunks SET row=NULL WHERE id=2")  # damage: row 1 missing
-    assert store.map_rows(3, max_rows=10) == 1 and store.row_map.rows == 1
-    assert store.map_rows(3, max_rows=10) == 0  # stays put; SQLite answers the rest
-    assert sorted(store.hits([0, 1, 2])) == [0, 2]
