@@ -19,12 +19,14 @@ import time
 import traceback
 
 from . import report
+from .common import stop_on_sigterm
 
 #: benchmark modules, in the order they run
 MODULES = ("bench_query", "bench_ann", "bench_throughput", "bench_ingest", "bench_sleep", "bench_minilm_ingest")
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(prog="./run.sh bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10k and 100k vectors only, a few minutes")
     parser.add_argument("--only", help="comma-separated module names (default: all of MODULES)")

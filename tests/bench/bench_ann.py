@@ -30,7 +30,7 @@ from roxi_mp import ann, protocol
 from roxi_mp.vectors import open_index
 
 from ..corpus import populate
-from .common import make_system, machine, rss, table, temp_root, write_results
+from .common import machine, make_system, rss, stop_on_sigterm, table, temp_root, write_results
 
 DIM = 384
 K = 10
@@ -148,6 +148,7 @@ def run(quick: bool, *, sizes: list[int] | None = None, kinds: list[str] | None 
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000")
     parser.add_argument("--kinds", default="hnsw,ivf")

@@ -30,7 +30,7 @@ from roxi_mp.store import Store
 
 from ..conftest import TEST_DEFAULTS, clean_env
 from ..corpus import write_corpus
-from .common import bench_system, table
+from .common import bench_system, stop_on_sigterm, table
 
 DIM = 384
 #: issue 7's acceptance bound, chunks/s end to end
@@ -143,6 +143,7 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION__KEY=VALUE",

@@ -19,7 +19,7 @@ from roxi_mp.embedders.minilm import MiniLMEmbedder
 from roxi_mp.ingest import ingest_paths, sample_corpus_dir
 from roxi_mp.store import Store
 
-from .common import bench_system, machine, median, table, write_results
+from .common import bench_system, machine, median, stop_on_sigterm, table, write_results
 
 
 def texts_from_sample(n: int, words: int) -> list[str]:
@@ -87,6 +87,7 @@ def run(quick: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=512)
     parser.add_argument("--words", type=int, default=200)

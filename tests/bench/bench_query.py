@@ -28,7 +28,7 @@ import zmq
 from roxi_mp.vectors import open_index
 
 from ..corpus import populate
-from .common import bench_system, machine, rss, table, write_results
+from .common import bench_system, machine, rss, stop_on_sigterm, table, write_results
 
 DIM = 384
 
@@ -139,6 +139,7 @@ def run(quick: bool, *, sizes: list[int] | None = None, queries: int | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)

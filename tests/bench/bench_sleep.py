@@ -23,7 +23,7 @@ from roxi_mp.memory import mapped, maps_file
 from roxi_mp.store import Store
 
 from ..corpus import populate, write_corpus
-from .common import MB, bench_system, evict_page_cache, machine, median, rss, table, timed, write_results
+from .common import MB, bench_system, evict_page_cache, machine, median, rss, stop_on_sigterm, table, timed, write_results
 
 import psutil
 
@@ -155,6 +155,7 @@ def run(quick: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--sleep-seconds", type=float, default=60.0)

@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 
 from ..corpus import populate
-from .common import bench_system, table
+from .common import bench_system, stop_on_sigterm, table
 
 DIM = 384
 K = 10
@@ -97,6 +97,7 @@ def run(quick: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--clients", default="1,4,16")

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import tempfile
 import time
@@ -47,6 +48,15 @@ def make_system(root: Path, **overrides: Any) -> System:
 
 def temp_root(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"roxi-bench-{name}-"))
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, `timeout`) raise SystemExit, so every `with bench_system(...)`
+    and `finally` stops its system: by default Python dies on it without cleaning up, and
+    the supervisor it started (a daemon, as it should be) would keep running."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ from roxi_mp.store import Store
 
 from ..conftest import clean_env
 from ..corpus import check_exactly_once, write_corpus
-from .common import make_system, machine, table, temp_root, write_results
+from .common import machine, make_system, stop_on_sigterm, table, temp_root, write_results
 
 SETTINGS = {
     "hashing__dim": 128,
@@ -189,6 +189,7 @@ class Soak:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--kill-every", default="4-9", help="seconds between kills: MIN-MAX")
