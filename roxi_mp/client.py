@@ -51,7 +51,6 @@ class Client:
             if self.curve is not None:
                 keys.secure_client(self._sock, self.curve)
             self._sock.connect(self.endpoint)
-            self._poller = zmq.Poller()
             self._poller.register(self._sock, zmq.POLLIN)
         return self._sock
 
