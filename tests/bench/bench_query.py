@@ -33,6 +33,8 @@ from ..corpus import populate
 from .common import bench_system, machine, rss, stop_on_sigterm, table, write_results
 
 DIM = 384
+#: slices of a run over which the ratios are also taken, for their spread
+BLOCKS = 6
 
 
 def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
@@ -79,7 +81,21 @@ def measure(n: int, queries: int) -> dict:
         scanned = n * DIM * 2
         return {"n": n, "zmq_p50": zp50, "zmq_p99": zp99, "local_p50": lp50, "local_p99": lp99,
                 "ratio_p50": zp50 / lp50, "bare_p50": bp50, "bare_ratio_p50": bp50 / lp50,
+                "ratio_blocks": block_ratios(zmq_times, local_times),
+                "bare_ratio_blocks": block_ratios(bare_times, local_times),
                 "local_gbps": scanned / lp50 / 1e9, "zmq_gbps": scanned / zp50 / 1e9, "query_rss": query_rss}
+
+
+def block_ratios(times: list[float], reference: list[float], blocks: int = BLOCKS) -> list[float]:
+    """p50 ratio in each of `blocks` consecutive slices of the run: how far one run's ratio
+    can be trusted on a machine whose speed drifts (the spread the issue asks for)."""
+    size = max(1, len(times) // blocks)
+    return [float(np.median(times[i:i + size]) / np.median(reference[i:i + size]))
+            for i in range(0, size * blocks, size) if times[i:i + size]]
+
+
+def spread(ratio: float, blocks: list[float]) -> str:
+    return f"{ratio:.2f} ({min(blocks):.2f}-{max(blocks):.2f})"
 
 
 def timed_into(times: list[float], fn: Callable[[np.ndarray], object]) -> Callable[[np.ndarray], None]:
@@ -128,14 +144,15 @@ def run(quick: bool, *, sizes: list[int] | None = None, queries: int | None = No
     bandwidth = memory_bandwidth()
     results = [measure(n, queries) for n in sizes]
     rows = [[f"{r['n']:,}", f"{r['zmq_p50'] * 1e3:.2f} / {r['zmq_p99'] * 1e3:.2f}",
-             f"{r['local_p50'] * 1e3:.2f} / {r['local_p99'] * 1e3:.2f}", f"{r['ratio_p50']:.2f}",
-             f"{r['bare_p50'] * 1e3:.2f} ({r['bare_ratio_p50']:.2f})",
+             f"{r['local_p50'] * 1e3:.2f} / {r['local_p99'] * 1e3:.2f}", spread(r["ratio_p50"], r["ratio_blocks"]),
+             f"{r['bare_p50'] * 1e3:.2f}", spread(r["bare_ratio_p50"], r["bare_ratio_blocks"]),
              f"{r['local_gbps']:.1f} ({r['local_gbps'] * 1e9 / bandwidth:.2f})",
              f"{r['zmq_gbps']:.1f} ({r['zmq_gbps'] * 1e9 / bandwidth:.2f})", f"{r['query_rss'] / 2**20:.0f}"]
             for r in results]
     md = "\n".join([f"## Exact query latency, single queries, dim {DIM}, k 10, {queries} queries", "",
-                    table(["N", "ZeroMQ p50 / p99 ms", "in-process faiss p50 / p99 ms", "ZeroMQ / in-process p50",
-                           "bare ZeroMQ server p50 ms (/ in-process)",
+                    table(["N", "ZeroMQ p50 / p99 ms", "in-process faiss p50 / p99 ms",
+                           f"ZeroMQ / in-process p50 (range over {BLOCKS} slices)", "bare ZeroMQ server p50 ms",
+                           "bare / in-process p50 (range)",
                            "in-process GB/s (x bandwidth)", "end-to-end GB/s (x bandwidth)", "query RSS MB"], rows),
                     "", f"memory read bandwidth (numpy sum over 1 GiB, best of 5): {bandwidth / 1e9:.1f} GB/s"]) + "\n"
     return {"name": "query", "markdown": md, "data": {"bandwidth": bandwidth, "queries": queries, "sizes": results}}
