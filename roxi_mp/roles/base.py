@@ -66,9 +66,13 @@ class Role:
     def shutdown(self) -> None:
         """Flush and close; called once, also after a failed loop."""
 
+    def state_name(self) -> str:
+        """"starting", "running" or "asleep": asked on every loop step, so it must be cheap."""
+        return "running"
+
     def info(self) -> dict[str, Any]:
-        """Extra fields for the heartbeat (state, counters)."""
-        return {"state": "running"}
+        """Extra fields for the heartbeat (state, counters); built only when one goes out."""
+        return {"state": self.state_name()}
 
     def command(self, msg: dict[str, Any], now: float) -> None:
         """A command from the supervisor (sleep, wake, work, queries); ignored by default."""
@@ -149,13 +153,13 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
         reported = None
         while not stop["flag"]:
             now = time.monotonic()
-            info = role.info()
+            state = role.state_name()
             # A state change (asleep <-> running) is reported at once, not at the next beat,
             # so that status never shows a state the role has already left.
-            if now >= next_beat or info.get("state") != reported:
+            if now >= next_beat or state != reported:
                 seq += 1
-                _send_heartbeat(beat, role, seq, info)
-                reported = info.get("state")
+                _send_heartbeat(beat, role, seq, role.info())
+                reported = state
                 next_beat = now + cfg.supervisor.heartbeat_seconds
                 if not _parent_alive(supervisor_pid):
                     log.error("supervisor %s died; exiting", supervisor_pid)

@@ -298,10 +298,15 @@ class Embedder(Role):
         elif op == "queries":  # the query server is serving: yield to it for a while
             self.last_queries = now
 
+    def state_name(self) -> str:
+        if not hasattr(self, "state"):
+            return "starting"
+        return "asleep" if self.state is EState.ASLEEP else "running"
+
     def info(self) -> dict:
         if not hasattr(self, "state"):
             return {"state": "starting"}
-        return {"state": "asleep" if self.state is EState.ASLEEP else "running",
+        return {"state": self.state_name(),
                 "paused": self.store.paused(), "embedded": self.embedded, "batches": self.batches, "yields": self.yields,
                 "failed": self.failed, "splits": self.splits, "in_flight": sum(len(j.ids) for j in self.jobs),
                 "backoff_seconds": self.outage_backoff,  # 0 unless the service looks down

@@ -167,8 +167,11 @@ class Indexer(Role):
         with contextlib.suppress(zmq.Again):  # a slow subscriber also polls committed_rows
             self.pub.send_multipart([protocol.TOPIC_GENERATION, protocol.pack(msg)], zmq.NOBLOCK)
 
+    def state_name(self) -> str:
+        return "asleep" if getattr(self, "asleep", False) else "running"
+
     def info(self) -> dict:
-        return {"state": "asleep" if getattr(self, "asleep", False) else "running",
+        return {"state": self.state_name(),
                 "rows": self.writer.rows if hasattr(self, "writer") else 0,
                 "generation": getattr(self, "generation", 0), "commits": getattr(self, "commits", 0),
                 "duplicates": getattr(self, "duplicates", 0), "rejected": getattr(self, "rejected", 0),

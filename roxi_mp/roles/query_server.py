@@ -307,10 +307,15 @@ class QueryServer(Role):
                 **(self.searcher.info() if self.searcher is not None
                    else {"index": self.cfg.indexer.index, "ann_rows": 0})}
 
+    def state_name(self) -> str:
+        if not hasattr(self, "state"):
+            return "starting"
+        return "asleep" if self.state is QState.ASLEEP else "running"
+
     def info(self) -> dict:
         if not hasattr(self, "state"):
             return {"state": "starting"}
-        return {**self.stats(), "state": "asleep" if self.state is QState.ASLEEP else "running"}
+        return {**self.stats(), "state": self.state_name()}
 
     def shutdown(self) -> None:
         self.searcher = None

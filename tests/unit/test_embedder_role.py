@@ -108,9 +108,10 @@ def test_asleep_finds_work_at_the_periodic_check(setup):
 def test_sleep_and_wake_commands(setup):
     _, emb, _ = setup
     emb.command({"op": "sleep"}, 1000.0)
-    assert emb.state is EState.ASLEEP and emb.info()["state"] == "asleep"
+    assert emb.state is EState.ASLEEP and emb.state_name() == emb.info()["state"] == "asleep"
     emb.command({"op": "wake"}, 1001.0)
     assert emb.state is EState.AWAKE and emb.info()["model_loaded"] is True
+    assert emb.state_name() == emb.info()["state"] == "running"
 
 
 class FlakyBackend:

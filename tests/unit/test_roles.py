@@ -596,8 +596,10 @@ def test_sleep_op_drops_the_index_and_a_query_wakes_it(qs: QS) -> None:
     reply = qs.ask("sleep")
     assert reply["ok"] is True and reply["state"] == "asleep" and reply["rows"] == 0
     assert qs.server.searcher is None and qs.server.state is QState.ASLEEP
+    assert qs.server.state_name() == qs.server.info()["state"] == "asleep"  # what heartbeats say
     assert_good_query(qs)
     assert qs.server.state is QState.AWAKE and qs.server.searcher.ntotal == 3
+    assert qs.server.state_name() == qs.server.info()["state"] == "running"
 
 
 def test_wake_op_maps_the_committed_rows(qs: QS) -> None:
