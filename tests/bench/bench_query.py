@@ -141,8 +141,11 @@ def bare_search(dealer: zmq.Socket, vector: np.ndarray) -> None:
 def run(quick: bool, *, sizes: list[int] | None = None, queries: int | None = None) -> dict:
     sizes = sizes or ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000])
     queries = queries or (200 if quick else 300)
-    bandwidth = memory_bandwidth()
+    # the ceiling is the best this drifting machine shows, so it is read before and after the scans
+    before = memory_bandwidth()
     results = [measure(n, queries) for n in sizes]
+    bandwidths = [before, memory_bandwidth()]
+    bandwidth = max(bandwidths)
     rows = [[f"{r['n']:,}", f"{r['zmq_p50'] * 1e3:.2f} / {r['zmq_p99'] * 1e3:.2f}",
              f"{r['local_p50'] * 1e3:.2f} / {r['local_p99'] * 1e3:.2f}", spread(r["ratio_p50"], r["ratio_blocks"]),
              f"{r['bare_p50'] * 1e3:.2f}", spread(r["bare_ratio_p50"], r["bare_ratio_blocks"]),
@@ -154,8 +157,10 @@ def run(quick: bool, *, sizes: list[int] | None = None, queries: int | None = No
                            f"ZeroMQ / in-process p50 (range over {BLOCKS} slices)", "bare ZeroMQ server p50 ms",
                            "bare / in-process p50 (range)",
                            "in-process GB/s (x bandwidth)", "end-to-end GB/s (x bandwidth)", "query RSS MB"], rows),
-                    "", f"memory read bandwidth (numpy sum over 1 GiB, best of 5): {bandwidth / 1e9:.1f} GB/s"]) + "\n"
-    return {"name": "query", "markdown": md, "data": {"bandwidth": bandwidth, "queries": queries, "sizes": results}}
+                    "", f"memory read bandwidth (numpy sum over 1 GiB, best of 5, before and after the scans): "
+                    f"{bandwidth / 1e9:.1f} GB/s ({' and '.join(f'{b / 1e9:.1f}' for b in bandwidths)})"]) + "\n"
+    return {"name": "query", "markdown": md,
+            "data": {"bandwidth": bandwidth, "bandwidths": bandwidths, "queries": queries, "sizes": results}}
 
 
 def main(argv: list[str] | None = None) -> int:
