@@ -304,9 +304,9 @@ class Embedder(Role):
         return "asleep" if self.state is EState.ASLEEP else "running"
 
     def info(self) -> dict:
-        if not hasattr(self, "state"):
-            return {"state": "starting"}
-        return {"state": self.state_name(),
+        if (state := self.state_name()) == "starting":
+            return {"state": state}
+        return {"state": state,
                 "paused": self.store.paused(), "embedded": self.embedded, "batches": self.batches, "yields": self.yields,
                 "failed": self.failed, "splits": self.splits, "in_flight": sum(len(j.ids) for j in self.jobs),
                 "backoff_seconds": self.outage_backoff,  # 0 unless the service looks down

@@ -313,9 +313,9 @@ class QueryServer(Role):
         return "asleep" if self.state is QState.ASLEEP else "running"
 
     def info(self) -> dict:
-        if not hasattr(self, "state"):
-            return {"state": "starting"}
-        return {**self.stats(), "state": self.state_name()}
+        if (state := self.state_name()) == "starting":
+            return {"state": state}
+        return {**self.stats(), "state": state}
 
     def shutdown(self) -> None:
         self.searcher = None
