@@ -21,7 +21,6 @@ writes `vectors.ann.tmp`, fsyncs, and renames: readers see the old index or the 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import mmap
@@ -472,14 +471,13 @@ def _map(path: Path, h: AnnHeader, head: Any, *, willneed: bool) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """`python -m roxi_mp.ann --rows N [--data-dir D] [--config C]`: one build, then exit."""
     from . import config as config_mod
-    from .roles.base import _set_pdeathsig, setup_logging
+    from .process import child_parser, die_with_parent
+    from .roles.base import setup_logging
 
-    parser = argparse.ArgumentParser(prog="python -m roxi_mp.ann")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--config", default=None)
+    parser = child_parser("roxi_mp.ann")
     parser.add_argument("--rows", type=int, required=True)
     args = parser.parse_args(argv)
-    _set_pdeathsig()  # an indexer killed mid-build takes its build with it
+    die_with_parent()  # an indexer killed mid-build takes its build with it
     os.nice(10)  # a background build gives way to queries and embedding
     setup_logging("ann-build")
     try:

@@ -135,7 +135,7 @@ def create(cfg: Config, root: Path, *, kind: str = "manual", progress: Progress 
         raise BackupError(f"{cfg.db_path}: no store to back up")
     now, partial = _start_partial(Path(root))
     try:
-        with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms, migrate=False) as live:
+        with Store.open(cfg, migrate=False) as live:
             live.backup_to(partial / DB)
         checkpoint(partial / DB)  # one self-contained file, readable with no -wal or -shm beside it
         facts = _db_facts(partial / DB, integrity=False)  # the copy, not the live db: it is the snapshot

@@ -8,23 +8,20 @@ directory, which the next backup removes. It prints one JSON line with the resul
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from . import backup
 from . import config as config_mod
 from .errors import RoxiError
-from .roles.base import _set_pdeathsig
+from .process import child_parser, die_with_parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m roxi_mp.backup_job")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--config", default=None)
+    parser = child_parser("roxi_mp.backup_job")
     parser.add_argument("--kind", choices=("manual", "scheduled", "milestone"), default="scheduled")
     args = parser.parse_args(argv)
-    _set_pdeathsig()
+    die_with_parent()
     try:
         cfg = config_mod.load(args.config, data_dir=args.data_dir)
         path = backup.create(cfg, cfg.backup_dir, kind=args.kind)

@@ -221,7 +221,7 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
     report = ingest_mod.IngestReport()
     files = ingest_mod.expand(paths, report)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
+    with Store.open(cfg) as store:
         show_bar = len(files) > 20 and not as_json and sys.stderr.isatty()
         with click.progressbar(files, label="ingesting", file=sys.stderr, show_pos=True) if show_bar \
                 else _plain(files) as items:

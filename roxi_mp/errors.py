@@ -77,6 +77,13 @@ class Timeout(RoxiError):
     code = "timeout"
 
 
+class TargetUnreachable(RoxiError):
+    """A progress target that no amount of waiting reaches: nothing left is pending."""
+
+    exit_code = SERVER
+    code = "target_unreachable"
+
+
 class ServerError(RoxiError):
     """An error reply from a server; `code` is the reply's own code."""
 

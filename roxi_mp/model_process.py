@@ -12,7 +12,6 @@ parent (PR_SET_PDEATHSIG plus a parent-pid check), and every wait on it is bound
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -150,15 +149,13 @@ def serve(cfg: config_mod.Config, endpoint: str, parent: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .roles.base import _set_pdeathsig
+    from .process import child_parser, die_with_parent
 
-    parser = argparse.ArgumentParser(prog="python -m roxi_mp.model_process")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--config", default=None)
+    parser = child_parser("roxi_mp.model_process")
     parser.add_argument("--endpoint", required=True)
     args = parser.parse_args(argv)
     parent = os.getppid()
-    _set_pdeathsig()
+    die_with_parent()
     try:
         cfg = config_mod.load(args.config, data_dir=args.data_dir)
         return serve(cfg, args.endpoint, parent)

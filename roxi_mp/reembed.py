@@ -48,7 +48,7 @@ def reembed(cfg: Config, backend: str, *, batch_size: int | None = None,
     try:
         complete_swap(cfg)
         model = make_embedder(cfg, backend)
-        with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as live:
+        with Store.open(cfg) as live:
             current = live.model()
         if current == (model.model_id, model.dim):
             raise BadInput(f"the store already uses {model.model_id} (dim {model.dim})")
@@ -73,7 +73,7 @@ def _prepare(cfg: Config, model_id: str, dim: int):
         stage.mkdir(parents=True, exist_ok=True)
         for name in ("roxi.sqlite3", "roxi.sqlite3-wal", "roxi.sqlite3-shm", "vectors.faiss"):
             (stage / name).unlink(missing_ok=True)
-        with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as live:
+        with Store.open(cfg) as live:
             live.backup_to(stage / "roxi.sqlite3")
         with Store(stage / "roxi.sqlite3") as staged:
             staged.reset_for_model(model_id, dim)

@@ -37,7 +37,7 @@ def store_stats(cfg: Config) -> dict[str, Any]:
         return {"documents": 0, "chunks": 0, "pending": 0, "leased": 0, "indexed": 0, "failed": 0,
                 "committed_rows": 0, "percent": 0.0, "rate_per_second": 0.0, "eta_seconds": None,
                 "paused": False}
-    with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
+    with Store.open(cfg) as store:
         stats = store.stats().as_dict()
         rate = store.rate(now=time.time(), window=RATE_WINDOW)
         paused = store.paused()
@@ -51,7 +51,7 @@ def set_paused(cfg: Config, paused: bool) -> None:
     """Pause or resume processing: persisted in the store (it survives restarts), and the
     embedders are told at once when the system runs. In-flight batches still commit."""
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
+    with Store.open(cfg) as store:
         store.set_paused(paused)
     if is_running(cfg):
         with contextlib.suppress(RoxiError):  # embedders read the flag before every claim anyway
@@ -218,7 +218,7 @@ def notify_ingest(cfg: Config) -> bool:
 
 def retry_failed(cfg: Config) -> int:
     """Put failed chunks back to pending (fresh attempts) and wake the embedders."""
-    with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
+    with Store.open(cfg) as store:
         count = store.retry_failed()
     if count:
         notify_ingest(cfg)
@@ -228,7 +228,7 @@ def retry_failed(cfg: Config) -> int:
 def failures(cfg: Config, limit: int = 20) -> list[dict[str, Any]]:
     if not cfg.db_path.exists():
         return []
-    with Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms) as store:
+    with Store.open(cfg) as store:
         return [{"chunk_id": cid, "source": source, "error": error} for cid, source, error in store.failures(limit)]
 
 

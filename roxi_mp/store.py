@@ -14,10 +14,13 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from . import migrations
 from .errors import ModelMismatch, StoreError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 PENDING, LEASED, INDEXED, FAILED = "pending", "leased", "indexed", "failed"
 #: meta keys
@@ -87,6 +90,11 @@ class Store:
         except StoreError:
             self.conn.close()
             raise
+
+    @classmethod
+    def open(cls, cfg: "Config", *, migrate: bool = True) -> "Store":
+        """The store of a configuration, with its busy timeout."""
+        return cls(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms, migrate=migrate)
 
     # --- schema ------------------------------------------------------------------
     def _schema_version(self) -> int:

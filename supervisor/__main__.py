@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import logging.handlers
 import os
@@ -10,6 +9,7 @@ import sys
 
 from roxi_mp import config
 from roxi_mp.errors import RoxiError
+from roxi_mp.process import child_parser
 
 from .arbiter import Arbiter
 
@@ -38,9 +38,7 @@ def run_foreground(cfg: config.Config, *, quiet: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m supervisor")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--config", default=None)
+    parser = child_parser("supervisor")
     parser.add_argument("--quiet", action="store_true", help="log to data/logs only, not stderr")
     args = parser.parse_args(argv)
     try:

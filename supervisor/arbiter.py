@@ -76,7 +76,7 @@ class Arbiter:
         os.chmod(cfg.run_dir, 0o700)  # sockets are the door to the data: owner only
         if complete_swap(cfg):  # a reembed or restore was interrupted mid-swap: finish it
             log.warning("finished an interrupted store swap (old files in %s)", cfg.data_dir / "previous")
-        self.store = Store(cfg.db_path, busy_timeout_ms=cfg.store.busy_timeout_ms)
+        self.store = Store.open(cfg)
         if cfg.supervisor.ingest_sample_on_empty and ingest.is_empty_store(self.store):
             report = ingest.ingest_paths(self.store, [ingest.sample_corpus_dir()],
                                          chunk_words=cfg.store.chunk_words,

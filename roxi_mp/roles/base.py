@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import argparse
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -30,12 +28,12 @@ import zmq
 from .. import config as config_mod
 from .. import protocol
 from ..errors import BOOT_ERROR, ConfigError, RoxiError, StoreError
+from ..process import child_parser, die_with_parent
 
 log = logging.getLogger("roxi")
 
 #: env var through which the supervisor tells a child its pid (for the orphan check)
 ENV_SUPERVISOR_PID = "ROXI_PARENT_PID"
-PR_SET_PDEATHSIG = 1
 #: largest command the supervisor publishes to roles, bytes
 COMMAND_BYTES = 64 * 1024
 
@@ -78,21 +76,12 @@ class Role:
         """A command from the supervisor (sleep, wake, work, queries); ignored by default."""
 
 
-def _set_pdeathsig() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 def _parent_alive(expected: int | None) -> bool:
     return expected is None or os.getppid() == expected
 
 
 def parse_args(role: str, argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"roxi_mp.roles.{role}")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--config", default=None)
+    parser = child_parser(f"roxi_mp.roles.{role}")
     parser.add_argument("--name", default=role)
     return parser.parse_args(argv)
 
@@ -108,7 +97,7 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
     """Process entry point of every role: returns the exit code."""
     args = parse_args(role_cls.role, argv)
     setup_logging(args.name)
-    _set_pdeathsig()
+    die_with_parent()
     supervisor_pid = int(os.environ[ENV_SUPERVISOR_PID]) if os.environ.get(ENV_SUPERVISOR_PID) else None
     if not _parent_alive(supervisor_pid):
         log.error("supervisor %s is gone before start; exiting", supervisor_pid)

@@ -99,7 +99,7 @@ class Embedder(Role):
 
     def initialize(self) -> None:
         ecfg = self.cfg.embedder
-        self.store = Store(self.cfg.db_path, busy_timeout_ms=self.cfg.store.busy_timeout_ms)
+        self.store = Store.open(self.cfg)
         self.model = make_embedder(self.cfg)
         self.store.ensure_model(self.model.model_id, self.model.dim)
         self.model.load()  # a missing or corrupt model is a boot failure, not a batch failure

@@ -39,7 +39,7 @@ class Indexer(Role):
     role = "indexer"
 
     def initialize(self) -> None:
-        self.store = Store(self.cfg.db_path, busy_timeout_ms=self.cfg.store.busy_timeout_ms)
+        self.store = Store.open(self.cfg)
         # The model id is known from the configuration without loading any model weights.
         model = make_embedder(self.cfg)
         self.model_id, self.dim = model.model_id, model.dim

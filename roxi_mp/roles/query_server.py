@@ -78,7 +78,7 @@ class QueryServer(Role):
     def db(self) -> Store:
         """The SQLite connection, opened on demand (closed in deep sleep: its page cache goes too)."""
         if self.store is None:
-            self.store = Store(self.cfg.db_path, busy_timeout_ms=self.cfg.store.busy_timeout_ms)
+            self.store = Store.open(self.cfg)
         return self.store
 
     def close_db(self) -> None:
