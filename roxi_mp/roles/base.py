@@ -1,13 +1,15 @@
 """The generic role process: boot, heartbeat, run `loop(now)` until told to stop.
 
 Each role (embedder, indexer, query server) is a class with `initialize()`, `loop(now)`
-and `shutdown()`. This module is the runner around it, so that the role classes hold only
-their own logic and tests can call `loop(now)` directly with a chosen time:
+and `shutdown()`. This module is the runner around it (`Runner`: boot, step, close; `run`:
+the process, its signals and exit code), so that the role classes hold only their own
+logic and tests can call `loop(now)`, or `Runner.step(now)`, directly with a chosen time:
 
 - the child dies with its supervisor: PR_SET_PDEATHSIG, plus a parent-pid check for the race
   where the supervisor died before the prctl call took effect;
 - SIGTERM/SIGINT only set a flag; the loop finishes its step and `shutdown()` flushes;
-- a heartbeat goes to the supervisor every `heartbeat_seconds` (the first one is READY);
+- a heartbeat goes to the supervisor every `heartbeat_seconds` (the first one is READY),
+  and at once when the role's state changes;
 - an error during `initialize()` that retrying cannot fix exits with BOOT_ERROR, so the
   supervisor stops respawning it.
 """
@@ -93,16 +95,73 @@ def setup_logging(name: str) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
-def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
-    """Process entry point of every role: returns the exit code."""
-    args = parse_args(role_cls.role, argv)
-    setup_logging(args.name)
-    die_with_parent()
-    supervisor_pid = int(os.environ[ENV_SUPERVISOR_PID]) if os.environ.get(ENV_SUPERVISOR_PID) else None
-    if not _parent_alive(supervisor_pid):
-        log.error("supervisor %s is gone before start; exiting", supervisor_pid)
-        return 1
+class Runner:
+    """The loop around one role: `boot()`, then `step(now)` until it returns False, `close()`.
 
+    Kept apart from `run` (signals, exit codes) so that tests drive `step(now)` with chosen
+    times: the first heartbeat goes out at once (it is READY), then one every
+    `heartbeat_seconds`, and one at once whenever the role's state changes.
+    """
+
+    def __init__(self, role: Role, *, supervisor_pid: int | None = None) -> None:
+        self.role = role
+        self.supervisor_pid = supervisor_pid  # None: no supervisor to outlive
+        self.beat: zmq.Socket | None = None  # PUSH to the supervisor's heartbeat socket
+        self.commands: zmq.Socket | None = None  # SUB to the supervisor's command socket
+        self.seq = 0  # heartbeats sent
+        self.next_beat = 0.0  # due at once: the first step sends READY
+        self.reported: str | None = None  # the state the last heartbeat reported
+
+    def boot(self) -> int:
+        """Connect the sockets and initialize the role: 0, or BOOT_ERROR if retrying cannot help."""
+        role, cfg = self.role, self.role.cfg
+        self.beat = protocol.configure(role.ctx.socket(zmq.PUSH), hwm=4)
+        self.beat.connect(cfg.endpoint("heartbeat"))
+        self.commands = protocol.configure(role.ctx.socket(zmq.SUB), hwm=100, max_message_bytes=COMMAND_BYTES)
+        for target in ("all", role.role, role.name):
+            self.commands.setsockopt(zmq.SUBSCRIBE, protocol.command_topic(target))
+        self.commands.connect(cfg.endpoint("commands"))
+        try:
+            role.initialize()
+        except (ConfigError, StoreError) as exc:
+            log.error("boot failed: %s", exc)
+            return BOOT_ERROR
+        log.info("%s ready (pid %d)", role.name, os.getpid())
+        return 0
+
+    def step(self, now: float) -> bool:
+        """Heartbeat if due, one `loop(now)`, then the queued commands; False: the supervisor is gone."""
+        state = self.role.state_name()
+        # A state change (asleep <-> running) is reported at once, not at the next beat,
+        # so that status never shows a state the role has already left.
+        if now >= self.next_beat or state != self.reported:
+            self.seq += 1
+            _send_heartbeat(self.beat, self.role, self.seq, self.role.info())
+            self.reported = state
+            self.next_beat = now + self.role.cfg.supervisor.heartbeat_seconds
+            if not _parent_alive(self.supervisor_pid):
+                log.error("supervisor %s died; exiting", self.supervisor_pid)
+                return False
+        self.role.loop(now)
+        _drain_commands(self.commands, self.role)
+        return True
+
+    def close(self) -> bool:
+        """Shut the role down (also after a failed boot or loop), close the sockets; False: shutdown failed."""
+        ok = True
+        try:
+            self.role.shutdown()
+        except Exception:
+            log.exception("%s: shutdown failed", self.role.name)
+            ok = False
+        for sock in (self.beat, self.commands):
+            if sock is not None:
+                sock.close(0)
+        return ok
+
+
+def catch_signals(supervisor_pid: int | None) -> dict[str, bool]:
+    """Make SIGTERM (and SIGINT without a supervisor) set the returned stop["flag"]."""
     stop = {"flag": False}
 
     def handle_stop(signum: int, frame: object) -> None:  # only a flag: no I/O in handlers
@@ -115,48 +174,34 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
     # Under a supervisor, Ctrl-C in the terminal reaches the whole process group; only the
     # supervisor may act on it, so that roles stop in order (embedders, indexer, queries).
     signal.signal(signal.SIGINT, signal.SIG_IGN if supervisor_pid else handle_stop)
+    return stop
 
+
+def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
+    """Process entry point of every role: returns the exit code."""
+    args = parse_args(role_cls.role, argv)
+    setup_logging(args.name)
+    die_with_parent()
+    supervisor_pid = int(os.environ[ENV_SUPERVISOR_PID]) if os.environ.get(ENV_SUPERVISOR_PID) else None
+    if not _parent_alive(supervisor_pid):
+        log.error("supervisor %s is gone before start; exiting", supervisor_pid)
+        return 1
+    stop = catch_signals(supervisor_pid)
     try:
         cfg = config_mod.load(args.config, data_dir=args.data_dir)
     except ConfigError as exc:
         log.error("boot failed: %s", exc)
         return BOOT_ERROR
     ctx = zmq.Context()
-    beat = protocol.configure(ctx.socket(zmq.PUSH), hwm=4)
-    beat.connect(cfg.endpoint("heartbeat"))
-    role = role_cls(cfg, ctx, name=args.name)
-    commands = protocol.configure(ctx.socket(zmq.SUB), hwm=100, max_message_bytes=COMMAND_BYTES)
-    for target in ("all", role.role, args.name):
-        commands.setsockopt(zmq.SUBSCRIBE, protocol.command_topic(target))
-    commands.connect(cfg.endpoint("commands"))
+    runner = Runner(role_cls(cfg, ctx, name=args.name), supervisor_pid=supervisor_pid)
     code = 0
     try:
-        try:
-            role.initialize()
-        except (ConfigError, StoreError) as exc:
-            log.error("boot failed: %s", exc)
-            return BOOT_ERROR
-        log.info("%s ready (pid %d)", args.name, os.getpid())
-        seq = 0
-        next_beat = 0.0
-        reported = None
-        while not stop["flag"]:
-            now = time.monotonic()
-            state = role.state_name()
-            # A state change (asleep <-> running) is reported at once, not at the next beat,
-            # so that status never shows a state the role has already left.
-            if now >= next_beat or state != reported:
-                seq += 1
-                _send_heartbeat(beat, role, seq, role.info())
-                reported = state
-                next_beat = now + cfg.supervisor.heartbeat_seconds
-                if not _parent_alive(supervisor_pid):
-                    log.error("supervisor %s died; exiting", supervisor_pid)
-                    break
-            role.loop(now)
-            _drain_commands(commands, role)
-        role.stopping = True
-        log.info("%s stopping", args.name)
+        code = runner.boot()
+        if code == 0:
+            while not stop["flag"] and runner.step(time.monotonic()):
+                pass
+            runner.role.stopping = True
+            log.info("%s stopping", args.name)
     except RoxiError as exc:
         log.error("%s failed: %s", args.name, exc)
         code = 1
@@ -164,13 +209,8 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
         log.exception("%s crashed", args.name)
         code = 1
     finally:
-        try:
-            role.shutdown()
-        except Exception:
-            log.exception("%s: shutdown failed", args.name)
+        if not runner.close():
             code = code or 1
-        beat.close(0)
-        commands.close(0)
         ctx.term()  # every socket has LINGER=0, so this cannot hang
     return code
 

@@ -40,7 +40,9 @@ import psutil
 import zmq
 
 from .. import memory, protocol
+from ..config import Config
 from ..embedders import EmbedError, make_embedder
+from ..embedders import Embedder as Model
 from ..errors import ConfigError
 from ..store import Store
 from .base import Role, run
@@ -82,6 +84,7 @@ class CpuWatch:
 
 
 class EState(enum.Enum):
+    STARTING = "starting"
     AWAKE = "awake"
     ASLEEP = "asleep"
 
@@ -97,6 +100,29 @@ class Job:
 class Embedder(Role):
     role = "embedder"
 
+    def __init__(self, cfg: Config, ctx: zmq.Context, *, name: str | None = None) -> None:
+        super().__init__(cfg, ctx, name=name)
+        self.state = EState.STARTING
+        # Opened by initialize(); shutdown() closes what is not None.
+        self.store: Store | None = None
+        self.model: Model | None = None
+        self.push: zmq.Socket | None = None  # vectors to the indexer
+        self.pool: cf.ThreadPoolExecutor | None = None
+        self.cpu: CpuWatch | None = None
+        self.owner = ""  # the lease owner: name, pid and a random tag
+        self.jobs: list[Job] = []
+        self.outbox: deque[tuple[list[int], list]] = deque()  # (ids, frames) not yet handed to zmq
+        self.next_claim = 0.0
+        self.last_work = 0.0  # last time a claim found chunks (or we woke)
+        self.last_success = float("-inf")  # last batch the backend embedded
+        self.last_queries = float("-inf")  # last time the supervisor relayed query traffic
+        self.next_check = 0.0  # next pending-count check while asleep
+        self.next_renew = 0.0
+        self.work_notified = False  # `roxi ingest` or `roxi resume` said there is work
+        self.outage_backoff = 0.0
+        self.probe_size = 0  # while the service looks down: claim this few chunks (0: no limit)
+        self.embedded = self.batches = self.yields = self.failed = self.splits = 0
+
     def initialize(self) -> None:
         ecfg = self.cfg.embedder
         self.store = Store.open(self.cfg)
@@ -107,20 +133,11 @@ class Embedder(Role):
         self.push = protocol.configure(self.ctx.socket(zmq.PUSH), hwm=VECTORS_HWM)
         self.push.connect(self.cfg.endpoint("vectors"))
         self.pool = cf.ThreadPoolExecutor(max_workers=self.model.max_in_flight, thread_name_prefix="embed")
-        self.jobs: list[Job] = []
-        self.outbox: deque[tuple[list[int], list]] = deque()  # (ids, frames) not yet handed to zmq
         now = time.monotonic()
-        self.state = EState.AWAKE
-        self.next_claim = 0.0
-        self.last_work = now  # last time a claim found chunks (or we woke)
-        self.last_success = float("-inf")  # last batch the backend embedded
-        self.last_queries = float("-inf")  # last time the supervisor relayed query traffic
-        self.next_check = 0.0  # next pending-count check while asleep
+        self.last_work = now
         self.next_renew = now + ecfg.lease_seconds / 3
-        self.outage_backoff = 0.0
-        self.probe_size = 0  # while the service looks down: claim this few chunks (0: no limit)
         self.cpu = CpuWatch(ecfg.busy_cpu_percent)
-        self.embedded = self.batches = self.yields = self.failed = self.splits = 0
+        self.state = EState.AWAKE
         with contextlib.suppress(OSError):  # a lower priority is a courtesy, not a need
             os.nice(NICE)
 
@@ -258,8 +275,6 @@ class Embedder(Role):
         time.sleep(self.poll_timeout())
 
     # --- sleep and wake ----------------------------------------------------------
-    work_notified = False
-
     def sleep(self, now: float) -> None:
         if self.state is EState.ASLEEP:
             return
@@ -299,7 +314,7 @@ class Embedder(Role):
             self.last_queries = now
 
     def state_name(self) -> str:
-        if not hasattr(self, "state"):
+        if self.state is EState.STARTING:
             return "starting"
         return "asleep" if self.state is EState.ASLEEP else "running"
 
@@ -314,17 +329,17 @@ class Embedder(Role):
                 "backend": self.model.status()}
 
     def shutdown(self) -> None:
-        if hasattr(self, "pool"):
+        if self.pool is not None:
             # In-flight requests are abandoned, not awaited: their leases lapse and the
             # chunks are embedded again (a stop must not wait out a rate-limit pause).
             self.pool.shutdown(wait=False, cancel_futures=True)
         # Best effort and short (a SIGKILLed supervisor expects its children gone within
         # 2 s): whatever is not delivered returns to pending when its lease expires.
-        if getattr(self, "outbox", None):
+        if self.outbox:
             self._flush(SHUTDOWN_FLUSH_SECONDS)
-        if hasattr(self, "push"):
+        if self.push is not None:
             self.push.close(linger=int(SHUTDOWN_FLUSH_SECONDS * 1000))
-        if hasattr(self, "store"):
+        if self.store is not None:
             self.store.close()
 
 

@@ -11,6 +11,7 @@ are grouped for up to `commit_max_ms` or `commit_max_rows` so one fsync serves m
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import sqlite3
 import time
@@ -20,6 +21,7 @@ import zmq
 
 from .. import ann, memory, protocol
 from ..commit import commit
+from ..config import Config
 from ..embedders import make_embedder
 from ..errors import BadInput, StoreError
 from ..store import Store
@@ -35,8 +37,32 @@ COMMIT_RETRY_INITIAL = 0.5
 COMMIT_RETRY_MAX = 30.0
 
 
+class IState(enum.Enum):
+    STARTING = "starting"
+    AWAKE = "awake"
+    ASLEEP = "asleep"
+
+
 class Indexer(Role):
     role = "indexer"
+
+    def __init__(self, cfg: Config, ctx: zmq.Context, *, name: str | None = None) -> None:
+        super().__init__(cfg, ctx, name=name)
+        self.state = IState.STARTING
+        # Opened by initialize(); shutdown() closes what is not None.
+        self.store: Store | None = None
+        self.writer: VectorWriter | None = None
+        self.builds = None  # the background approximate-index builds
+        self.pull: zmq.Socket | None = None  # vectors from the embedders
+        self.pub: zmq.Socket | None = None  # generation events to the query server
+        self.model_id, self.dim = "", 0
+        self.pending: dict[int, np.ndarray] = {}  # chunk id -> float16 row, insertion ordered
+        self.deadline: float | None = None  # when the pending rows are committed
+        self.generation = 0
+        self.commits = self.rows_committed = self.duplicates = self.rejected = 0
+        self.commit_failures = 0
+        self.last_error: str | None = None
+        self.last_activity = 0.0  # last time vectors arrived
 
     def initialize(self) -> None:
         self.store = Store.open(self.cfg)
@@ -59,14 +85,9 @@ class Indexer(Role):
         self.pull.bind(self.cfg.endpoint("vectors"))
         self.pub = protocol.configure(self.ctx.socket(zmq.PUB), hwm=self.cfg.limits.socket_hwm)
         self.pub.bind(self.cfg.endpoint("events"))
-        self.pending: dict[int, np.ndarray] = {}  # chunk id -> float16 row, insertion ordered
-        self.deadline: float | None = None
         self.generation = self.store.generation()
-        self.commits = self.rows_committed = self.duplicates = self.rejected = 0
-        self.commit_failures = 0
-        self.last_error: str | None = None
         self.last_activity = time.monotonic()
-        self.asleep = False
+        self.state = IState.AWAKE
         self._publish()
 
     def _max_batch_bytes(self) -> int:
@@ -79,8 +100,8 @@ class Indexer(Role):
             timeout = max(0.0, min(timeout, self.deadline - now))
         if self.pull.poll(int(timeout * 1000), zmq.POLLIN):
             self.last_activity = time.monotonic()
-            if self.asleep:
-                self.asleep = False
+            if self.state is IState.ASLEEP:
+                self.state = IState.AWAKE
             # Drain what is queued without waiting again: one commit then covers all of it.
             while len(self.pending) < self.cfg.indexer.commit_max_rows:
                 try:
@@ -96,11 +117,11 @@ class Indexer(Role):
             self.commit()
         if self.builds.step(self.writer.rows):
             self._publish()  # the query server maps the new index at once
-        elif (not self.pending and not self.asleep and self.builds.proc is None
+        elif (not self.pending and self.state is IState.AWAKE and self.builds.proc is None
               and now - self.last_activity >= self.cfg.embedder.idle_seconds):
             # Nothing to unload (no model, no mapping), but reporting sleep lets the
             # supervisor slow down once every role is idle.
-            self.asleep = True
+            self.state = IState.ASLEEP
             memory.release()
 
     def _receive(self, frames: list[memoryview]) -> None:
@@ -168,18 +189,20 @@ class Indexer(Role):
             self.pub.send_multipart([protocol.TOPIC_GENERATION, protocol.pack(msg)], zmq.NOBLOCK)
 
     def state_name(self) -> str:
-        return "asleep" if getattr(self, "asleep", False) else "running"
+        if self.state is IState.STARTING:
+            return "starting"
+        return "asleep" if self.state is IState.ASLEEP else "running"
 
     def info(self) -> dict:
-        return {"state": self.state_name(),
-                "rows": self.writer.rows if hasattr(self, "writer") else 0,
-                "generation": getattr(self, "generation", 0), "commits": getattr(self, "commits", 0),
-                "duplicates": getattr(self, "duplicates", 0), "rejected": getattr(self, "rejected", 0),
-                "commit_failures": getattr(self, "commit_failures", 0), "last_error": getattr(self, "last_error", None),
-                **(self.builds.info() if hasattr(self, "builds") else {})}
+        if (state := self.state_name()) == "starting":
+            return {"state": state}
+        return {"state": state, "rows": self.writer.rows, "generation": self.generation,
+                "commits": self.commits, "duplicates": self.duplicates, "rejected": self.rejected,
+                "commit_failures": self.commit_failures, "last_error": self.last_error,
+                **self.builds.info()}
 
     def shutdown(self) -> None:
-        if hasattr(self, "pull"):
+        if self.pull is not None:
             # Embedders stop first and linger to deliver; take what arrived, then flush it:
             # received vectors are paid work.
             for _ in range(10_000):
@@ -188,16 +211,16 @@ class Indexer(Role):
                 except zmq.Again:
                     break
                 self._receive([f.buffer for f in frames])
-        if getattr(self, "pending", None):
+        if self.pending:
             self.commit()
-        if hasattr(self, "builds"):
+        if self.builds is not None:
             self.builds.stop()
-        for name in ("pull", "pub"):
-            if hasattr(self, name):
-                getattr(self, name).close(0)
-        if hasattr(self, "writer"):
+        for sock in (self.pull, self.pub):
+            if sock is not None:
+                sock.close(0)
+        if self.writer is not None:
             self.writer.close()
-        if hasattr(self, "store"):
+        if self.store is not None:
             self.store.close()
 
 

@@ -23,6 +23,7 @@ import zmq
 
 from .. import keys, memory, protocol
 from ..cache import ResultCache
+from ..config import Config
 from ..embedders import make_embedder
 from ..model_process import ModelProcess
 from ..errors import BadInput, ModelMismatch
@@ -38,6 +39,7 @@ MAX_REQUESTS_PER_STEP = 256
 
 
 class QState(enum.Enum):
+    STARTING = "starting"
     ASLEEP = "asleep"
     AWAKE = "awake"
 
@@ -45,10 +47,26 @@ class QState(enum.Enum):
 class QueryServer(Role):
     role = "query"
 
+    def __init__(self, cfg: Config, ctx: zmq.Context, *, name: str | None = None) -> None:
+        super().__init__(cfg, ctx, name=name)
+        self.state = QState.STARTING
+        # Opened by initialize() (the store also on demand); shutdown() closes what is not None.
+        self.store: Store | None = None
+        self.model = None  # a ModelProcess or an in-process embedder
+        self.cache: ResultCache | None = None
+        self.router: zmq.Socket | None = None  # queries from clients
+        self.sub: zmq.Socket | None = None  # generation events from the indexer
+        self.auth = None  # the CURVE authenticator, when keys are required
+        self.poller: zmq.Poller | None = None
+        self.searcher: Searcher | None = None  # None while asleep: nothing mapped
+        self.model_checked = False  # the store's model matches ours (until the store closes)
+        self.index_rows = 0  # rows the searcher maps
+        self.known_rows = 0  # committed rows, from events and the store
+        self.last_query = self.last_follow = self.last_trim = 0.0
+        self.served = self.errors = self.dropped = self.sleeps = 0
+
     def initialize(self) -> None:
         qcfg, lim = self.cfg.query, self.cfg.limits
-        self.store: Store | None = None
-        self.model_checked = False
         if qcfg.model_process and self.cfg.embedder.backend == "minilm":
             self.model = ModelProcess(self.cfg, ctx=self.ctx)
         else:
@@ -67,13 +85,10 @@ class QueryServer(Role):
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.sub, zmq.POLLIN)
-        self.state = QState.ASLEEP
-        self.searcher: Searcher | None = None
-        self.index_rows = 0
         self.known_rows = self.db().committed_rows()
         self.last_query = self.last_follow = self.last_trim = time.monotonic()
-        self.served = self.errors = self.dropped = self.sleeps = 0
         self.close_db()  # start as deep asleep as after a sleep: nothing held until asked
+        self.state = QState.ASLEEP
 
     def db(self) -> Store:
         """The SQLite connection, opened on demand (closed in deep sleep: its page cache goes too)."""
@@ -308,7 +323,7 @@ class QueryServer(Role):
                    else {"index": self.cfg.indexer.index, "ann_rows": 0})}
 
     def state_name(self) -> str:
-        if not hasattr(self, "state"):
+        if self.state is QState.STARTING:
             return "starting"
         return "asleep" if self.state is QState.ASLEEP else "running"
 
@@ -319,15 +334,14 @@ class QueryServer(Role):
 
     def shutdown(self) -> None:
         self.searcher = None
-        if hasattr(self, "model"):
+        if self.model is not None:
             self.model.unload()  # ends the model process, if there is one
-        for name in ("router", "sub"):
-            if hasattr(self, name):
-                getattr(self, name).close(0)
-        if getattr(self, "auth", None) is not None:
+        for sock in (self.router, self.sub):
+            if sock is not None:
+                sock.close(0)
+        if self.auth is not None:
             self.auth.stop()
-        if hasattr(self, "store"):
-            self.close_db()
+        self.close_db()
 
 
 def main(argv: list[str] | None = None) -> int:
