@@ -20,7 +20,7 @@ import zmq
 
 from . import keys, protocol
 from .config import Config
-from .errors import NotRunning, ServerError, Timeout
+from .errors import E_ERROR, NotRunning, ServerError, Timeout
 
 #: default time to wait for a reply, seconds
 DEFAULT_TIMEOUT = 10.0
@@ -88,7 +88,7 @@ class Client:
             if reply.get("id") != request_id:
                 continue  # an answer to an earlier, abandoned request
             if not reply.get("ok"):
-                raise ServerError(str(reply.get("code", "error")), str(reply.get("message", "error")))
+                raise ServerError(str(reply.get("code", E_ERROR)), str(reply.get("message", "error")))
             return reply, body[1:]
 
     def call(self, op: str, *, timeout: float | None = None, **fields: Any) -> dict:

@@ -18,6 +18,12 @@ carries its code, so a CLI command only has to catch `RoxiError` and print one l
 | 8    | TIMEOUT            | a request timed out                                            |
 | 9    | SERVER             | a server answered with an error reply                          |
 | 78   | BOOT_ERROR         | a role process could not start (config, model); not respawned  |
+
+The error codes (`E_*`, below) are the other contract: the `code` of each error class and
+of every error reply on a ZeroMQ socket. They are one table, here rather than in
+roxi_mp.protocol (which re-exports them), because every error class needs its code and
+this module must stay importable without zmq, numpy or msgpack. Other modules use the
+names, never the strings.
 """
 
 from __future__ import annotations
@@ -34,54 +40,75 @@ TIMEOUT = 8
 SERVER = 9
 BOOT_ERROR = 78  # sysexits EX_CONFIG, as gunicorn's WORKER_BOOT_ERROR
 
+# Error codes: the "code" field of an error reply, and `RoxiError.code`.
+E_ERROR = "error"  #: a RoxiError with no more precise code
+E_BAD_REQUEST = "bad_request"  #: malformed or invalid input (BadInput, most ProtocolErrors)
+E_BAD_VERSION = "bad_version"  #: the message's "v" is not protocol.VERSION
+E_UNKNOWN_OP = "unknown_op"  #: no such op on this socket
+E_TOO_LARGE = "too_large"  #: a message, text or row count over its limit
+E_INTERNAL = "internal"  #: a bug in the server; the server logs the traceback
+E_CONFIG = "config"  #: ConfigError
+E_STORE = "store"  #: StoreError (and BackupError)
+E_MODEL_MISMATCH = "model_mismatch"  #: the store was built with another model
+E_NOT_RUNNING = "not_running"  #: NotRunning (client side: nothing answers)
+E_ALREADY_RUNNING = "already_running"  #: AlreadyRunning (the data directory is taken)
+E_TIMEOUT = "timeout"  #: Timeout (client side: no reply in time)
+E_TARGET_UNREACHABLE = "target_unreachable"  #: TargetUnreachable
+E_EMBED_FAILED = "embed_failed"  #: EmbedError (roxi_mp.embedders.base): a backend failed
+
+#: every code above, for checks and the protocol's documentation
+CODES = (E_ERROR, E_BAD_REQUEST, E_BAD_VERSION, E_UNKNOWN_OP, E_TOO_LARGE, E_INTERNAL, E_CONFIG,
+         E_STORE, E_MODEL_MISMATCH, E_NOT_RUNNING, E_ALREADY_RUNNING, E_TIMEOUT, E_TARGET_UNREACHABLE,
+         E_EMBED_FAILED)
+
 
 class RoxiError(Exception):
     """Base of every error roxi-mp reports to a person; `exit_code` is the CLI's exit."""
 
     exit_code = SERVER
     #: short machine-readable code used in ZeroMQ error replies
-    code = "error"
+    code = E_ERROR
 
 
 class BadInput(RoxiError):
     exit_code = BAD_INPUT
-    code = "bad_request"
+    code = E_BAD_REQUEST
 
 
 class ConfigError(RoxiError):
     exit_code = CONFIG
-    code = "config"
+    code = E_CONFIG
 
 
 class StoreError(RoxiError):
     exit_code = STORE
-    code = "store"
+    code = E_STORE
 
 
 class ModelMismatch(StoreError):
-    code = "model_mismatch"
+    code = E_MODEL_MISMATCH
 
 
 class NotRunning(RoxiError):
     exit_code = NOT_RUNNING
-    code = "not_running"
+    code = E_NOT_RUNNING
 
 
 class AlreadyRunning(RoxiError):
     exit_code = ALREADY_RUNNING
-    code = "already_running"
+    code = E_ALREADY_RUNNING
 
 
 class Timeout(RoxiError):
     exit_code = TIMEOUT
-    code = "timeout"
+    code = E_TIMEOUT
 
 
 class TargetUnreachable(RoxiError):
     """A progress target that no amount of waiting reaches: nothing left is pending."""
 
     exit_code = SERVER
-    code = "target_unreachable"
+    code = E_TARGET_UNREACHABLE
 
 
 class ServerError(RoxiError):
@@ -89,7 +116,7 @@ class ServerError(RoxiError):
 
     exit_code = SERVER
     #: reply codes that mean the request itself was bad, and the exit code they map to
-    EXIT_BY_CODE = {"bad_request": BAD_INPUT, "too_large": BAD_INPUT, "model_mismatch": STORE}
+    EXIT_BY_CODE = {E_BAD_REQUEST: BAD_INPUT, E_TOO_LARGE: BAD_INPUT, E_MODEL_MISMATCH: STORE}
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

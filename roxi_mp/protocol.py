@@ -2,55 +2,92 @@
 
 Every socket of roxi-mp carries msgpack maps; vectors travel as raw little-endian bytes in
 a frame of their own, with `dtype` and `shape` beside them in the map (pyzmq's
-serialsocket habit: a small header plus a raw buffer sent with copy=False).
+serialsocket habit: a small header plus a raw buffer sent with copy=False). Every message
+is built and parsed here (function names on the right): a builder returns what goes on
+the socket, a parser takes what came off it and raises ProtocolError, with an error code,
+for anything that breaks the protocol.
 
-Request/reply sockets (query server, supervisor control) are ROUTERs. A client is a REQ or a
-DEALER socket; the server replies with the same envelope it received:
+Request/reply sockets (query server, supervisor control, query model process) are ROUTERs.
+A client is a REQ or a DEALER socket; the server replies with the envelope it received:
 
     client -> server:  [ b"" ] [ request map ] [ vector bytes ]?      (REQ adds the b"" itself)
-    server -> client:  [ b"" ] [ reply map ]   [ vector bytes ]?
+    server -> client:  [ b"" ] [ reply map ]   [ vector bytes ]?                   answer()
 
-    request map: {"v": 1, "id": <any>, "op": "<name>", ...op fields}
-    ok reply:    {"v": 1, "id": <same>, "ok": true, ...result fields}
+    request map: {"v": 1, "id": <any>, "op": "<name>", ...op fields}               request()
+    ok reply:    {"v": 1, "id": <same>, "ok": true, ...result fields}              ok()
     error reply: {"v": 1, "id": <same or nil>, "ok": false, "code": "<code>", "message": "..."}
+                                                                                   error()
+Ops of the query server (roxi_mp.roles.query_server, QueryServer.OPS):
+    query  {"text", "k"?, "with_text"?}, or {"dtype", "shape": [1, d], "k"?, "with_text"?}
+           plus one float32/float16 vector frame            -> {"hits", "rows", "took_ms"}
+    stats  -> the server's counters        ping  -> {"pong": true}
+    sleep  -> stats, after a deep sleep    wake  -> stats, after mapping the vectors
+Ops of the supervisor's control socket (supervisor/commands/*.py, one module each):
+    notify {"event": "work" | "pause" | "resume"}   ping   status   restart {"role"}
+    stop {"role"?}   sleep {"role"?}   wake {"role"?}
+Ops of the query model process (roxi_mp.model_process, a ROUTER in the run directory):
+    ping -> {"pong": true}       encode {"texts"} -> {"dtype", "shape"} plus a float32 frame
 
 Pipeline sockets, inside the system only:
 
-    embedder PUSH -> indexer PULL    [ {"v", "type": "vectors", "chunk_ids", "dtype", "shape",
-                                         "model_id", "sender"} ] [ float16 bytes ]
-    indexer PUB -> query-server SUB  [ b"gen" ] [ {"v", "generation", "rows"} ]
+    embedder PUSH -> indexer PULL    [ {"v", "type": "vectors", "chunk_ids", "model_id", "sender",
+                                         "dtype": "float16", "shape"} ] [ float16 bytes ]
+                                                              vectors_message(), parse_vectors_message()
+    indexer PUB -> query-server SUB  [ b"gen" ] [ {"v", "generation", "rows", "ann_rows"} ]
+                                                              generation_event(), parse_generation_event()
     child PUSH -> supervisor PULL    [ {"v", "type": "heartbeat", "role", "name", "pid", "seq",
-                                         "state", ...} ]
-    supervisor PUB -> child SUB      [ b"<target>\0" ] [ {"v", "op": "sleep" | "wake" | "work" | "queries"} ]
-                                     target: "all", a role kind ("embedder") or a name ("embedder-2")
+                                         "state", ...role counters} ]   heartbeat(), parse_heartbeat()
+    supervisor PUB -> child SUB      [ b"<target>\\0" ] [ {"v", "op"} ]  role_command(), parse_role_command()
+        target: "all", a role kind ("embedder") or a name ("embedder-2")
+        op (ROLE_OPS): sleep, wake (to any role); work, pause, resume (notify: `roxi ingest`,
+        `pause`, `resume`); queries (query traffic flows: embedders yield for a while)
+
+Error codes (the "code" of an error reply; one table, in roxi_mp.errors, re-exported here):
+    bad_request, bad_version, unknown_op, too_large (the request), model_mismatch, config,
+    store, embed_failed (the server's state or model), internal (a bug), error (other);
+    and the codes of client-side errors, which no server sends: not_running, already_running,
+    timeout, target_unreachable.
 
 A malformed or oversized request gets an error reply, never a crash; a message that cannot
-even be answered (no envelope) is dropped and counted by the server.
+even be answered (no envelope) is dropped and counted by the server. A pipeline message
+that does not parse is dropped by its receiver (the indexer counts and logs a vectors one).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import msgpack
 import numpy as np
 import zmq
 
-from .errors import BadInput, RoxiError
+from .errors import (  # the codes are defined in errors (one table) and re-exported here
+    E_BAD_REQUEST,
+    E_BAD_VERSION,
+    E_INTERNAL,
+    E_MODEL_MISMATCH,
+    E_TOO_LARGE,
+    E_UNKNOWN_OP,
+    BadInput,
+    RoxiError,
+)
 
 VERSION = 1
 
 #: events topic published by the indexer after each commit
 TOPIC_GENERATION = b"gen"
 
-# Error codes in replies (the "code" field).
-E_BAD_REQUEST = "bad_request"
-E_BAD_VERSION = "bad_version"
-E_UNKNOWN_OP = "unknown_op"
-E_TOO_LARGE = "too_large"
-E_NOT_READY = "not_ready"
-E_MODEL_MISMATCH = "model_mismatch"
-E_INTERNAL = "internal"
+#: largest heartbeat, bytes
+HEARTBEAT_BYTES = 64 * 1024
+#: largest supervisor -> role command, bytes
+COMMAND_BYTES = 64 * 1024
+#: largest generation event, bytes
+EVENT_BYTES = 4096
+#: largest vectors header (the chunk ids of one batch), bytes
+VECTORS_HEADER_BYTES = 1 << 20
+
+#: ops the supervisor publishes to roles; a role ignores those it has no use for
+ROLE_OPS = ("sleep", "wake", "work", "pause", "resume", "queries")
 
 #: dtypes a vector frame may carry (little-endian on the wire)
 VECTOR_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
@@ -176,6 +213,97 @@ def decode_array(meta: dict, buffer: bytes | memoryview, *, dim: int | None = No
     if not np.isfinite(arr).all():
         raise ProtocolError(E_BAD_REQUEST, "vector contains NaN or infinity")
     return arr
+
+
+# --- pipeline messages (inside the system) ------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # bool is an int in Python, not on the wire
+
+
+def _require(ok: bool, message: str, code: str = E_BAD_REQUEST) -> None:
+    if not ok:
+        raise ProtocolError(code, message)
+
+
+def heartbeat(role: str, name: str, pid: int, seq: int, /, **info: Any) -> bytes:
+    """A role's heartbeat; `info` is its state and counters (Role.info())."""
+    return pack({"v": VERSION, "type": "heartbeat", "role": role, "name": name, "pid": pid, "seq": seq,
+                 **info})
+
+
+def parse_heartbeat(data: bytes, *, max_bytes: int = HEARTBEAT_BYTES) -> dict:
+    """The heartbeat map, its identity fields checked; the rest is the role's own."""
+    msg = unpack_map(data, max_bytes=max_bytes)
+    check_version(msg)
+    _require(msg.get("type") == "heartbeat", f"not a heartbeat: type {msg.get('type')!r}")
+    _require(isinstance(msg.get("role"), str) and isinstance(msg.get("name"), str),
+             "a heartbeat needs a role and a name")
+    _require(_is_int(msg.get("pid")) and _is_int(msg.get("seq")), "a heartbeat needs an integer pid and seq")
+    return msg
+
+
+def role_command(target: str, op: str) -> list[bytes]:
+    """A supervisor command to roles: `target` is "all", a role kind or a child's name."""
+    if op not in ROLE_OPS:
+        raise ValueError(f"no role command {op!r} (known: {', '.join(ROLE_OPS)})")
+    return [command_topic(target), pack({"v": VERSION, "op": op})]
+
+
+def parse_role_command(frames: Sequence[bytes], *, max_bytes: int = COMMAND_BYTES) -> dict:
+    """The command map ({"v", "op"}) of a role_command() message."""
+    _require(len(frames) == 2, f"a role command has {len(frames)} frames, expected 2")
+    msg = unpack_map(frames[1], max_bytes=max_bytes)
+    check_version(msg)
+    _require(msg.get("op") in ROLE_OPS, f"no role command {msg.get('op')!r}", E_UNKNOWN_OP)
+    return msg
+
+
+class GenerationEvent(NamedTuple):
+    generation: int
+    rows: int  #: committed rows of the vectors file
+    ann_rows: int  #: rows the approximate index covers
+
+
+def generation_event(generation: int, rows: int, ann_rows: int) -> list[bytes]:
+    """The indexer's news after a commit or an index build."""
+    msg = {"v": VERSION, "generation": generation, "rows": rows, "ann_rows": ann_rows}
+    return [TOPIC_GENERATION, pack(msg)]
+
+
+def parse_generation_event(frames: Sequence[bytes], *, max_bytes: int = EVENT_BYTES) -> GenerationEvent:
+    _require(len(frames) == 2 and frames[0] == TOPIC_GENERATION, "not a generation event")
+    msg = unpack_map(frames[1], max_bytes=max_bytes)
+    check_version(msg)
+    event = GenerationEvent(msg.get("generation"), msg.get("rows"), msg.get("ann_rows"))
+    _require(all(_is_int(n) and n >= 0 for n in event),
+             "generation, rows and ann_rows must be non-negative integers")
+    return event
+
+
+def vectors_message(chunk_ids: Sequence[int], matrix: np.ndarray, *, model_id: str,
+                    sender: str) -> list[bytes | memoryview]:
+    """An embedded batch for the indexer: row i of `matrix` (sent as float16) is chunk_ids[i]."""
+    meta, buf = encode_array(np.asarray(matrix, dtype=np.float16))
+    header = {"v": VERSION, "type": "vectors", "chunk_ids": list(chunk_ids), "model_id": model_id,
+              "sender": sender, **meta}
+    return [pack(header), buf]
+
+
+def parse_vectors_message(frames: Sequence[bytes | memoryview], *, model_id: str,
+                          dim: int) -> tuple[list[int], np.ndarray]:
+    """(chunk ids, float16 matrix of shape (len(ids), dim)) from a vectors_message()."""
+    _require(len(frames) == 2, f"vectors message has {len(frames)} frames, expected 2")
+    header = unpack_map(bytes(frames[0]), max_bytes=VECTORS_HEADER_BYTES)
+    check_version(header)
+    _require(header.get("type") == "vectors", f"not a vectors message: type {header.get('type')!r}")
+    _require(header.get("model_id") == model_id,
+             f"vectors from model {header.get('model_id')!r}, store uses {model_id!r}", E_MODEL_MISMATCH)
+    matrix = decode_array(header, frames[1], dim=dim)
+    ids = header.get("chunk_ids")
+    _require(isinstance(ids, list) and len(ids) == matrix.shape[0]
+             and all(_is_int(i) and 0 < i < 2**63 for i in ids),
+             "chunk_ids must be a list of positive 64-bit integers, one per row")
+    return ids, matrix.astype(np.float16, copy=False)
 
 
 def configure(sock: zmq.Socket, *, hwm: int, max_message_bytes: int | None = None) -> zmq.Socket:

@@ -261,11 +261,11 @@ class Arbiter:
             except zmq.Again:
                 return
             try:
-                beat = protocol.unpack_map(data, max_bytes=64 * 1024)
+                beat = protocol.parse_heartbeat(data)
             except protocol.ProtocolError:
                 continue
-            child = self.child(beat.get("name"))
-            if child is None or child.pid != beat.get("pid"):
+            child = self.child(beat["name"])
+            if child is None or child.pid != beat["pid"]:
                 continue  # a beat from a previous incarnation
             if child.beat(beat, time.monotonic()):  # the first beat is the READY handshake
                 log.info("%s ready", child.name)
@@ -289,8 +289,7 @@ class Arbiter:
     def publish(self, target: str, op: str) -> None:
         """A command to roles: "all", a kind or a name (see protocol.command_topic)."""
         with contextlib.suppress(zmq.Again):  # commands are hints; roles also poll the store
-            self.commands.send_multipart([protocol.command_topic(target),
-                                          protocol.pack({"v": protocol.VERSION, "op": op})], zmq.NOBLOCK)
+            self.commands.send_multipart(protocol.role_command(target, op), zmq.NOBLOCK)
 
     def sleep_roles(self, target: str | None, *, wake: bool) -> list[str]:
         chosen = self.select(target) if target else self.children

@@ -220,20 +220,14 @@ def _drain_commands(sock: zmq.Socket, role: Role) -> None:
         if not sock.get(zmq.EVENTS) & zmq.POLLIN:  # the common case, without an exception
             return
         try:
-            _topic, body = sock.recv_multipart(zmq.NOBLOCK)
+            msg = protocol.parse_role_command(sock.recv_multipart(zmq.NOBLOCK), max_bytes=COMMAND_BYTES)
         except zmq.Again:
             return
-        except ValueError:
-            continue
-        try:
-            msg = protocol.unpack_map(body, max_bytes=COMMAND_BYTES)
         except protocol.ProtocolError:
             continue
         role.command(msg, time.monotonic())
 
 
 def _send_heartbeat(sock: zmq.Socket, role: Role, seq: int, info: dict[str, Any]) -> None:
-    msg = {"v": protocol.VERSION, "type": "heartbeat", "role": role.role, "name": role.name,
-           "pid": os.getpid(), "seq": seq, **info}
     with contextlib.suppress(zmq.Again):  # supervisor busy or gone: its watchdog judges silence
-        sock.send(protocol.pack(msg), zmq.NOBLOCK)
+        sock.send(protocol.heartbeat(role.role, role.name, os.getpid(), seq, **info), zmq.NOBLOCK)

@@ -35,7 +35,6 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
 import psutil
 import zmq
 
@@ -208,10 +207,8 @@ class Embedder(Role):
             self.last_success = now
             self.outage_backoff = 0.0
             self.probe_size = 0
-            meta, buf = protocol.encode_array(np.asarray(vectors, dtype=np.float16))
-            header = {"v": protocol.VERSION, "type": "vectors", "chunk_ids": job.ids,
-                      "model_id": self.model.model_id, "sender": self.owner, **meta}
-            self.outbox.append((job.ids, [protocol.pack(header), buf]))
+            frames = protocol.vectors_message(job.ids, vectors, model_id=self.model.model_id, sender=self.owner)
+            self.outbox.append((job.ids, frames))
             self.embedded += len(job.ids)
             self.batches += 1
 

@@ -23,7 +23,7 @@ from .. import ann, memory, protocol
 from ..commit import commit
 from ..config import Config
 from ..embedders import make_embedder
-from ..errors import BadInput, StoreError
+from ..errors import StoreError
 from ..store import Store
 from ..vectors import VectorWriter
 from .base import Role, run
@@ -126,22 +126,11 @@ class Indexer(Role):
 
     def _receive(self, frames: list[memoryview]) -> None:
         try:
-            if len(frames) != 2:
-                raise BadInput(f"vectors message has {len(frames)} frames, expected 2")
-            header = protocol.unpack_map(bytes(frames[0]), max_bytes=1 << 20)
-            protocol.check_version(header)
-            if header.get("model_id") != self.model_id:
-                raise BadInput(f"vectors from model {header.get('model_id')!r}, store uses {self.model_id!r}")
-            ids = header.get("chunk_ids")
-            matrix = protocol.decode_array(header, frames[1], dim=self.dim)
-            if (not isinstance(ids, list) or len(ids) != matrix.shape[0]
-                    or not all(type(i) is int and 0 < i < 2**63 for i in ids)):
-                raise BadInput("chunk_ids must be a list of positive 64-bit integers, one per row")
-        except BadInput as exc:
+            ids, matrix = protocol.parse_vectors_message(frames, model_id=self.model_id, dim=self.dim)
+        except protocol.ProtocolError as exc:
             self.rejected += 1
             log.warning("rejected a vectors message: %s", exc)
             return
-        matrix = matrix.astype(np.float16, copy=False)
         for i, cid in enumerate(ids):
             if cid in self.pending:
                 self.duplicates += 1  # delivered twice before one commit: keep the first
@@ -183,10 +172,9 @@ class Indexer(Role):
         self.deadline = None
 
     def _publish(self) -> None:
-        msg = {"v": protocol.VERSION, "generation": self.generation, "rows": self.writer.rows,
-               "ann_rows": self.builds.covered}
+        event = protocol.generation_event(self.generation, self.writer.rows, self.builds.covered)
         with contextlib.suppress(zmq.Again):  # a slow subscriber also polls committed_rows
-            self.pub.send_multipart([protocol.TOPIC_GENERATION, protocol.pack(msg)], zmq.NOBLOCK)
+            self.pub.send_multipart(event, zmq.NOBLOCK)
 
     def state_name(self) -> str:
         if self.state is IState.STARTING:

@@ -136,17 +136,13 @@ class QueryServer(Role):
     def _drain_events(self) -> None:
         while True:
             try:
-                _topic, body = self.sub.recv_multipart(zmq.NOBLOCK)
+                event = protocol.parse_generation_event(self.sub.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            except ValueError:
-                continue
-            try:
-                rows = protocol.unpack_map(body, max_bytes=4096).get("rows")
             except ProtocolError:
                 continue
-            if isinstance(rows, int) and rows > self.known_rows:
-                self.known_rows = rows
+            if event.rows > self.known_rows:
+                self.known_rows = event.rows
             if self.searcher is not None and self.searcher.ann_changed():
                 self.reload()  # a new approximate index (it comes with an event)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from roxi_mp.errors import RoxiError
+from roxi_mp.errors import E_UNKNOWN_OP, RoxiError
 
 from . import notify, ping, restart, sleep, status, stop, wake
 
@@ -22,7 +22,7 @@ COMMANDS: dict[str, ModuleType] = {m.NAME: m for m in (notify, ping, restart, sl
 
 
 class UnknownCommand(RoxiError):
-    code = "unknown_op"
+    code = E_UNKNOWN_OP
 
 
 def dispatch(arbiter: "Arbiter", msg: dict) -> dict[str, Any]:
