@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import BadInput, RoxiError
+from ..errors import E_EMBED_FAILED, BadInput, RoxiError
 
 
 class EmbedError(RoxiError):
@@ -26,7 +26,7 @@ class EmbedError(RoxiError):
     and the whole batch is given back to be tried again later.
     """
 
-    code = "embed_failed"
+    code = E_EMBED_FAILED
 
     def __init__(self, message: str, *, input_error: bool = False) -> None:
         super().__init__(message)

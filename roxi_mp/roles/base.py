@@ -36,8 +36,6 @@ log = logging.getLogger("roxi")
 
 #: env var through which the supervisor tells a child its pid (for the orphan check)
 ENV_SUPERVISOR_PID = "ROXI_PARENT_PID"
-#: largest command the supervisor publishes to roles, bytes
-COMMAND_BYTES = 64 * 1024
 
 
 class Role:
@@ -117,7 +115,7 @@ class Runner:
         role, cfg = self.role, self.role.cfg
         self.beat = protocol.configure(role.ctx.socket(zmq.PUSH), hwm=4)
         self.beat.connect(cfg.endpoint("heartbeat"))
-        self.commands = protocol.configure(role.ctx.socket(zmq.SUB), hwm=100, max_message_bytes=COMMAND_BYTES)
+        self.commands = protocol.configure(role.ctx.socket(zmq.SUB), hwm=100, max_message_bytes=protocol.COMMAND_BYTES)
         for target in ("all", role.role, role.name):
             self.commands.setsockopt(zmq.SUBSCRIBE, protocol.command_topic(target))
         self.commands.connect(cfg.endpoint("commands"))
@@ -220,7 +218,7 @@ def _drain_commands(sock: zmq.Socket, role: Role) -> None:
         if not sock.get(zmq.EVENTS) & zmq.POLLIN:  # the common case, without an exception
             return
         try:
-            msg = protocol.parse_role_command(sock.recv_multipart(zmq.NOBLOCK), max_bytes=COMMAND_BYTES)
+            msg = protocol.parse_role_command(sock.recv_multipart(zmq.NOBLOCK), max_bytes=protocol.COMMAND_BYTES)
         except zmq.Again:
             return
         except protocol.ProtocolError:

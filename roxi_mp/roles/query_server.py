@@ -79,7 +79,7 @@ class QueryServer(Role):
                                          max_message_bytes=2 * self.max_request_bytes())
         self.auth = keys.secure_server(self.cfg, self.ctx, self.router) if keys.needs_keys(self.cfg) else None
         self.router.bind(self.cfg.endpoint("query"))
-        self.sub = protocol.configure(self.ctx.socket(zmq.SUB), hwm=lim.socket_hwm, max_message_bytes=4096)
+        self.sub = protocol.configure(self.ctx.socket(zmq.SUB), hwm=lim.socket_hwm, max_message_bytes=protocol.EVENT_BYTES)
         self.sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_GENERATION)
         self.sub.connect(self.cfg.endpoint("events"))
         self.poller = zmq.Poller()
