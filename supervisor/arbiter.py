@@ -179,8 +179,6 @@ class Arbiter:
         if child.sink is None:
             child.sink = RotatingLog(log_path(cfg.log_dir, child.name), max_bytes=cfg.supervisor.log_max_bytes,
                                      backups=cfg.supervisor.log_backups)
-        if child.proc is None and child.exit_code is not None:
-            child.restarts += 1
         child.spawned(proc, now)
         log.info("spawned %s (pid %d)", child.name, proc.pid)
 
@@ -303,13 +301,8 @@ class Arbiter:
         now = time.monotonic()
         chosen = self.select(target)
         for child in chosen:
-            child.manual_stop = True
-            child.restart_requested = False
-            if child.proc is not None:
-                child.set_state(ChildState.STOPPING)
+            if child.request_stop():
                 self.kill_child(child, now)
-            else:
-                child.set_state(ChildState.STOPPED)
         return [c.name for c in chosen]
 
     def restart_role(self, target: str) -> list[str]:
@@ -319,10 +312,8 @@ class Arbiter:
         now = time.monotonic()
         chosen = self.select(target)
         for child in chosen:
-            child.reset()
-            if child.proc is not None:
-                child.restart_requested = True
-                self.kill_child(child, now)
+            if child.request_restart():
+                self.kill_child(child, now)  # exits -> BACKOFF due now -> respawned by manage_children
             else:
                 self.spawn_child(child, now)
         return [c.name for c in chosen]
@@ -348,12 +339,8 @@ class Arbiter:
             return
         role = STOP_ORDER[self.shutdown_phase]
         for child in self.children:
-            if child.kind == role:
-                if child.proc is not None:
-                    child.set_state(ChildState.STOPPING)
-                    self.kill_child(child, now)
-                elif child.state is not ChildState.FAILED:
-                    child.set_state(ChildState.STOPPED)
+            if child.kind == role and child.request_stop(shutdown=True):
+                self.kill_child(child, now)
 
     def cleanup(self) -> None:
         if hasattr(self, "backups"):
