@@ -336,15 +336,15 @@ class Arbiter:
 
     def manage_shutdown(self, now: float) -> None:
         """Advance through STOP_ORDER: a phase ends when its children exited or were killed."""
-        if self.shutdown_phase is None or self.finished():
-            return
+        if self.shutdown_phase is None or self.shutdown_phase >= len(STOP_ORDER):
+            return  # all phases done: finished() may still wait for a backup job to end
         if self.shutdown_phase >= 0:
             role = STOP_ORDER[self.shutdown_phase]
             alive = [c for c in self.children if c.kind == role and c.proc is not None]
             if alive:
                 return  # kill_stalled_children escalates to SIGKILL at each child's kill_at
         self.shutdown_phase += 1
-        if self.finished():
+        if self.shutdown_phase >= len(STOP_ORDER):
             return
         role = STOP_ORDER[self.shutdown_phase]
         for child in self.children:

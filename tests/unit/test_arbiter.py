@@ -18,7 +18,6 @@ import pytest
 from roxi_mp.errors import BadInput
 from roxi_mp.store import Stats
 from supervisor.arbiter import LOOP_TIMEOUT, Arbiter
-from supervisor.backups import BackupScheduler
 from supervisor.child import ChildState
 
 #: pids above the kernel's pid_max: psutil finds no such process, so status rows stay empty
@@ -102,11 +101,28 @@ class FakeStore:
         self.counted += 1
         return Stats(documents=2, chunks=10, pending=4, leased=1, indexed=5, failed=0, committed_rows=5)
 
-    def get_meta(self, key: str, default: str | None = None) -> str | None:
-        return default
-
     def close(self) -> None:
         pass
+
+
+class FakeBackups:
+    """The backup scheduler's face to the loop (the real one starts a backup process)."""
+
+    def __init__(self) -> None:
+        self.job_running = False
+        self.stopping_seen = False
+
+    def manage(self, now: float, *, stopping: bool) -> None:
+        self.stopping_seen |= stopping
+
+    def running(self) -> bool:
+        return self.job_running
+
+    def status(self) -> dict:
+        return {"running": "scheduled" if self.job_running else None, "last": None, "taken": 0}
+
+    def kill(self) -> None:
+        self.job_running = False
 
 
 class Rig:
@@ -118,7 +134,7 @@ class Rig:
         self.popen = FakePopen(self.clock)
         self.arbiter = Arbiter(cfg, clock=self.clock, popen=self.popen)
         self.arbiter.store = FakeStore()
-        self.arbiter.backups = BackupScheduler(cfg, self.arbiter.store, self.clock())
+        self.arbiter.backups = FakeBackups()
         self.arbiter.spawn_children(self.clock())
         self.silent: set[str] = set()  # children that send no heartbeat (hung)
 
@@ -271,6 +287,17 @@ def test_an_operator_restart_replaces_a_running_child_and_forgets_failures(rig):
     assert r.child("query").state is ChildState.BACKOFF
 
 
+def test_an_operator_restart_kills_a_child_that_ignores_sigterm(rig):
+    r = rig()
+    old = r.proc("embedder-2")
+    r.arbiter.restart_role("embedder-2")
+    r.run(2.75)
+    assert old.signals == [signal.SIGTERM] and r.proc("embedder-2") is old
+    r.run(0.75)  # SIGKILL at the end of the 3 s grace, reaped, respawned at once, ready
+    assert old.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert r.proc("embedder-2") is not old and r.row("embedder-2")["state"] == "running"
+
+
 def test_restart_clears_failed(rig):
     r = rig(restart__flap_count=1)
     r.crash("indexer")
@@ -352,6 +379,19 @@ def test_shutdown_stops_embedders_then_the_indexer_then_queries(rig):
     assert len(r.popen.spawned) == 4, "a child was respawned during the shutdown"
 
 
+def test_the_shutdown_ends_after_a_running_backup(rig):
+    r = rig()
+    r.arbiter.backups.job_running = True
+    r.arbiter.begin_shutdown("test")
+    for proc in r.popen.spawned:
+        proc.exit(0)
+    r.run(2.0)
+    assert r.arbiter.backups.stopping_seen  # told to stop its job
+    assert not r.arbiter.finished() and r.arbiter.shutdown_phase == 3
+    r.arbiter.backups.job_running = False
+    assert r.arbiter.finished()
+
+
 def test_shutdown_leaves_a_failed_child_failed_and_does_not_wait_for_it(rig):
     r = rig(restart__flap_count=1)
     r.crash("indexer")
@@ -371,6 +411,16 @@ def test_a_crash_during_shutdown_is_not_respawned(rig):
     r.crash("query")  # not its turn yet, but it died
     r.run(10.0)
     assert r.row("query")["state"] == "stopped" and len(r.popen.of("query")) == 1
+
+
+def test_a_child_in_backoff_when_the_shutdown_begins_is_not_respawned(rig):
+    r = rig()
+    r.crash("query")  # due again in 1 s, while the embedders take their 3 s grace
+    assert r.child("query").state is ChildState.BACKOFF
+    r.arbiter.begin_shutdown("test")
+    r.run(10.0)
+    assert r.row("query")["state"] == "stopped" and len(r.popen.of("query")) == 1
+    assert r.arbiter.finished()
 
 
 def test_the_loop_polls_slowly_only_while_every_role_sleeps(rig):
