@@ -5,6 +5,10 @@ socket, the heartbeat socket and the signal pipe, with a timeout), dispatch queu
 reap exited children, kill the stalled ones, start those whose backoff is over, and advance
 an ordered shutdown. Signal handlers only queue the signal number. Nothing in the loop
 blocks: a child's crash loop costs one poll timeout, never the control socket's time.
+
+The clock and the process factory are injected (time.monotonic and subprocess.Popen by
+default), and the sockets are opened by `start` only, so tests drive `step(now)` and the
+control commands with fake processes and chosen times (tests/unit/test_arbiter.py).
 """
 
 from __future__ import annotations
@@ -16,30 +20,28 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
-from roxi_mp import ingest, keys, protocol
+from roxi_mp import protocol
 from roxi_mp.config import Config
 from roxi_mp.errors import BadInput
 from roxi_mp.lock import DataDirLock
 from roxi_mp.logs import RotatingLog, log_path
-from roxi_mp.staging import complete_swap
 from roxi_mp.roles.base import ENV_SUPERVISOR_PID
 from roxi_mp.store import Store
 
 from . import commands
 from .backups import BackupScheduler
+from .boot import open_data_dir
 from .child import LIVE_STATES, Child, ChildState
+from .status import StoreCounts, build_status
 
 log = logging.getLogger("roxi.supervisor")
 
 #: how long the loop waits for events when nothing is due, seconds
 LOOP_TIMEOUT = 0.25
-#: seconds a status answer reuses store counts and /proc/PID/smaps readings
-STATUS_CACHE_SECONDS = 1.0
 #: stop order: embedders first (stop producing), then the indexer (flushes), then queries
 STOP_ORDER = ("embedder", "indexer", "query")
 #: signals the arbiter handles (queued by the handler, dispatched by the loop)
@@ -47,17 +49,28 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
 
 
 class Arbiter:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.monotonic,
+                 popen: Callable[..., subprocess.Popen] = subprocess.Popen) -> None:
         self.cfg = cfg
+        self.clock = clock
+        self.popen = popen
         self.lock = DataDirLock(cfg.lock_path)
         self.children: list[Child] = []
         self.sig_queue: list[int] = []
         self.shutdown_phase: int | None = None  # index into STOP_ORDER while stopping
-        self.phase_deadline = 0.0
-        self.started = time.monotonic()
+        self.started = clock()
         self.exit_code = 0
-        self._stats: dict[str, Any] | None = None
-        self._stats_at = 0.0
+        self.query_served = 0
+        self.store: Store | None = None
+        self.backups: BackupScheduler | None = None
+        self.ctx: zmq.Context | None = None
+        self.control: zmq.Socket | None = None
+        self.beats: zmq.Socket | None = None
+        self.commands: zmq.Socket | None = None
+        self.sig_r: int | None = None
+        self.sig_w: int | None = None
+        self.poller = zmq.Poller()  # binds nothing: children's outputs join it without sockets
+        self.store_counts = StoreCounts()
 
     # --- start -------------------------------------------------------------------
     def acquire(self) -> None:
@@ -66,24 +79,17 @@ class Arbiter:
             self.lock.acquire()
 
     def start(self) -> None:
-        cfg = self.cfg
         self.acquire()
-        if keys.needs_keys(cfg):
-            keys.server_keys(cfg)  # a tcp:// endpoint without CURVE keys never opens
-        for d in (cfg.data_dir, cfg.log_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        cfg.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(cfg.run_dir, 0o700)  # sockets are the door to the data: owner only
-        if complete_swap(cfg):  # a reembed or restore was interrupted mid-swap: finish it
-            log.warning("finished an interrupted store swap (old files in %s)", cfg.data_dir / "previous")
-        self.store = Store.open(cfg)
-        if cfg.supervisor.ingest_sample_on_empty and ingest.is_empty_store(self.store):
-            report = ingest.ingest_paths(self.store, [ingest.sample_corpus_dir()],
-                                         chunk_words=cfg.store.chunk_words,
-                                         chunk_overlap=cfg.store.chunk_overlap,
-                                         max_document_bytes=cfg.store.max_document_bytes)
-            log.info("empty store: ingested the sample corpus (%d documents, %d chunks)",
-                     report.added, report.chunks)
+        self.store = open_data_dir(self.cfg)
+        self.open_sockets()
+        self.install_signals()
+        now = self.clock()
+        self.spawn_children(now)
+        self.backups = BackupScheduler(self.cfg, self.store, now)
+        log.info("supervisor %d started on %s", os.getpid(), self.cfg.data_dir)
+
+    def open_sockets(self) -> None:
+        cfg = self.cfg
         self.ctx = zmq.Context()
         lim = cfg.limits
         self.control = protocol.configure(self.ctx.socket(zmq.ROUTER), hwm=lim.socket_hwm,
@@ -94,24 +100,15 @@ class Arbiter:
         self.beats.bind(cfg.endpoint("heartbeat"))
         self.commands = protocol.configure(self.ctx.socket(zmq.PUB), hwm=lim.socket_hwm)
         self.commands.bind(cfg.endpoint("commands"))
-        self.query_served = 0
+        for sock in (self.control, self.beats):
+            self.poller.register(sock, zmq.POLLIN)
+
+    def install_signals(self) -> None:
         self.sig_r, self.sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
         for sig in SIGNALS:
             signal.signal(sig, self._queue_signal)
-        self.poller = zmq.Poller()
-        for sock in (self.control, self.beats):
-            self.poller.register(sock, zmq.POLLIN)
         self.poller.register(self.sig_r, zmq.POLLIN)
-        self.children = [Child("indexer", "indexer", cfg.restart_for("indexer")),
-                         Child("query", "query", cfg.restart_for("query"))]
-        self.children += [Child("embedder", f"embedder-{i}", cfg.restart_for("embedder"))
-                          for i in range(1, cfg.embedder.count + 1)]
-        now = time.monotonic()
-        for child in self.children:
-            self.spawn_child(child, now)
-        self.backups = BackupScheduler(cfg, self.store, now)
-        log.info("supervisor %d started on %s", os.getpid(), cfg.data_dir)
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         self.sig_queue.append(signum)  # no logging, no I/O: the loop handles it
@@ -123,16 +120,20 @@ class Arbiter:
             self.start()
             while not self.finished():
                 self.wait()
-                now = time.monotonic()
-                self.handle_signals()
-                self.reap_children(now)
-                self.kill_stalled_children(now)
-                self.manage_children(now)
-                self.backups.manage(now, stopping=self.shutdown_phase is not None)
-                self.manage_shutdown(now)
+                self.step(self.clock())
         finally:
             self.cleanup()
         return self.exit_code
+
+    def step(self, now: float) -> None:
+        """One turn of the loop after the wait: tests call it with a chosen `now`."""
+        self.handle_signals()
+        self.reap_children(now)
+        self.kill_stalled_children(now)
+        self.manage_children(now)
+        if self.backups is not None:
+            self.backups.manage(now, stopping=self.shutdown_phase is not None)
+        self.manage_shutdown(now)
 
     def wait(self) -> None:
         for sock, _ in self.poller.poll(int(self.loop_timeout() * 1000)):
@@ -159,7 +160,7 @@ class Arbiter:
 
     def finished(self) -> bool:
         return (self.shutdown_phase is not None and self.shutdown_phase >= len(STOP_ORDER)
-                and not self.backups.running())
+                and not (self.backups is not None and self.backups.running()))
 
     def handle_signals(self) -> None:
         while self.sig_queue:
@@ -168,19 +169,26 @@ class Arbiter:
                 self.begin_shutdown(f"signal {signal.Signals(signum).name}")
 
     # --- children ----------------------------------------------------------------
+    def spawn_children(self, now: float) -> None:
+        cfg = self.cfg
+        self.children = [Child("indexer", "indexer", cfg.restart_for("indexer")),
+                         Child("query", "query", cfg.restart_for("query"))]
+        self.children += [Child("embedder", f"embedder-{i}", cfg.restart_for("embedder"))
+                          for i in range(1, cfg.embedder.count + 1)]
+        for child in self.children:
+            self.spawn_child(child, now)
+
     def spawn_child(self, child: Child, now: float) -> None:
         cfg = self.cfg
         env = {**os.environ, ENV_SUPERVISOR_PID: str(os.getpid())}
         argv = [sys.executable, "-m", f"roxi_mp.roles.{child.module}", *cfg.to_argv(), "--name", child.name]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=env, close_fds=True)
+        proc = self.popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env=env, close_fds=True)
         os.set_blocking(proc.stdout.fileno(), False)
         self.poller.register(proc.stdout.fileno(), zmq.POLLIN)
         if child.sink is None:
             child.sink = RotatingLog(log_path(cfg.log_dir, child.name), max_bytes=cfg.supervisor.log_max_bytes,
                                      backups=cfg.supervisor.log_backups)
-        if child.proc is None and child.exit_code is not None:
-            child.restarts += 1
         child.spawned(proc, now)
         log.info("spawned %s (pid %d)", child.name, proc.pid)
 
@@ -299,29 +307,22 @@ class Arbiter:
 
     def stop_role(self, target: str) -> list[str]:
         """Stop by hand: never restarted automatically until `restart`."""
-        now = time.monotonic()
+        now = self.clock()
         chosen = self.select(target)
         for child in chosen:
-            child.manual_stop = True
-            child.restart_requested = False
-            if child.proc is not None:
-                child.set_state(ChildState.STOPPING)
+            if child.request_stop():
                 self.kill_child(child, now)
-            else:
-                child.set_state(ChildState.STOPPED)
         return [c.name for c in chosen]
 
     def restart_role(self, target: str) -> list[str]:
         """Operator restart: clears failed/stopped, replaces a running child at once."""
         if self.shutdown_phase is not None:
             raise BadInput("the supervisor is stopping")
-        now = time.monotonic()
+        now = self.clock()
         chosen = self.select(target)
         for child in chosen:
-            child.reset()
-            if child.proc is not None:
-                child.restart_requested = True
-                self.kill_child(child, now)
+            if child.request_restart():
+                self.kill_child(child, now)  # exits -> BACKOFF due now -> respawned by manage_children
             else:
                 self.spawn_child(child, now)
         return [c.name for c in chosen]
@@ -331,31 +332,26 @@ class Arbiter:
         if self.shutdown_phase is None:
             log.info("stopping (%s)", reason)
             self.shutdown_phase = -1
-            self.phase_deadline = 0.0
 
     def manage_shutdown(self, now: float) -> None:
         """Advance through STOP_ORDER: a phase ends when its children exited or were killed."""
-        if self.shutdown_phase is None or self.finished():
-            return
+        if self.shutdown_phase is None or self.shutdown_phase >= len(STOP_ORDER):
+            return  # all phases done: finished() may still wait for a backup job to end
         if self.shutdown_phase >= 0:
             role = STOP_ORDER[self.shutdown_phase]
             alive = [c for c in self.children if c.kind == role and c.proc is not None]
             if alive:
                 return  # kill_stalled_children escalates to SIGKILL at each child's kill_at
         self.shutdown_phase += 1
-        if self.finished():
+        if self.shutdown_phase >= len(STOP_ORDER):
             return
         role = STOP_ORDER[self.shutdown_phase]
         for child in self.children:
-            if child.kind == role:
-                if child.proc is not None:
-                    child.set_state(ChildState.STOPPING)
-                    self.kill_child(child, now)
-                elif child.state is not ChildState.FAILED:
-                    child.set_state(ChildState.STOPPED)
+            if child.kind == role and child.request_stop(shutdown=True):
+                self.kill_child(child, now)
 
     def cleanup(self) -> None:
-        if hasattr(self, "backups"):
+        if self.backups is not None:
             self.backups.kill()
         for child in self.children:  # only on an unexpected exit of the loop
             if child.proc is not None and child.proc.poll() is None:
@@ -363,12 +359,12 @@ class Arbiter:
                 child.proc.wait(timeout=5)
             if child.sink is not None:
                 child.sink.close()
-        for name in ("control", "beats", "commands"):
-            if hasattr(self, name):
-                getattr(self, name).close(0)
-        if hasattr(self, "ctx"):
+        for sock in (self.control, self.beats, self.commands):
+            if sock is not None:
+                sock.close(0)
+        if self.ctx is not None:
             self.ctx.term()
-        if hasattr(self, "store"):
+        if self.store is not None:
             self.store.close()
         signal.set_wakeup_fd(-1)
         self.lock.release()
@@ -390,29 +386,4 @@ class Arbiter:
                 self.control.send_multipart(answered[0], zmq.NOBLOCK)
 
     def status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        stopping = self.shutdown_phase is not None
-        return {"supervisor": {"pid": os.getpid(), "uptime": round(now - self.started, 1),
-                               "state": "stopping" if stopping else "running",
-                               "data_dir": str(self.cfg.data_dir)},
-                "roles": [c.status(now, vectors_path=self.cfg.vectors_path if c.kind == "query" else None)
-                          for c in self.children],
-                "backups": self.backups.status(),
-                "store": self._store_stats(now)}
-
-    def _store_stats(self, now: float) -> dict[str, Any]:
-        # Counting 1M chunks by state takes tens of ms: a client polling status in a loop
-        # must not turn the supervisor into the busiest process on the machine.
-        if self._stats is None or now - self._stats_at >= STATUS_CACHE_SECONDS:
-            self._stats, self._stats_at = self.store.stats().as_dict(), now
-        return self._stats
-
-
-def log_file_tail(path: Path, lines: int = 20) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - 16384))
-            return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+        return build_status(self, self.clock())

@@ -1,6 +1,11 @@
 """One supervised child process: its state, its restart policy, and its status row.
 
-The state is one Enum changed in one place (`Child.set_state`), never a set of booleans.
+The state is one Enum changed in one place (`Child._set_state`), never a set of booleans;
+the arbiter asks for changes (`request_stop`, `request_restart`) and reports events
+(`spawned`, `beat`, `exited`), and the child decides its next state. A stop (by hand or
+for shutdown) is STOPPING until the exit, then STOPPED: nothing but an operator restart
+leaves STOPPED, so a stop by hand needs no flag of its own. An operator restart of a live
+child is RESTARTING until the exit, then an immediate respawn that counts no failure.
 The restart policy is capped exponential backoff that resets after a stable run, plus
 flapping detection: `flap_count` failures within `flap_window_seconds` put the child in
 FAILED, where it stays until an operator restarts it. A child that exits with BOOT_ERROR
@@ -14,7 +19,6 @@ import contextlib
 import collections
 import enum
 import subprocess
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,13 @@ class ChildState(enum.Enum):
     STOPPED = "stopped"
     FAILED = "failed"
     ASLEEP = "asleep"  # running, and in deep sleep by its own report
+    RESTARTING = "restarting"  # an operator restart: stopping, then respawned at once
+
+    @property
+    def shown(self) -> str:
+        """The state in status rows. A restart shows as "stopping" (which it is until the
+        exit), so clients keep seeing only the states they know."""
+        return "stopping" if self is ChildState.RESTARTING else self.value
 
 
 #: states in which a child is up and answering its heartbeat
@@ -60,8 +71,6 @@ class Child:
     info: dict[str, Any] = field(default_factory=dict)
     failures: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     backoff: float = 0.0
-    manual_stop: bool = False
-    restart_requested: bool = False  # an operator restart: respawn at once, count no failure
     sink: RotatingLog | None = None  # the child's log file, fed from its stdout pipe
     _ps: psutil.Process | None = None
 
@@ -73,33 +82,34 @@ class Child:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def set_state(self, state: ChildState) -> None:
+    def _set_state(self, state: ChildState) -> None:
         self.state = state
 
     def spawned(self, proc: subprocess.Popen, now: float) -> None:
+        if self.exit_code is not None:  # an earlier process of this child exited: a restart
+            self.restarts += 1
         self.proc = proc
         self.started = self.last_beat = now
         self.kill_at = None
         self.info = {}
         self._ps = None
         self._mapped: tuple[int, float, Any] | None = None  # (pid, when, mapped) of the last smaps read
-        self.set_state(ChildState.STARTING)
+        self._set_state(ChildState.STARTING)
 
     def exited(self, code: int, now: float, *, shutting_down: bool) -> None:
         """Decide what follows an exit: stopped, backoff, or failed."""
         self.exit_code = code
         self.proc = None
         self.kill_at = None
-        if self.restart_requested and not shutting_down:
-            self.restart_requested = False
-            self.next_start = now
-            self.set_state(ChildState.BACKOFF)
+        if self.state is ChildState.RESTARTING and not shutting_down:
+            self.next_start = now  # respawned by the next manage_children, counting no failure
+            self._set_state(ChildState.BACKOFF)
             return
-        if shutting_down or self.manual_stop:
-            self.set_state(ChildState.STOPPED)
+        if shutting_down or self.state is ChildState.STOPPING:  # a wanted exit
+            self._set_state(ChildState.STOPPED)
             return
         if code == BOOT_ERROR:
-            self.set_state(ChildState.FAILED)
+            self._set_state(ChildState.FAILED)
             return
         s = self.settings
         if now - self.started >= s.stable_seconds:
@@ -108,19 +118,36 @@ class Child:
         self.failures.append(now)
         recent = [t for t in self.failures if now - t <= s.flap_window_seconds]
         if len(recent) >= s.flap_count:
-            self.set_state(ChildState.FAILED)
+            self._set_state(ChildState.FAILED)
             return
         self.backoff = s.backoff_initial_seconds if self.backoff == 0 else min(self.backoff * 2,
                                                                                 s.backoff_max_seconds)
         self.next_start = now + self.backoff
-        self.set_state(ChildState.BACKOFF)
+        self._set_state(ChildState.BACKOFF)
 
-    def reset(self) -> None:
-        """Operator restart: forget failures and backoff."""
+    def request_stop(self, *, shutdown: bool = False) -> bool:
+        """Stop by hand, or for `shutdown`: whatever exit follows, the child stays STOPPED
+        until an operator restart. True when a process must be signalled; without one
+        the child is STOPPED at once (a shutdown leaves a FAILED child FAILED, so the last
+        status still says why)."""
+        if self.proc is not None:
+            self._set_state(ChildState.STOPPING)
+            return True
+        if not (shutdown and self.state is ChildState.FAILED):
+            self._set_state(ChildState.STOPPED)
+        return False
+
+    def request_restart(self) -> bool:
+        """Operator restart: forget failures and backoff (clearing FAILED and a stop by
+        hand). True when a live process must first be stopped (RESTARTING until it exits);
+        False when the child may be spawned at once."""
         self.failures.clear()
         self.backoff = 0.0
-        self.manual_stop = False
         self.next_start = 0.0
+        if self.proc is not None:
+            self._set_state(ChildState.RESTARTING)
+            return True
+        return False
 
     def beat(self, info: dict[str, Any], now: float) -> bool:
         """Record a heartbeat; returns True when it was the READY handshake."""
@@ -128,12 +155,12 @@ class Child:
         self.info = info
         ready = self.state is ChildState.STARTING
         if self.state in (ChildState.STARTING, *LIVE_STATES):
-            self.set_state(ChildState.ASLEEP if info.get("state") == "asleep" else ChildState.RUNNING)
+            self._set_state(ChildState.ASLEEP if info.get("state") == "asleep" else ChildState.RUNNING)
         return ready
 
     def status(self, now: float, *, vectors_path: Any = None) -> dict[str, Any]:
         row: dict[str, Any] = {
-            "name": self.name, "role": self.kind, "state": self.state.value, "pid": self.pid,
+            "name": self.name, "role": self.kind, "state": self.state.shown, "pid": self.pid,
             "uptime": round(now - self.started, 1) if self.proc is not None else None,
             "restarts": self.restarts, "exit_code": self.exit_code,
             "heartbeat_age": round(now - self.last_beat, 2) if self.proc is not None else None,
@@ -157,7 +184,3 @@ class Child:
             row["log_tail"] = tail(self.sink.path, 10)
         row.update({k: v for k, v in self.info.items() if k not in row and k not in ("v", "type")})
         return row
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -67,11 +67,23 @@ def test_boot_error_fails_at_once():
     assert child.state is ChildState.FAILED
 
 
-@pytest.mark.parametrize("code", [0, 1, -9, -15])
+@pytest.mark.parametrize("code", [0, 1, -9, -15, BOOT_ERROR])
 def test_manual_stop_is_never_restarted(code):
-    child = make_child()
-    child.manual_stop = True
-    crash(child, at=100.0, code=code)
+    child = make_child(flap_count=1)
+    child.spawned(FakeProc(1), 99.0)
+    assert child.request_stop() is True  # a process to signal
+    assert child.state is ChildState.STOPPING
+    child.exited(code, 100.0, shutting_down=False)
+    assert child.state is ChildState.STOPPED and not child.failures
+
+
+def test_stop_without_a_process_is_stopped_at_once_but_shutdown_keeps_failed():
+    child = make_child(flap_count=1)
+    crash(child, at=100.0)
+    assert child.state is ChildState.FAILED
+    assert child.request_stop(shutdown=True) is False
+    assert child.state is ChildState.FAILED  # the last status still says why
+    assert child.request_stop() is False
     assert child.state is ChildState.STOPPED
 
 
@@ -85,19 +97,47 @@ def test_exit_during_shutdown_is_stopped_not_failed():
 def test_operator_restart_counts_no_failure_and_respawns_at_once():
     child = make_child(flap_count=2)
     crash(child, at=100.0)
-    child.reset()
-    child.restart_requested = True
-    crash(child, at=101.0)
+    child.spawned(FakeProc(2), 100.5)
+    assert child.request_restart() is True  # a live process: stop it first
+    assert child.state is ChildState.RESTARTING
+    assert child.status(100.6)["state"] == "stopping"  # clients see only the states they know
+    child.exited(-15, 101.0, shutting_down=False)
     assert child.state is ChildState.BACKOFF and child.next_start == 101.0
     assert len(child.failures) == 0
+
+
+def test_restart_during_shutdown_ends_stopped():
+    child = make_child()
+    child.spawned(FakeProc(1), 0.0)
+    child.request_restart()
+    child.exited(-15, 1.0, shutting_down=True)
+    assert child.state is ChildState.STOPPED
+
+
+def test_restart_of_a_manual_stop_in_progress_respawns():
+    child = make_child()
+    child.spawned(FakeProc(1), 0.0)
+    child.request_stop()
+    child.request_restart()
+    child.exited(-15, 1.0, shutting_down=False)
+    assert child.state is ChildState.BACKOFF and child.next_start == 1.0
+
+
+def test_restarts_count_spawns_after_an_exit():
+    child = make_child()
+    crash(child, at=10.0)  # the first spawn is no restart
+    assert child.restarts == 0
+    crash(child, at=20.0)
+    crash(child, at=30.0)
+    assert child.restarts == 2
 
 
 def test_reset_clears_failed():
     child = make_child(flap_count=1)
     crash(child, at=100.0)
     assert child.state is ChildState.FAILED
-    child.reset()
-    assert child.backoff == 0.0 and not child.failures and not child.manual_stop
+    assert child.request_restart() is False  # no process: the caller spawns at once
+    assert child.backoff == 0.0 and not child.failures and child.next_start == 0.0
 
 
 def test_heartbeat_is_the_ready_handshake_and_carries_sleep():
@@ -115,6 +155,9 @@ def test_heartbeat_is_the_ready_handshake_and_carries_sleep():
 def test_a_stopping_child_is_not_revived_by_a_late_beat():
     child = make_child()
     child.spawned(FakeProc(1), 0.0)
-    child.set_state(ChildState.STOPPING)
+    child.request_stop()
     child.beat({"state": "running"}, 1.0)
     assert child.state is ChildState.STOPPING
+    child.request_restart()
+    child.beat({"state": "running"}, 2.0)
+    assert child.state is ChildState.RESTARTING

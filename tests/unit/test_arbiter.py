@@ -1,0 +1,436 @@
+"""The arbiter's loop steps with fake processes and a chosen clock: restarts, flapping,
+stops by hand, operator restarts, the watchdog and the ordered shutdown, in milliseconds.
+
+No socket is opened and no process is started: `Arbiter.step(now)` is one turn of the
+main loop after its wait, the fake Popen hands out real pipes (the arbiter reads the
+children's output from them) and records the signals it is sent. Heartbeats are recorded
+with `Child.beat`, as the arbiter's heartbeat handler does with each one it receives.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+
+import pytest
+
+from roxi_mp.errors import BadInput
+from roxi_mp.store import Stats
+from supervisor.arbiter import LOOP_TIMEOUT, Arbiter
+from supervisor.child import ChildState
+
+#: pids above the kernel's pid_max: psutil finds no such process, so status rows stay empty
+FAKE_PIDS = itertools.count(5_000_000)
+
+
+class FakeProc:
+    """A child process that exits when the test says so, or at once on SIGKILL."""
+
+    def __init__(self, argv: list[str], journal: list[tuple], clock: "Clock") -> None:
+        self.argv = argv
+        self.name = argv[argv.index("--name") + 1]
+        self.pid = next(FAKE_PIDS)
+        self.journal, self.clock = journal, clock
+        read, self.write_fd = os.pipe()
+        self.stdout = os.fdopen(read, "rb")
+        self.returncode: int | None = None
+        self.signals: list[int] = []
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None:
+            raise ProcessLookupError
+        self.signals.append(sig)
+        self.journal.append((self.name, signal.Signals(sig).name, self.clock()))
+        if sig == signal.SIGKILL:
+            self.exit(-signal.SIGKILL)
+
+    def say(self, text: bytes) -> None:
+        os.write(self.write_fd, text)
+
+    def exit(self, code: int) -> None:
+        if self.write_fd is not None:
+            os.close(self.write_fd)  # the arbiter reads EOF on its output
+            self.write_fd = None
+        self.returncode = code
+
+
+class FakePopen:
+    """The process factory: every spawn, in order, and one journal of signals."""
+
+    def __init__(self, clock: "Clock") -> None:
+        self.clock = clock
+        self.spawned: list[FakeProc] = []
+        self.journal: list[tuple] = []
+
+    def __call__(self, argv: list[str], **options) -> FakeProc:
+        assert options["stdout"] is not None  # the arbiter copies children's output to their logs
+        proc = FakeProc(argv, self.journal, self.clock)
+        self.spawned.append(proc)
+        return proc
+
+    def of(self, name: str) -> list[FakeProc]:
+        return [p for p in self.spawned if p.name == name]
+
+    def close(self) -> None:
+        for proc in self.spawned:
+            if proc.write_fd is not None:
+                os.close(proc.write_fd)
+            proc.stdout.close()
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.counted = 0
+
+    def stats(self) -> Stats:
+        self.counted += 1
+        return Stats(documents=2, chunks=10, pending=4, leased=1, indexed=5, failed=0, committed_rows=5)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeBackups:
+    """The backup scheduler's face to the loop (the real one starts a backup process)."""
+
+    def __init__(self) -> None:
+        self.job_running = False
+        self.stopping_seen = False
+
+    def manage(self, now: float, *, stopping: bool) -> None:
+        self.stopping_seen |= stopping
+
+    def running(self) -> bool:
+        return self.job_running
+
+    def status(self) -> dict:
+        return {"running": "scheduled" if self.job_running else None, "last": None, "taken": 0}
+
+    def kill(self) -> None:
+        self.job_running = False
+
+
+class Rig:
+    """An arbiter with fakes, its clock and its processes, and a loop driven by hand."""
+
+    def __init__(self, cfg) -> None:
+        cfg.log_dir.mkdir(parents=True, exist_ok=True)
+        self.clock = Clock()
+        self.popen = FakePopen(self.clock)
+        self.arbiter = Arbiter(cfg, clock=self.clock, popen=self.popen)
+        self.arbiter.store = FakeStore()
+        self.arbiter.backups = FakeBackups()
+        self.arbiter.spawn_children(self.clock())
+        self.silent: set[str] = set()  # children that send no heartbeat (hung)
+
+    def child(self, name: str):
+        return self.arbiter.child(name)
+
+    def proc(self, name: str) -> FakeProc:
+        return self.popen.of(name)[-1]
+
+    def row(self, name: str) -> dict:
+        return next(r for r in self.arbiter.status()["roles"] if r["name"] == name)
+
+    def run(self, seconds: float, *, tick: float = LOOP_TIMEOUT) -> None:
+        """The main loop for `seconds`: beats from the live, unsilenced children, then a step."""
+        end = self.clock.now + seconds
+        while self.clock.now < end - 1e-9:
+            self.clock.now = min(end, self.clock.now + tick)
+            self.beat()
+            self.arbiter.step(self.clock.now)
+
+    def beat(self) -> None:
+        for child in self.arbiter.children:
+            if child.proc is not None and child.name not in self.silent:
+                child.beat({"state": "running", "pid": child.pid}, self.clock.now)
+
+    def crash(self, name: str, code: int = -signal.SIGKILL) -> None:
+        self.proc(name).exit(code)
+        self.arbiter.step(self.clock.now)
+
+
+@pytest.fixture
+def rig(make_config):
+    made: list[Rig] = []
+
+    def make(**overrides) -> Rig:
+        settings = {"embedder__count": 2, "restart__backoff_initial_seconds": 1.0,
+                    "restart__backoff_max_seconds": 8.0, "restart__stable_seconds": 30.0,
+                    "restart__flap_count": 100, "restart__flap_window_seconds": 60.0,
+                    "supervisor__liveness_seconds": 5.0, "supervisor__grace_seconds": 3.0,
+                    "supervisor__start_timeout_seconds": 20.0, **overrides}
+        made.append(Rig(make_config(**settings)))
+        made[-1].run(0.5)  # everyone's READY handshake
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.popen.close()
+        for child in r.arbiter.children:
+            if child.sink is not None:
+                child.sink.close()
+
+
+def test_all_roles_spawn_and_become_ready(rig):
+    r = rig()
+    assert [c.name for c in r.arbiter.children] == ["indexer", "query", "embedder-1", "embedder-2"]
+    assert all(c.state is ChildState.RUNNING for c in r.arbiter.children)
+    assert r.proc("query").argv[1:3] == ["-m", "roxi_mp.roles.query_server"]
+    r.proc("indexer").say(b"indexer ready\n")
+    r.arbiter.drain_output(r.child("indexer"))  # what the loop's wait does when the pipe is readable
+    assert "indexer ready" in r.child("indexer").sink.path.read_text()
+
+
+def test_a_crash_backs_off_then_respawns_with_doubling_delays(rig):
+    r = rig()
+    for delay in (1.0, 2.0, 4.0):
+        first = r.proc("embedder-1")
+        r.proc("embedder-1").say(b"Traceback: boom\n")
+        r.crash("embedder-1")
+        assert r.child("embedder-1").state is ChildState.BACKOFF
+        assert r.row("embedder-1")["state"] == "backoff"
+        assert r.row("embedder-1")["restart_in"] == delay
+        r.run(delay - 0.25)
+        assert r.proc("embedder-1") is first, f"respawned before its {delay} s backoff"
+        r.run(0.25)
+        assert r.proc("embedder-1") is not first
+        assert r.child("embedder-1").state is ChildState.STARTING
+        r.run(0.25)
+        assert r.child("embedder-1").state is ChildState.RUNNING
+    assert r.row("embedder-1")["restarts"] == 3
+    assert r.row("embedder-2")["restarts"] == 0 and len(r.popen.of("embedder-2")) == 1
+    assert "Traceback: boom" in r.child("embedder-1").sink.path.read_text()  # its last words
+
+
+def test_flapping_fails_and_is_never_respawned(rig):
+    r = rig(restart__flap_count=3, restart__flap_window_seconds=60.0)
+    for _ in range(2):
+        r.crash("indexer")
+        r.run(5.0)  # past the backoff: respawned
+        assert r.child("indexer").state is ChildState.RUNNING
+    r.crash("indexer")
+    assert r.child("indexer").state is ChildState.FAILED
+    r.run(120.0)
+    assert len(r.popen.of("indexer")) == 3, "a failed role was respawned"
+    row = r.row("indexer")
+    assert row["state"] == "failed" and row["pid"] is None and row["exit_code"] == -signal.SIGKILL
+    assert "log_tail" in row
+    assert r.child("query").state is ChildState.RUNNING  # the others carry on
+
+
+def test_a_manual_stop_stays_stopped_until_restart(rig):
+    r = rig()
+    assert r.arbiter.stop_role("embedder") == ["embedder-1", "embedder-2"]
+    assert [r.row(n)["state"] for n in ("embedder-1", "embedder-2")] == ["stopping", "stopping"]
+    assert r.proc("embedder-1").signals == [signal.SIGTERM]
+    r.proc("embedder-1").exit(-signal.SIGTERM)
+    r.proc("embedder-2").exit(1)  # any exit code: a stop by hand is never a failure
+    r.run(0.25)
+    assert r.row("embedder-1")["state"] == "stopped" and r.row("embedder-1")["pid"] is None
+    r.run(60.0)  # far past any backoff
+    assert r.row("embedder-1")["state"] == r.row("embedder-2")["state"] == "stopped"
+    assert len(r.popen.of("embedder-1")) == 1 and len(r.popen.of("embedder-2")) == 1
+    assert r.arbiter.stop_role("embedder-1") == ["embedder-1"]  # stopping the stopped: no-op
+    assert r.arbiter.restart_role("embedder-1") == ["embedder-1"]
+    assert len(r.popen.of("embedder-1")) == 2  # spawned at once, not after a backoff
+    assert r.row("embedder-1")["state"] == "starting"
+    r.run(0.25)
+    assert r.row("embedder-1")["state"] == "running" and r.row("embedder-1")["restarts"] == 1
+    assert r.row("embedder-2")["state"] == "stopped"
+
+
+def test_a_manual_stop_kills_a_child_that_ignores_sigterm(rig):
+    r = rig()
+    r.arbiter.stop_role("query")
+    r.run(2.75)
+    assert r.proc("query").signals == [signal.SIGTERM]
+    r.run(0.5)  # the 3 s grace is over
+    assert r.proc("query").signals == [signal.SIGTERM, signal.SIGKILL]
+    assert r.row("query")["state"] == "stopped"
+    r.run(30.0)
+    assert len(r.popen.of("query")) == 1
+
+
+def test_an_operator_restart_replaces_a_running_child_and_forgets_failures(rig):
+    r = rig(restart__flap_count=2)
+    r.crash("query")  # one failure: the next one would be flapping
+    r.run(1.0)
+    old = r.proc("query")
+    assert r.arbiter.restart_role("query") == ["query"]
+    assert old.signals == [signal.SIGTERM]
+    assert r.row("query")["state"] == "stopping" and r.row("query")["pid"] == old.pid
+    r.run(1.0)
+    assert r.proc("query") is old  # no second process while the first is still there
+    old.exit(-signal.SIGTERM)
+    r.run(0.25)  # reaped and respawned in the same turn: no backoff
+    assert r.proc("query") is not old and r.row("query")["state"] == "starting"
+    r.run(0.25)
+    assert r.row("query")["state"] == "running"
+    assert r.row("query")["restarts"] == 2
+    r.crash("query")  # counted from zero again: backoff, not failed
+    assert r.child("query").state is ChildState.BACKOFF
+
+
+def test_an_operator_restart_kills_a_child_that_ignores_sigterm(rig):
+    r = rig()
+    old = r.proc("embedder-2")
+    r.arbiter.restart_role("embedder-2")
+    r.run(2.75)
+    assert old.signals == [signal.SIGTERM] and r.proc("embedder-2") is old
+    r.run(0.75)  # SIGKILL at the end of the 3 s grace, reaped, respawned at once, ready
+    assert old.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert r.proc("embedder-2") is not old and r.row("embedder-2")["state"] == "running"
+
+
+def test_restart_clears_failed(rig):
+    r = rig(restart__flap_count=1)
+    r.crash("indexer")
+    assert r.row("indexer")["state"] == "failed"
+    r.arbiter.restart_role("indexer")
+    r.run(0.25)
+    assert r.row("indexer")["state"] == "running" and len(r.popen.of("indexer")) == 2
+
+
+def test_restart_of_an_unknown_role_or_while_stopping_is_refused(rig):
+    r = rig()
+    with pytest.raises(BadInput, match="no role 'nonsense'"):
+        r.arbiter.restart_role("nonsense")
+    r.arbiter.begin_shutdown("test")
+    with pytest.raises(BadInput, match="stopping"):
+        r.arbiter.restart_role("query")
+
+
+def test_a_hung_child_is_terminated_then_killed_after_the_grace(rig):
+    r = rig()  # liveness 5 s, grace 3 s
+    hung = r.proc("indexer")
+    r.silent.add("indexer")
+    last_beat = r.clock.now
+    r.run(5.0)
+    assert hung.signals == []  # silent for exactly the liveness: not yet
+    r.run(0.25)
+    assert hung.signals == [signal.SIGTERM]
+    term_at = r.clock.now
+    assert term_at == last_beat + 5.25
+    r.run(2.75)
+    assert hung.signals == [signal.SIGTERM]
+    r.silent.discard("indexer")  # a late beat does not cancel the kill
+    r.run(0.25)
+    assert hung.signals == [signal.SIGTERM, signal.SIGKILL]
+    assert ("indexer", "SIGKILL", term_at + 3.0) in r.popen.journal
+    r.run(0.25)
+    assert r.child("indexer").state is ChildState.BACKOFF  # a hang counts as a failure
+    r.run(1.25)
+    assert r.proc("indexer") is not hung and r.row("indexer")["state"] == "running"
+    assert all(p.signals == [] for p in r.popen.spawned if p.name != "indexer")
+
+
+def test_a_child_that_never_gets_ready_is_terminated(rig):
+    r = rig()
+    r.silent.add("embedder-2")
+    r.crash("embedder-2")
+    r.run(1.0)
+    assert r.row("embedder-2")["state"] == "starting"
+    r.run(20.0)
+    assert r.proc("embedder-2").signals == []
+    r.run(0.25)  # past start_timeout_seconds = 20
+    assert r.proc("embedder-2").signals == [signal.SIGTERM]
+
+
+def test_shutdown_stops_embedders_then_the_indexer_then_queries(rig):
+    r = rig()
+    r.arbiter.sig_queue.append(signal.SIGTERM)  # what the signal handler does
+    r.run(0.25)
+    assert r.arbiter.status()["supervisor"]["state"] == "stopping"
+    assert [(n, s) for n, s, _ in r.popen.journal] == [("embedder-1", "SIGTERM"), ("embedder-2", "SIGTERM")]
+    assert [r.row(n)["state"] for n in ("embedder-1", "indexer", "query")] == ["stopping", "running", "running"]
+    r.proc("embedder-1").exit(-signal.SIGTERM)
+    r.run(2.0)  # embedder-2 ignores SIGTERM: the indexer waits for it
+    assert r.proc("indexer").signals == []
+    r.run(1.5)  # the grace is over: SIGKILL, and only then the indexer
+    r.proc("indexer").exit(0)  # the indexer exits at once (its flush done)
+    r.run(0.5)
+    assert r.proc("query").signals == [signal.SIGTERM]
+    assert not r.arbiter.finished()
+    r.proc("query").exit(0)
+    r.run(0.25)
+    assert r.arbiter.finished()
+    assert [(n, s) for n, s, _ in r.popen.journal] == [
+        ("embedder-1", "SIGTERM"), ("embedder-2", "SIGTERM"), ("embedder-2", "SIGKILL"),
+        ("indexer", "SIGTERM"), ("query", "SIGTERM")]
+    kill_at = next(t for n, s, t in r.popen.journal if s == "SIGKILL")
+    assert kill_at == next(t for n, s, t in r.popen.journal if n == "embedder-2") + 3.0
+    assert all(c.state is ChildState.STOPPED for c in r.arbiter.children)
+    assert len(r.popen.spawned) == 4, "a child was respawned during the shutdown"
+
+
+def test_the_shutdown_ends_after_a_running_backup(rig):
+    r = rig()
+    r.arbiter.backups.job_running = True
+    r.arbiter.begin_shutdown("test")
+    for proc in r.popen.spawned:
+        proc.exit(0)
+    r.run(2.0)
+    assert r.arbiter.backups.stopping_seen  # told to stop its job
+    assert not r.arbiter.finished() and r.arbiter.shutdown_phase == 3
+    r.arbiter.backups.job_running = False
+    assert r.arbiter.finished()
+
+
+def test_shutdown_leaves_a_failed_child_failed_and_does_not_wait_for_it(rig):
+    r = rig(restart__flap_count=1)
+    r.crash("indexer")
+    r.arbiter.begin_shutdown("test")
+    r.run(0.25)
+    for name in ("embedder-1", "embedder-2"):
+        r.proc(name).exit(0)
+    r.run(0.5)
+    assert r.row("indexer")["state"] == "failed"
+    assert r.proc("query").signals == [signal.SIGTERM]
+
+
+def test_a_crash_during_shutdown_is_not_respawned(rig):
+    r = rig()
+    r.arbiter.begin_shutdown("test")
+    r.run(0.25)
+    r.crash("query")  # not its turn yet, but it died
+    r.run(10.0)
+    assert r.row("query")["state"] == "stopped" and len(r.popen.of("query")) == 1
+
+
+def test_a_child_in_backoff_when_the_shutdown_begins_is_not_respawned(rig):
+    r = rig()
+    r.crash("query")  # due again in 1 s, while the embedders take their 3 s grace
+    assert r.child("query").state is ChildState.BACKOFF
+    r.arbiter.begin_shutdown("test")
+    r.run(10.0)
+    assert r.row("query")["state"] == "stopped" and len(r.popen.of("query")) == 1
+    assert r.arbiter.finished()
+
+
+def test_the_loop_polls_slowly_only_while_every_role_sleeps(rig):
+    r = rig()
+    for child in r.arbiter.children:
+        child.beat({"state": "asleep"}, r.clock.now)
+    assert r.arbiter.loop_timeout() == r.arbiter.cfg.supervisor.sleep_poll_seconds
+    r.child("query").beat({"state": "running"}, r.clock.now)
+    assert r.arbiter.loop_timeout() == LOOP_TIMEOUT
+
+
+def test_cleanup_of_an_arbiter_that_never_started(make_config):
+    Arbiter(make_config()).cleanup()  # every attribute exists from __init__: nothing to probe
