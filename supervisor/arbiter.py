@@ -96,7 +96,7 @@ class Arbiter:
                                           max_message_bytes=2 * lim.max_message_bytes)
         self.control.bind(cfg.endpoint("control"))
         self.beats = protocol.configure(self.ctx.socket(zmq.PULL), hwm=lim.socket_hwm,
-                                        max_message_bytes=64 * 1024)
+                                        max_message_bytes=protocol.HEARTBEAT_BYTES)
         self.beats.bind(cfg.endpoint("heartbeat"))
         self.commands = protocol.configure(self.ctx.socket(zmq.PUB), hwm=lim.socket_hwm)
         self.commands.bind(cfg.endpoint("commands"))
@@ -275,7 +275,7 @@ class Arbiter:
             child = self.child(beat["name"])
             if child is None or child.pid != beat["pid"]:
                 continue  # a beat from a previous incarnation
-            if child.beat(beat, time.monotonic()):  # the first beat is the READY handshake
+            if child.beat(beat, self.clock()):  # the first beat is the READY handshake
                 log.info("%s ready", child.name)
             if child.kind == "query":
                 served = beat.get("served", 0)
