@@ -19,7 +19,7 @@ import time
 import numpy as np
 import zmq
 
-from .. import ann, memory, protocol
+from .. import ann, ann_schedule, memory, protocol
 from ..commit import commit
 from ..config import Config
 from ..embedders import make_embedder
@@ -79,7 +79,7 @@ class Indexer(Role):
         if stale:
             log.warning("removed an approximate index that no longer fits: %s", stale)
         covered = ann.read_header(self.cfg.ann_path).rows if self.cfg.ann_path.exists() else 0
-        self.builds = ann.Builds(self.cfg, covered=covered)
+        self.builds = ann_schedule.Builds(self.cfg, covered=covered)
         self.pull = protocol.configure(self.ctx.socket(zmq.PULL), hwm=VECTORS_HWM,
                                        max_message_bytes=self._max_batch_bytes())
         self.pull.bind(self.cfg.endpoint("vectors"))

@@ -29,7 +29,7 @@ from ..model_process import ModelProcess
 from ..errors import BadInput, ModelMismatch
 from ..protocol import ProtocolError
 from ..store import Store
-from ..ann import Searcher
+from ..search import Searcher
 from .base import Role, run
 
 log = logging.getLogger("roxi.query")

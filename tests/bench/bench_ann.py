@@ -26,7 +26,8 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from roxi_mp import ann, protocol
+from roxi_mp import protocol
+from roxi_mp.search import Searcher
 from roxi_mp.vectors import open_index
 
 from ..corpus import populate
@@ -82,7 +83,7 @@ def measure(root, n: int, kind: str, queries: np.ndarray, truth: np.ndarray, war
                 took.append(reply["took_ms"] / 1e3)
                 found.append([h["row"] for h in reply["hits"]])
             query_rss = rss(s.pid("query"))
-        searcher = ann.Searcher(s.cfg, rows=n)
+        searcher = Searcher(s.cfg, rows=n)
         local_times = []
         for q in queries:
             started = time.perf_counter()

@@ -10,7 +10,7 @@ import numpy as np
 import psutil
 import pytest
 
-from roxi_mp import ann
+from roxi_mp import ann, ann_build
 from roxi_mp.service import READY_STATES
 from roxi_mp.store import Store
 from roxi_mp.vectors import open_index
@@ -73,7 +73,7 @@ def test_kill_during_a_build_leaves_no_orphan_and_the_build_resumes(system, make
     s = system(cfg)
     s.wait_for(lambda: s.role("indexer")["building"], timeout=30, what="a build running")
     indexer = psutil.Process(s.pid("indexer"))
-    builders = [c for c in indexer.children() if "roxi_mp.ann" in " ".join(c.cmdline())]
+    builders = [c for c in indexer.children() if "roxi_mp.ann_build" in " ".join(c.cmdline())]
     assert len(builders) == 1
     os.kill(indexer.pid, signal.SIGKILL)
     psutil.wait_procs(builders, timeout=10)  # PDEATHSIG ends the build with its indexer
@@ -93,7 +93,7 @@ def test_a_stale_index_is_never_used(system, make_config):
     """An index left from other vectors (a restore, a reembed) is removed, then rebuilt."""
     cfg = make_config(hashing__dim=DIM, indexer__index="hnsw", indexer__ann_min_rows=2000)
     populate(cfg, rows=2500, seed=1)
-    ann.build(cfg.vectors_path, cfg.ann_path, ann.BuildParams.from_config(cfg), rows=2500)
+    ann_build.build(cfg.vectors_path, cfg.ann_path, ann_build.BuildParams.from_config(cfg), rows=2500)
     cfg.vectors_path.unlink()
     cfg.db_path.unlink()
     populate(cfg, rows=2500, seed=2)  # same shape, other vectors

@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from roxi_mp import ann
+from roxi_mp import ann, ann_build
+from roxi_mp.ann_schedule import Builds
 from roxi_mp.config import Config
 from roxi_mp.errors import STORE, StoreError
+from roxi_mp.search import Searcher
 from roxi_mp.vectors import VectorWriter
 
 DIM = 32
@@ -47,7 +49,7 @@ def exact_top(x: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=1)[:, :k]
 
 
-def recall(searcher: ann.Searcher, x: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+def recall(searcher: Searcher, x: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
     truth = exact_top(x, queries, k)
     found = [set(searcher.search(q[None, :], k)[1].tolist()) for q in queries]
     return float(np.mean([len(f & set(t.tolist())) / k for f, t in zip(found, truth)]))
@@ -62,10 +64,10 @@ def test_build_then_search_finds_the_true_neighbours(tmp_path: Path, kind: str) 
     cfg = make_cfg(tmp_path, kind)
     x = unit_rows(4000, seed=1)
     append(cfg, x)
-    header = ann.build(cfg.vectors_path, cfg.ann_path, ann.BuildParams.from_config(cfg), rows=4000)
+    header = ann_build.build(cfg.vectors_path, cfg.ann_path, ann_build.BuildParams.from_config(cfg), rows=4000)
     assert (header.kind, header.rows, header.dim) == (kind, 4000, DIM)
     cfg.query.ivf_nprobe = 64  # small lists: most of them, to make recall a property of the code
-    searcher = ann.Searcher(cfg, rows=4000)
+    searcher = Searcher(cfg, rows=4000)
     assert searcher.info() == {"index": kind, "ann_rows": 4000}
     assert searcher.tail.ntotal == 0
     assert recall(searcher, x, unit_rows(50, seed=2)) >= 0.9
@@ -78,9 +80,9 @@ def test_rows_beyond_the_index_are_searched_exactly_and_merged(tmp_path: Path, k
     cfg = make_cfg(tmp_path, kind)
     x = unit_rows(3000, seed=3)
     append(cfg, x[:2000])
-    ann.build(cfg.vectors_path, cfg.ann_path, ann.BuildParams.from_config(cfg), rows=2000)
+    ann_build.build(cfg.vectors_path, cfg.ann_path, ann_build.BuildParams.from_config(cfg), rows=2000)
     append(cfg, x[2000:])
-    searcher = ann.Searcher(cfg, rows=3000)
+    searcher = Searcher(cfg, rows=3000)
     assert (searcher.ann_rows, searcher.tail.ntotal, searcher.ntotal) == (2000, 1000, 3000)
     for row in (0, 1999, 2000, 2999):  # each row is its own best match, on either side
         assert searcher.search(x[row][None, :], 3)[1][0] == row
@@ -97,13 +99,13 @@ def test_an_update_extends_the_previous_index(tmp_path: Path, kind: str) -> None
     cfg = make_cfg(tmp_path, kind)
     x = unit_rows(6000, seed=4)
     append(cfg, x)
-    params = ann.BuildParams.from_config(cfg)
-    first = ann.build(cfg.vectors_path, cfg.ann_path, params, rows=2000)
-    second = ann.build(cfg.vectors_path, cfg.ann_path, params, rows=3000)
+    params = ann_build.BuildParams.from_config(cfg)
+    first = ann_build.build(cfg.vectors_path, cfg.ann_path, params, rows=2000)
+    second = ann_build.build(cfg.vectors_path, cfg.ann_path, params, rows=3000)
     assert second.rows == 3000
     if kind == "ivf":
         assert first.trained_rows == second.trained_rows == 2000  # added to, not retrained
-    searcher = ann.Searcher(cfg, rows=6000)
+    searcher = Searcher(cfg, rows=6000)
     assert searcher.search(x[2500][None, :], 1)[1][0] == 2500
 
 
@@ -111,31 +113,31 @@ def test_ivf_retrains_after_growing_past_the_limit(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, "ivf")
     x = unit_rows(9000, seed=5)
     append(cfg, x)
-    params = ann.BuildParams.from_config(cfg)
-    assert ann.build(cfg.vectors_path, cfg.ann_path, params, rows=2000).trained_rows == 2000
-    assert ann.build(cfg.vectors_path, cfg.ann_path, params, rows=8000).trained_rows == 2000
-    assert ann.build(cfg.vectors_path, cfg.ann_path, params, rows=9000).trained_rows == 9000
+    params = ann_build.BuildParams.from_config(cfg)
+    assert ann_build.build(cfg.vectors_path, cfg.ann_path, params, rows=2000).trained_rows == 2000
+    assert ann_build.build(cfg.vectors_path, cfg.ann_path, params, rows=8000).trained_rows == 2000
+    assert ann_build.build(cfg.vectors_path, cfg.ann_path, params, rows=9000).trained_rows == 9000
 
 
 def test_ivf_list_count() -> None:
-    assert ann.ivf_lists_for(1_000_000) == 4000
-    assert ann.ivf_lists_for(1_000_000, 1024) == 1024
-    assert ann.ivf_lists_for(2000) == 51  # at least 39 training points per list
-    assert ann.ivf_lists_for(10) == 1
+    assert ann_build.ivf_lists_for(1_000_000) == 4000
+    assert ann_build.ivf_lists_for(1_000_000, 1024) == 1024
+    assert ann_build.ivf_lists_for(2000) == 51  # at least 39 training points per list
+    assert ann_build.ivf_lists_for(10) == 1
 
 
 def test_an_index_of_other_vectors_is_refused_and_searched_exactly(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, "hnsw")
     x = unit_rows(2000, seed=6)
     append(cfg, x)
-    ann.build(cfg.vectors_path, cfg.ann_path, ann.BuildParams.from_config(cfg), rows=2000)
+    ann_build.build(cfg.vectors_path, cfg.ann_path, ann_build.BuildParams.from_config(cfg), rows=2000)
     # Same shape, other content (what a restore or reembed leaves beside an old index).
     cfg.vectors_path.unlink()
     y = unit_rows(2000, seed=7)
     append(cfg, y)
     with pytest.raises(StoreError, match="fingerprint"):
         ann.check(cfg.ann_path, cfg.vectors_path, kind="hnsw", rows=2000)
-    searcher = ann.Searcher(cfg, rows=2000)
+    searcher = Searcher(cfg, rows=2000)
     assert searcher.kind == "exact" and "fingerprint" in searcher.info()["index_problem"]
     assert searcher.search(y[77][None, :], 1)[1][0] == 77
     assert ann.remove_stale(cfg.ann_path, cfg.vectors_path, kind="hnsw", rows=2000)
@@ -151,7 +153,7 @@ def test_an_index_of_other_vectors_is_refused_and_searched_exactly(tmp_path: Pat
 def test_check_says_why_an_index_is_unusable(tmp_path: Path, case: str, match: str) -> None:
     cfg = make_cfg(tmp_path, "hnsw")
     append(cfg, unit_rows(2000, seed=8))
-    ann.build(cfg.vectors_path, cfg.ann_path, ann.BuildParams.from_config(cfg), rows=2000)
+    ann_build.build(cfg.vectors_path, cfg.ann_path, ann_build.BuildParams.from_config(cfg), rows=2000)
     kind, rows = "hnsw", 2000
     if case == "rows":
         rows = 1000
@@ -165,14 +167,14 @@ def test_check_says_why_an_index_is_unusable(tmp_path: Path, case: str, match: s
     with pytest.raises(StoreError, match=match):
         ann.check(cfg.ann_path, cfg.vectors_path, kind=kind, rows=rows)
     cfg.indexer.index = kind
-    searcher = ann.Searcher(cfg, rows=rows)  # never fails a query over it: exact instead
+    searcher = Searcher(cfg, rows=rows)  # never fails a query over it: exact instead
     assert searcher.kind == "exact" and searcher.ntotal == rows
 
 
 def test_remove_stale_keeps_a_good_index_and_clears_a_leftover_tmp(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, "ivf")
     append(cfg, unit_rows(2000, seed=9))
-    ann.build(cfg.vectors_path, cfg.ann_path, ann.BuildParams.from_config(cfg), rows=2000)
+    ann_build.build(cfg.vectors_path, cfg.ann_path, ann_build.BuildParams.from_config(cfg), rows=2000)
     tmp = Path(str(cfg.ann_path) + ".tmp")
     tmp.write_bytes(b"half a build")
     assert ann.remove_stale(cfg.ann_path, cfg.vectors_path, kind="ivf", rows=2000) is None
@@ -194,12 +196,12 @@ def test_the_hnsw_index_is_mapped_not_copied_and_unmapped_when_dropped(tmp_path:
     cfg = make_cfg(tmp_path, "hnsw")
     x = unit_rows(30_000, seed=10)
     append(cfg, x)
-    ann.build(cfg.vectors_path, cfg.ann_path, ann.BuildParams.from_config(cfg), rows=30_000)
+    ann_build.build(cfg.vectors_path, cfg.ann_path, ann_build.BuildParams.from_config(cfg), rows=30_000)
     graph = cfg.ann_path.stat().st_size
     stored = cfg.ann_path.read_bytes()
     assert not any(x[r].astype(np.float16).tobytes() in stored for r in (0, 12_345, 29_999))  # links only
     before = _rss_anon_kb()
-    searcher = ann.Searcher(cfg, rows=30_000)
+    searcher = Searcher(cfg, rows=30_000)
     searcher.search(unit_rows(1, seed=11), 10)
     assert (_rss_anon_kb() - before) * 1024 < graph / 4  # neither graph nor rows copied
     assert _mapped(cfg.ann_path) and _mapped(cfg.vectors_path)
@@ -214,7 +216,7 @@ def test_build_child_process(tmp_path: Path) -> None:
     data.mkdir()
     cfg = make_cfg(data, "hnsw")
     append(cfg, unit_rows(1500, seed=12))
-    run = [sys.executable, "-m", "roxi_mp.ann", "--data-dir", str(data), "--config", str(conf)]
+    run = [sys.executable, "-m", "roxi_mp.ann_build", "--data-dir", str(data), "--config", str(conf)]
     done = subprocess.run([*run, "--rows", "1500"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert ann.read_header(cfg.ann_path).rows == 1500
@@ -252,7 +254,7 @@ class Clock:
         return self.now
 
 
-def scheduler(tmp_path: Path, **indexer: Any) -> tuple[ann.Builds, list[int], list[FakeProc], Clock]:
+def scheduler(tmp_path: Path, **indexer: Any) -> tuple[Builds, list[int], list[FakeProc], Clock]:
     cfg = make_cfg(tmp_path, "hnsw", ann_update_rows=500, ann_update_seconds=600.0, **indexer)
     spawned: list[int] = []
     procs: list[FakeProc] = []
@@ -263,7 +265,7 @@ def scheduler(tmp_path: Path, **indexer: Any) -> tuple[ann.Builds, list[int], li
         return procs[-1]
 
     clock = Clock()
-    return ann.Builds(cfg, spawn=spawn, clock=clock), spawned, procs, clock
+    return Builds(cfg, spawn=spawn, clock=clock), spawned, procs, clock
 
 
 def test_first_build_waits_for_min_rows_and_runs_one_at_a_time(tmp_path: Path) -> None:
