@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import sys
 
-from . import backup
 from . import config as config_mod
+from . import operations
 from .errors import RoxiError
 from .process import child_parser, die_with_parent
 
@@ -24,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     try:
         cfg = config_mod.load(args.config, data_dir=args.data_dir)
-        path = backup.create(cfg, cfg.backup_dir, kind=args.kind)
-        removed = backup.prune(cfg.backup_dir, keep=cfg.backup.keep)
+        path, removed = operations.backup(cfg, kind=args.kind)
     except RoxiError as exc:
         print(json.dumps({"ok": False, "error": str(exc)}))
         return exc.exit_code

@@ -7,23 +7,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from . import backup as backup_mod
 from . import config as config_mod
-from . import ingest as ingest_mod
-from . import service
+from . import keys as keys_mod
+from . import operations, service
+from .cli_format import (Bar, echo_json, print_backups, print_hits, print_ingest, print_progress, print_roles,
+                         print_status, rate_eta)
 from .client import QueryClient
-from .errors import TARGET_NOT_REACHED, AlreadyRunning, BadInput, NotRunning, RoxiError, Timeout
+from .embedders import BACKENDS
+from .errors import NOT_RUNNING, TARGET_NOT_REACHED, BadInput, RoxiError
 from .logs import follow as follow_log
-from .logs import log_path, tail
-from .store import Store
+from .logs import tail
+from .reembed import reembed as run_reembed
 
 
 class RoxiGroup(click.Group):
@@ -53,10 +54,6 @@ def _cfg(ctx: click.Context) -> config_mod.Config:
     return obj["cfg"]
 
 
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
 # --- lifecycle ---------------------------------------------------------------------
 @main.command()
 @click.option("--foreground", is_flag=True, help="Run the supervisor in this process until stopped.")
@@ -69,7 +66,7 @@ def start(ctx: click.Context, foreground: bool) -> None:
         ctx.exit(run_foreground(cfg))
     status = service.start_background(cfg)
     click.echo(f"roxi started (supervisor pid {status['supervisor']['pid']}, data {cfg.data_dir})")
-    _print_roles(status)
+    print_roles(status)
 
 
 @main.command()
@@ -127,11 +124,7 @@ def wake(ctx: click.Context, role: str | None) -> None:
 @click.pass_context
 def logs(ctx: click.Context, role: str, lines: int, follow: bool) -> None:
     """Show a role's log (data/logs/ROLE.log): supervisor, indexer, query, embedder-1, ..."""
-    cfg = _cfg(ctx)
-    path = log_path(cfg.log_dir, role)
-    if not path.exists():
-        known = sorted(p.stem for p in cfg.log_dir.glob("*.log")) if cfg.log_dir.exists() else []
-        raise BadInput(f"no log for {role!r} in {cfg.log_dir} (known: {', '.join(known) or 'none'})")
+    path = operations.role_log(_cfg(ctx), role)
     for line in tail(path, lines):
         click.echo(line)
     if follow:
@@ -145,64 +138,13 @@ def logs(ctx: click.Context, role: str, lines: int, follow: bool) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Roles and store counts; never wakes a sleeping role (exit 3 if not running)."""
-    cfg = _cfg(ctx)
-    data = service.status(cfg)
+    data = service.status(_cfg(ctx))
     if as_json:
-        _echo_json(data)
+        echo_json(data)
     else:
-        sup = data.get("supervisor")
-        click.echo(f"supervisor: {'pid %s, up %ss' % (sup['pid'], sup['uptime']) if sup else 'not running'}")
-        _print_roles(data)
-        _print_store(data["store"])
+        print_status(data)
     if not data["running"]:
-        ctx.exit(3)
-
-
-def _print_roles(data: dict) -> None:
-    for r in data.get("roles", []):
-        rss = f"{r['rss'] / 2**20:.1f} MB" if r.get("rss") else "-"
-        mapped = f" mapped {r['mapped_rss'] / 2**20:.1f}/{r['mapped_bytes'] / 2**20:.1f} MB" \
-            if r.get("mapped_bytes") is not None else ""
-        cpu = f"{r['cpu_percent']:.0f}%" if r.get("cpu_percent") is not None else "-"
-        beat = f"{r['heartbeat_age']:.1f}s" if r.get("heartbeat_age") is not None else "-"
-        up = f"{r['uptime']:.0f}s" if r.get("uptime") is not None else "-"
-        click.echo(f"  {r['name']:<12} {r['state']:<9} pid {r['pid'] or '-':<8} up {up:<7} rss {rss:<10} "
-                   f"cpu {cpu:<5} beat {beat:<6} restarts {r['restarts']}{mapped}")
-        backoff = max(r.get("backoff_seconds") or 0, (r.get("backend") or {}).get("backoff_seconds") or 0)
-        if backoff:
-            click.echo(f"      backing off {backoff:.1f} s ({(r.get('backend') or {}).get('last_error') or 'service down'})")
-        if r.get("last_error"):
-            click.echo(f"      commits failing ({r.get('commit_failures', 0)} attempts, retrying): {r['last_error']}")
-        if r.get("index") not in (None, "exact") and r.get("ann_rows") is not None and r["name"] == "indexer":
-            building = ", building" if r.get("building") else ""
-            click.echo(f"      {r['index']} index covers {r['ann_rows']:,} rows{building}"
-                       f" ({r.get('builds', 0)} builds, {r.get('build_failures', 0)} failures)")
-        if r["state"] == "failed":
-            click.echo(f"      exit code {r.get('exit_code')}; last log lines:")
-            for line in r.get("log_tail", [])[-5:]:
-                click.echo(f"      | {line}")
-
-
-def _rate_eta(stats: dict) -> str:
-    rate, eta = stats.get("rate_per_second") or 0.0, stats.get("eta_seconds")
-    if eta is None:
-        return f"{rate:.1f} chunks/s, no ETA"
-    return f"{rate:.1f} chunks/s, ETA {_duration(eta)}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-
-
-def _print_store(s: dict) -> None:
-    click.echo(f"store: {s['documents']} documents, {s['chunks']} chunks, {s['indexed']} indexed "
-               f"({s['percent']:.1f} %), {s['pending'] + s['leased']} pending, {s['failed']} failed; "
-               f"{_rate_eta(s)}{'; PROCESSING PAUSED (roxi resume)' if s.get('paused') else ''}")
+        ctx.exit(NOT_RUNNING)
 
 
 # --- data --------------------------------------------------------------------------
@@ -216,41 +158,15 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
     Identical documents are skipped; unreadable, non-UTF-8 or missing files are reported
     and skipped (exit 5 if any), the rest is ingested.
     """
-    cfg = _cfg(ctx)
-    service.check_store_writable(cfg)
-    report = ingest_mod.IngestReport()
-    files = ingest_mod.expand(paths, report)
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    with Store.open(cfg) as store:
-        show_bar = len(files) > 20 and not as_json and sys.stderr.isatty()
-        with click.progressbar(files, label="ingesting", file=sys.stderr, show_pos=True) if show_bar \
-                else _plain(files) as items:
-            for path in items:
-                ingest_mod.ingest_file(store, path, report, chunk_words=cfg.store.chunk_words,
-                                       chunk_overlap=cfg.store.chunk_overlap,
-                                       max_document_bytes=cfg.store.max_document_bytes)
-    if report.added:
-        service.notify_ingest(cfg)
+    bar = Bar("ingesting", lazy=True, min_total=20, enabled=not as_json, show_pos=True)
+    with bar:
+        report = operations.ingest(_cfg(ctx), paths, progress=bar)
     if as_json:
-        _echo_json(report.as_dict())
+        echo_json(report.as_dict())
     else:
-        click.echo(f"added {report.added} documents ({report.chunks} chunks), {report.duplicates} "
-                   f"duplicates, {report.empty} empty, {len(report.errors)} skipped")
-        for path, reason in report.errors:
-            click.echo(f"skipped {path}: {reason}", err=True)
+        print_ingest(report)
     if report.errors:
         ctx.exit(BadInput.exit_code)
-
-
-class _plain:
-    def __init__(self, items: list) -> None:
-        self.items = items
-
-    def __enter__(self) -> list:
-        return self.items
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @main.command()
@@ -268,18 +184,13 @@ def query(ctx: click.Context, text: str, k: int | None, as_json: bool) -> None:
         hits = client.query(text, k=cfg.query.default_k if k is None else k)
         took = (time.perf_counter() - started) * 1000
     if as_json:
-        _echo_json({"query": text, "hits": hits, "took_ms": round(took, 3)})
-        return
-    if not hits:
-        click.echo("no results (is anything indexed yet? see `roxi progress`)")
-    for h in hits:
-        click.echo(f"{h['rank']:>3}. {h['score']:.4f}  {h['title']}  [{Path(h['source']).name} #{h['position']}]")
-        snippet = h.get("text", "")
-        click.echo(f"     {snippet[:240]}{'...' if len(snippet) > 240 else ''}")
+        echo_json({"query": text, "hits": hits, "took_ms": round(took, 3)})
+    else:
+        print_hits(hits)
 
 
 @main.command()
-@click.option("--model", "backend", required=True, type=click.Choice(["minilm", "hashing", "http"]),
+@click.option("--model", "backend", required=True, type=click.Choice(BACKENDS),
               help="Backend to embed with (configured in its section of the config file).")
 @click.pass_context
 def reembed(ctx: click.Context, backend: str) -> None:
@@ -287,12 +198,9 @@ def reembed(ctx: click.Context, backend: str) -> None:
     as it is until the new one is complete, then is swapped out (kept in data/previous/).
     Interrupted, it resumes on the next run. Afterwards set embedder.backend to the new
     backend before `roxi start`."""
-    from .reembed import reembed as run_reembed
-
     cfg = _cfg(ctx)
-    bar, progress = _byte_bar(f"re-embedding with {backend}")
-    with bar:
-        result = run_reembed(cfg, backend, progress=progress)
+    with Bar(f"re-embedding with {backend}") as bar:
+        result = run_reembed(cfg, backend, progress=bar)
     click.echo(f"store now uses {result.model_id} (dim {result.dim}): {result.chunks} chunks "
                f"({result.embedded} embedded in this run); previous store in {cfg.data_dir / 'previous'}")
     if cfg.embedder.backend != backend:
@@ -326,37 +234,14 @@ def process(ctx: click.Context, target: float, timeout: float | None) -> None:
     """Resume processing, show progress, and pause again once PCT % are indexed.
     Ctrl-C pauses processing too; what is in flight still commits (exit 130)."""
     cfg = _cfg(ctx)
-    if not service.is_running(cfg):
-        raise NotRunning(f"not running on {cfg.data_dir}: `roxi start` first")
-    stats = service.store_stats(cfg)
-    if not stats["chunks"]:
-        raise BadInput("nothing to process: the store has no chunks (`roxi ingest` first)")
-    service.set_paused(cfg, False)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    bar = _bar(f"indexing to {target:g} %", show_pos=True, item_show_func=lambda _: _rate_eta(stats))
+    bar = Bar(f"indexing to {target:g} %", lazy=True, show_pos=True, item=rate_eta)
     try:
         with bar:
-            while True:
-                stats = service.store_stats(cfg)
-                bar.length = stats["chunks"]
-                bar.update(stats["indexed"] - bar.pos)
-                if stats["percent"] >= target:
-                    break
-                if not stats["pending"] and not stats["leased"]:
-                    raise RoxiError(f"target {target:g} % cannot be reached: {stats['failed']} chunks failed "
-                                    f"(see `roxi progress`, `roxi retry-failed`)")
-                if deadline is not None and time.monotonic() > deadline:
-                    raise Timeout(f"{stats['percent']:.1f} % after {timeout:g} s, below {target:g} %")
-                time.sleep(0.1)
-    except KeyboardInterrupt:
-        service.set_paused(cfg, True)
+            final = operations.process_until(cfg, target, timeout=timeout,
+                                             on_progress=lambda stats: bar(stats["indexed"], stats["chunks"], stats))
+    except KeyboardInterrupt:  # process_until paused processing on its way out
         click.echo(f"interrupted at {service.store_stats(cfg)['percent']:.1f} %: processing paused", err=True)
         ctx.exit(130)
-    except RoxiError:
-        service.set_paused(cfg, True)
-        raise
-    service.set_paused(cfg, True)
-    final = service.store_stats(cfg)  # batches in flight when we paused still commit
     click.echo(f"reached {final['percent']:.1f} % ({final['indexed']}/{final['chunks']} chunks): processing "
                f"paused; `roxi resume` or `roxi process --until 100` to go on")
 
@@ -372,21 +257,13 @@ def process(ctx: click.Context, target: float, timeout: float | None) -> None:
 def watch(ctx: click.Context, target: float, command: str | None, interval: float) -> None:
     """Wait until PCT % of chunks are indexed, then print and/or run a command. Exits 0, or
     the command's exit code if it fails."""
-    cfg = _cfg(ctx)
-    while True:
-        stats = service.store_stats(cfg)
-        if stats["chunks"] and stats["percent"] >= target:
-            break
-        time.sleep(interval)
+    stats = operations.wait_for(_cfg(ctx), target, interval=interval)
     click.echo(f"reached {stats['percent']:.1f} % ({stats['indexed']}/{stats['chunks']} chunks, "
                f"{stats['failed']} failed)")
-    if command:
-        env = {**os.environ, "ROXI_PERCENT": f"{stats['percent']:.2f}", "ROXI_INDEXED": str(stats["indexed"]),
-               "ROXI_CHUNKS": str(stats["chunks"]), "ROXI_FAILED": str(stats["failed"])}
-        code = subprocess.run(command, shell=True, env=env).returncode
-        if code:
-            click.echo(f"roxi: --exec command exited with {code}", err=True)
-            ctx.exit(code)
+    code = operations.run_hook(command, stats) if command else 0
+    if code:
+        click.echo(f"roxi: --exec command exited with {code}", err=True)
+        ctx.exit(code)
 
 
 @main.group()
@@ -400,8 +277,6 @@ def keys() -> None:
 @click.pass_context
 def keys_generate(ctx: click.Context, client: str) -> None:
     """Create the server key pair (once) and a client key pair allowed to connect."""
-    from . import keys as keys_mod
-
     cfg = _cfg(ctx)
     made = keys_mod.generate(cfg, client)
     if "server" in made:
@@ -415,56 +290,12 @@ def backup() -> None:
     """Consistent online backups: create, list, verify, prune (and `roxi restore`)."""
 
 
-class _NoBar:
-    """Stands in for a progress bar where stderr is no terminal: scripts get one-line errors."""
-
-    pos = 0
-    length = 1
-
-    def __enter__(self) -> "_NoBar":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        self.pos += n
-
-
-def _bar(label: str, **kwargs):
-    if not sys.stderr.isatty():
-        return _NoBar()
-    return click.progressbar(length=1, label=label, file=sys.stderr, **kwargs)
-
-
-def _byte_bar(label: str):
-    bar = _bar(label)
-
-    def progress(done: int, total: int) -> None:
-        bar.length = max(total, 1)
-        bar.update(done - bar.pos)
-
-    return bar, progress
-
-
-def _backup_path(cfg: config_mod.Config, name: str) -> Path:
-    for candidate in (Path(name), cfg.backup_dir / name):
-        if candidate.is_dir():
-            return candidate
-    raise BadInput(f"no backup {name!r} (a directory, or a name in {cfg.backup_dir}; see `roxi backup list`)")
-
-
 @backup.command("create")
 @click.pass_context
 def backup_create(ctx: click.Context) -> None:
     """Snapshot the store now, also while ingest runs (SQLite online backup + committed rows)."""
-    from . import backup as backup_mod
-
-    cfg = _cfg(ctx)
-    bar, progress = _byte_bar("backing up")
-    with bar:
-        path = backup_mod.create(cfg, cfg.backup_dir, kind="manual", progress=progress)
-    removed = backup_mod.prune(cfg.backup_dir, keep=cfg.backup.keep)
+    with Bar("backing up") as bar:
+        path, removed = operations.backup(_cfg(ctx), kind="manual", progress=bar)
     click.echo(f"backup {path}" + (f" (pruned {len(removed)} old)" if removed else ""))
 
 
@@ -473,19 +304,12 @@ def backup_create(ctx: click.Context) -> None:
 @click.pass_context
 def backup_list(ctx: click.Context, as_json: bool) -> None:
     """Backups, oldest first: name, created, kind, rows, chunks, size."""
-    from . import backup as backup_mod
-
     cfg = _cfg(ctx)
     infos = backup_mod.list_backups(cfg.backup_dir)
     if as_json:
-        _echo_json([{"path": str(i.path), "bytes": i.bytes, **json.loads(i.manifest.to_json())} for i in infos])
-        return
-    if not infos:
-        click.echo(f"no backups in {cfg.backup_dir}")
-    for i in infos:
-        m = i.manifest
-        click.echo(f"{i.path.name}  {m.created}  {m.kind:<9} rows {m.rows:<9} chunks {m.chunks:<9} "
-                   f"{i.bytes / 2**20:.1f} MB  {m.model_id or '-'}")
+        echo_json([{"path": str(i.path), "bytes": i.bytes, **json.loads(i.manifest.to_json())} for i in infos])
+    else:
+        print_backups(infos, cfg.backup_dir)
 
 
 @backup.command("verify")
@@ -493,12 +317,9 @@ def backup_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def backup_verify(ctx: click.Context, name: str) -> None:
     """Check checksums, SQLite integrity, and that rows and chunk states agree (exit 7 if not)."""
-    from . import backup as backup_mod
-
-    path = _backup_path(_cfg(ctx), name)
-    bar, progress = _byte_bar("verifying")
-    with bar:
-        m = backup_mod.verify(path, progress=progress)
+    path = operations.find_backup(_cfg(ctx), name)
+    with Bar("verifying") as bar:
+        m = backup_mod.verify(path, progress=bar)
     click.echo(f"ok: {path.name} ({m.rows} rows, {m.chunks} chunks, {m.model_id or 'no model'})")
 
 
@@ -507,8 +328,6 @@ def backup_verify(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def backup_prune(ctx: click.Context, keep: int | None) -> None:
     """Delete all but the newest backups."""
-    from . import backup as backup_mod
-
     cfg = _cfg(ctx)
     removed = backup_mod.prune(cfg.backup_dir, keep=keep or cfg.backup.keep)
     click.echo(f"removed {len(removed)} backups" + "".join(f"\n  {p.name}" for p in removed))
@@ -521,17 +340,10 @@ def backup_prune(ctx: click.Context, keep: int | None) -> None:
 def restore(ctx: click.Context, name: str, stop_first: bool) -> None:
     """Replace the store by a backup: verified first, swapped in atomically (the current
     files are kept in data/previous/). Refused while the system runs, unless --stop."""
-    from . import backup as backup_mod
-
     cfg = _cfg(ctx)
-    path = _backup_path(cfg, name)
-    if service.is_running(cfg):
-        if not stop_first:
-            raise AlreadyRunning(f"roxi is running on {cfg.data_dir}: `roxi stop` first, or pass --stop")
-        service.stop(cfg)
-    bar, progress = _byte_bar("restoring")
-    with bar:
-        m = backup_mod.restore(cfg, path, progress=progress)
+    path = operations.find_backup(cfg, name)
+    with Bar("restoring", lazy=True) as bar:  # lazy: no bar while a running system is refused or stopped
+        m = operations.restore(cfg, path, stop_first=stop_first, progress=bar)
     click.echo(f"restored {path.name} ({m.rows} rows, {m.chunks} chunks) into {cfg.data_dir}; "
                f"previous store in {cfg.data_dir / 'previous'}; `roxi start` to run it")
 
@@ -551,21 +363,12 @@ def retry_failed(ctx: click.Context) -> None:
 @click.pass_context
 def progress(ctx: click.Context, target: float | None, as_json: bool) -> None:
     """Indexed / total chunks (failed shown apart); with --target, exit 1 until reached."""
-    cfg = _cfg(ctx)
-    stats = service.store_stats(cfg)
-    reached = target is None or (stats["chunks"] > 0 and stats["percent"] >= target)
-    failed = service.failures(cfg, limit=5) if stats["failed"] else []
+    report = operations.progress_report(_cfg(ctx), target=target)
     if as_json:
-        _echo_json({**stats, "failures": failed,
-                    **({"target": target, "reached": reached} if target is not None else {})})
+        echo_json(report)
     else:
-        click.echo(f"{stats['indexed']}/{stats['chunks']} chunks indexed ({stats['percent']:.1f} %), "
-                   f"{stats['failed']} failed; {_rate_eta(stats)}{' (paused)' if stats['paused'] else ''}")
-        for f in failed:
-            click.echo(f"  failed chunk {f['chunk_id']} of {Path(f['source']).name}: {f['error']}")
-        if stats["failed"]:
-            click.echo("  (`roxi retry-failed` puts them back)")
-    if not reached:
+        print_progress(report)
+    if not report.get("reached", True):
         ctx.exit(TARGET_NOT_REACHED)
 
 

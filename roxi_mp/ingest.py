@@ -68,15 +68,21 @@ def expand(paths: Iterable[Path | str], report: IngestReport) -> list[Path]:
 
 
 def ingest_paths(store: Store, paths: Iterable[Path | str], *, chunk_words: int, chunk_overlap: int,
-                 max_document_bytes: int,
-                 on_file: Callable[[Path, str], None] | None = None) -> IngestReport:
-    """Ingest every file under `paths`; `on_file(path, outcome)` is called after each."""
+                 max_document_bytes: int, on_file: Callable[[Path, str], None] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> IngestReport:
+    """Ingest every file under `paths`; `on_file(path, outcome)` is called after each, and
+    `progress(done, total)` in files once before the first and after each."""
     report = IngestReport()
-    for path in expand(paths, report):
+    files = expand(paths, report)
+    if progress is not None:
+        progress(0, len(files))
+    for done, path in enumerate(files, 1):
         outcome = ingest_file(store, path, report, chunk_words=chunk_words,
                               chunk_overlap=chunk_overlap, max_document_bytes=max_document_bytes)
         if on_file is not None:
             on_file(path, outcome)
+        if progress is not None:
+            progress(done, len(files))
     return report
 
 

@@ -12,7 +12,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import keys
 from .client import ControlClient
@@ -97,28 +97,33 @@ def start_background(cfg: Config, *, timeout: float | None = None) -> dict[str, 
         proc = subprocess.Popen([sys.executable, "-m", "supervisor", *cfg.to_argv(), "--quiet"],
                                 stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + (timeout or cfg.supervisor.start_timeout_seconds + 5)
-    last: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
+
+    def pending(roles: dict[str, dict] | None) -> list[str]:
         code = proc.poll()
         if code is not None:
             raise _start_failure(code, log_path)
-        if is_running(cfg):
-            try:
-                with ControlClient.for_config(cfg, timeout=2.0) as client:
-                    last = client.command("status")
-            except (NotRunning, Timeout):
-                last = None
-            if last and all(r["state"] in READY_STATES for r in last["roles"]):
-                return last
-            failed = [r["name"] for r in (last or {}).get("roles", []) if r["state"] == "failed"]
-            if failed:
-                reasons = "; ".join(f"{name}: {last_error_line(cfg.log_dir / (name + '.log'))}"
-                                    for name in failed)
-                raise RoxiError(f"role failed to start: {reasons}")
-        time.sleep(POLL)
-    waiting = [r["name"] for r in (last or {}).get("roles", []) if r["state"] not in READY_STATES]
-    raise Timeout(f"not ready in time: {', '.join(waiting) or 'supervisor'} (see {cfg.log_dir})")
+        if roles is None:
+            return ["supervisor"]
+        failed = [name for name, r in roles.items() if r["state"] == "failed"]
+        if failed:
+            reasons = "; ".join(f"{name}: {last_error_line(cfg.log_dir / (name + '.log'))}" for name in failed)
+            raise RoxiError(f"role failed to start: {reasons}")
+        return [name for name, r in roles.items() if r["state"] not in READY_STATES]
+
+    return _wait_roles(cfg, pending, timeout=timeout or cfg.supervisor.start_timeout_seconds + 5,
+                       late=lambda waiting: f"not ready in time: {', '.join(waiting)} (see {cfg.log_dir})",
+                       status=lambda: _status_if_answering(cfg))
+
+
+def _status_if_answering(cfg: Config) -> dict[str, Any] | None:
+    """The supervisor's status, or None while it is not up (or not answering) yet."""
+    if not is_running(cfg):
+        return None
+    try:
+        with ControlClient.for_config(cfg, timeout=2.0) as client:
+            return client.command("status")
+    except (NotRunning, Timeout):
+        return None
 
 
 def _start_failure(code: int, log_path) -> RoxiError:
@@ -151,36 +156,48 @@ def control(cfg: Config, command: str, *, timeout: float = 10.0, **args: Any) ->
         return client.command(command, **args)
 
 
+def _wait_roles(cfg: Config, pending: Callable[[dict[str, dict] | None], list[str]], *, timeout: float,
+                late: Callable[[list[str]], str],
+                status: Callable[[], dict[str, Any] | None] | None = None) -> dict[str, Any] | None:
+    """Poll the supervisor's status every POLL seconds until `pending(roles by name)` names no
+    role, and return that status; after `timeout` seconds raise Timeout(late(names)).
+    `pending` raises to give up early (a role failed); `status` None means "not up yet"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = status() if status is not None else control(cfg, "status")
+        waiting = pending(None if last is None else {r["name"]: r for r in last["roles"]})
+        if not waiting:
+            return last
+        if time.monotonic() > deadline:
+            raise Timeout(late(waiting))
+        time.sleep(POLL)
+
+
 def stop_role(cfg: Config, role: str, *, timeout: float | None = None) -> list[str]:
     """Stop one role by hand and wait until its processes are gone."""
     names = control(cfg, "stop", role=role)["stopped"]
     wait = timeout if timeout is not None else cfg.supervisor.grace_seconds + 5
-    deadline = time.monotonic() + wait
-    while True:
-        roles = {r["name"]: r for r in control(cfg, "status")["roles"]}
-        if all(roles[n]["pid"] is None for n in names):
-            return names
-        if time.monotonic() > deadline:
-            raise Timeout(f"{', '.join(names)} still running after {wait:g} s")
-        time.sleep(POLL)
+    _wait_roles(cfg, lambda roles: names if any(roles[n]["pid"] is not None for n in names) else [],
+                timeout=wait, late=lambda _: f"{', '.join(names)} still running after {wait:g} s")
+    return names
 
 
 def restart_role(cfg: Config, role: str, *, timeout: float | None = None) -> list[str]:
     """Restart a role (clearing failed or stopped) and wait until it is up again."""
     names = control(cfg, "restart", role=role)["restarted"]
     wait = timeout if timeout is not None else cfg.supervisor.grace_seconds + cfg.supervisor.start_timeout_seconds
-    deadline = time.monotonic() + wait
-    while True:
-        roles = {r["name"]: r for r in control(cfg, "status")["roles"]}
+
+    def pending(roles: dict[str, dict]) -> list[str]:
         if all(roles[n]["state"] in READY_STATES for n in names):
-            return names
+            return []
         failed = [n for n in names if roles[n]["state"] == "failed"]
         if failed:
             raise RoxiError(f"{', '.join(failed)} failed again: "
                             f"{last_error_line(cfg.log_dir / (failed[0] + '.log'))}")
-        if time.monotonic() > deadline:
-            raise Timeout(f"{', '.join(names)} not running after {wait:g} s")
-        time.sleep(POLL)
+        return names
+
+    _wait_roles(cfg, pending, timeout=wait, late=lambda _: f"{', '.join(names)} not running after {wait:g} s")
+    return names
 
 
 def sleep_roles(cfg: Config, role: str | None, *, wake: bool, timeout: float = 15.0) -> list[str]:
@@ -193,16 +210,14 @@ def sleep_roles(cfg: Config, role: str | None, *, wake: bool, timeout: float = 1
     seen = {r["name"]: r.get("seq", 0) for r in control(cfg, "status")["roles"]}
     names = control(cfg, "wake" if wake else "sleep", role=role)["asked"]
     want = "running" if wake else "asleep"
-    deadline = time.monotonic() + timeout
-    while True:
-        roles = {r["name"]: r for r in control(cfg, "status")["roles"]}
-        waiting = [n for n in names if roles[n]["role"] != "indexer" and roles[n]["pid"] is not None
-                   and (roles[n]["state"] != want or roles[n].get("seq", 0) <= seen.get(n, 0))]
-        if not waiting:
-            return names
-        if time.monotonic() > deadline:
-            raise Timeout(f"{', '.join(waiting)} not {want} after {timeout:g} s")
-        time.sleep(POLL)
+
+    def pending(roles: dict[str, dict]) -> list[str]:
+        return [n for n in names if roles[n]["role"] != "indexer" and roles[n]["pid"] is not None
+                and (roles[n]["state"] != want or roles[n].get("seq", 0) <= seen.get(n, 0))]
+
+    _wait_roles(cfg, pending, timeout=timeout,
+                late=lambda waiting: f"{', '.join(waiting)} not {want} after {timeout:g} s")
+    return names
 
 
 def notify_ingest(cfg: Config) -> bool:

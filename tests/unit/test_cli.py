@@ -170,3 +170,58 @@ def test_store_error_exits_7(env: dict, docs: list[Path]) -> None:
     result = roxi(env, "ingest", str(docs[0]))
     assert result.exit_code == errors.STORE
     assert "roxi.sqlite3" in result.stderr
+
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """service's view of a running system, faked: `process` runs without processes. Here the
+    counts move on every reading (the CLI leaves process_until its real sleep, POLL 0 s)."""
+    from roxi_mp import service
+
+    from .test_service import FakeSystem
+
+    system = FakeSystem()
+
+    def stats(cfg):
+        system.sleep(0.1)
+        return system.stats(cfg)
+
+    monkeypatch.setattr(service, "is_running", lambda cfg: system.running)
+    monkeypatch.setattr(service, "store_stats", stats)
+    monkeypatch.setattr(service, "set_paused", system.set_paused)
+    monkeypatch.setattr(service, "POLL", 0.0)
+    return system
+
+
+def test_process_prints_reached_and_pauses(env: dict, fake) -> None:
+    result = roxi(env, "process", "--until", "50")
+    assert result.exit_code == errors.OK, result.output
+    assert result.stdout == ("reached 50.0 % (50/100 chunks): processing paused; `roxi resume` or "
+                             "`roxi process --until 100` to go on\n")
+    assert fake.pauses == [False, True]
+
+
+def test_process_unreachable_exits_9(env: dict, fake) -> None:
+    fake.failed = 70
+    result = roxi(env, "process", "--until", "50")
+    assert result.exit_code == errors.SERVER
+    assert result.stderr == ("roxi: target 50 % cannot be reached: 70 chunks failed "
+                             "(see `roxi progress`, `roxi retry-failed`)\n")
+    assert fake.pauses == [False, True]
+
+
+def test_process_ctrl_c_pauses_and_exits_130(env: dict, fake) -> None:
+    fake.interrupt_at = 4  # the readings: the check (paused), then 10 %, 20 %, then Ctrl-C
+    result = roxi(env, "process", "--until", "100")
+    assert result.exit_code == 130
+    assert result.stderr == "interrupted at 20.0 %: processing paused\n"
+    assert fake.pauses == [False, True]
+
+
+def test_reembed_backends_come_from_the_embedder_registry(env: dict) -> None:
+    from roxi_mp.embedders import BACKENDS
+
+    result = roxi(env, "reembed", "--model", "nope")
+    assert result.exit_code == errors.USAGE
+    assert all(repr(name) in result.stderr for name in BACKENDS)

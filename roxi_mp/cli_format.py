@@ -1,0 +1,150 @@
+"""How the `roxi` CLI prints: status tables, rates and ETAs, search hits, and progress bars.
+
+Output only, no rules: what to print comes from the library calls (roxi_mp.service,
+roxi_mp.operations); this module decides how it reads on a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def print_status(data: dict) -> None:
+    sup = data.get("supervisor")
+    click.echo(f"supervisor: {'pid %s, up %ss' % (sup['pid'], sup['uptime']) if sup else 'not running'}")
+    print_roles(data)
+    print_store(data["store"])
+
+
+def print_roles(data: dict) -> None:
+    for r in data.get("roles", []):
+        rss = f"{r['rss'] / 2**20:.1f} MB" if r.get("rss") else "-"
+        mapped = f" mapped {r['mapped_rss'] / 2**20:.1f}/{r['mapped_bytes'] / 2**20:.1f} MB" \
+            if r.get("mapped_bytes") is not None else ""
+        cpu = f"{r['cpu_percent']:.0f}%" if r.get("cpu_percent") is not None else "-"
+        beat = f"{r['heartbeat_age']:.1f}s" if r.get("heartbeat_age") is not None else "-"
+        up = f"{r['uptime']:.0f}s" if r.get("uptime") is not None else "-"
+        click.echo(f"  {r['name']:<12} {r['state']:<9} pid {r['pid'] or '-':<8} up {up:<7} rss {rss:<10} "
+                   f"cpu {cpu:<5} beat {beat:<6} restarts {r['restarts']}{mapped}")
+        backoff = max(r.get("backoff_seconds") or 0, (r.get("backend") or {}).get("backoff_seconds") or 0)
+        if backoff:
+            click.echo(f"      backing off {backoff:.1f} s ({(r.get('backend') or {}).get('last_error') or 'service down'})")
+        if r.get("last_error"):
+            click.echo(f"      commits failing ({r.get('commit_failures', 0)} attempts, retrying): {r['last_error']}")
+        if r.get("index") not in (None, "exact") and r.get("ann_rows") is not None and r["name"] == "indexer":
+            building = ", building" if r.get("building") else ""
+            click.echo(f"      {r['index']} index covers {r['ann_rows']:,} rows{building}"
+                       f" ({r.get('builds', 0)} builds, {r.get('build_failures', 0)} failures)")
+        if r["state"] == "failed":
+            click.echo(f"      exit code {r.get('exit_code')}; last log lines:")
+            for line in r.get("log_tail", [])[-5:]:
+                click.echo(f"      | {line}")
+
+
+def rate_eta(stats: dict) -> str:
+    rate, eta = stats.get("rate_per_second") or 0.0, stats.get("eta_seconds")
+    if eta is None:
+        return f"{rate:.1f} chunks/s, no ETA"
+    return f"{rate:.1f} chunks/s, ETA {duration(eta)}"
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def print_store(s: dict) -> None:
+    click.echo(f"store: {s['documents']} documents, {s['chunks']} chunks, {s['indexed']} indexed "
+               f"({s['percent']:.1f} %), {s['pending'] + s['leased']} pending, {s['failed']} failed; "
+               f"{rate_eta(s)}{'; PROCESSING PAUSED (roxi resume)' if s.get('paused') else ''}")
+
+
+def print_ingest(report) -> None:
+    click.echo(f"added {report.added} documents ({report.chunks} chunks), {report.duplicates} "
+               f"duplicates, {report.empty} empty, {len(report.errors)} skipped")
+    for path, reason in report.errors:
+        click.echo(f"skipped {path}: {reason}", err=True)
+
+
+def print_hits(hits: list[dict]) -> None:
+    if not hits:
+        click.echo("no results (is anything indexed yet? see `roxi progress`)")
+    for h in hits:
+        click.echo(f"{h['rank']:>3}. {h['score']:.4f}  {h['title']}  [{Path(h['source']).name} #{h['position']}]")
+        snippet = h.get("text", "")
+        click.echo(f"     {snippet[:240]}{'...' if len(snippet) > 240 else ''}")
+
+
+def print_progress(report: dict) -> None:
+    click.echo(f"{report['indexed']}/{report['chunks']} chunks indexed ({report['percent']:.1f} %), "
+               f"{report['failed']} failed; {rate_eta(report)}{' (paused)' if report['paused'] else ''}")
+    for f in report["failures"]:
+        click.echo(f"  failed chunk {f['chunk_id']} of {Path(f['source']).name}: {f['error']}")
+    if report["failed"]:
+        click.echo("  (`roxi retry-failed` puts them back)")
+
+
+def print_backups(infos: list, backup_dir: Path) -> None:
+    if not infos:
+        click.echo(f"no backups in {backup_dir}")
+    for i in infos:
+        m = i.manifest
+        click.echo(f"{i.path.name}  {m.created}  {m.kind:<9} rows {m.rows:<9} chunks {m.chunks:<9} "
+                   f"{i.bytes / 2**20:.1f} MB  {m.model_id or '-'}")
+
+
+class Bar:
+    """A progress bar on stderr, itself the `progress(done, total)` callback of the work.
+
+    Where stderr is no terminal (or `enabled` is false) there is none: scripts get one-line
+    errors. An eager bar shows when entered; a `lazy` one at the first report, so that what
+    runs before the work (checks that may refuse, a stop) prints no bar, and then only if
+    that first total exceeds `min_total`. `item(last)` formats the `last` value reported.
+    """
+
+    def __init__(self, label: str, *, lazy: bool = False, min_total: int = 0, enabled: bool = True,
+                 show_pos: bool = False, item: Callable[[Any], str] | None = None) -> None:
+        self.label, self.lazy, self.min_total, self.show_pos, self.item = label, lazy, min_total, show_pos, item
+        self.enabled = enabled and sys.stderr.isatty()
+        self.last: Any = None
+        self._bar: Any = None
+        self._reported = False
+
+    def __enter__(self) -> "Bar":
+        if not self.lazy:
+            self._open(1)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def __call__(self, done: int, total: int, last: Any = None) -> None:
+        self.last = last
+        if self.lazy and not self._reported and total > self.min_total:
+            self._open(total)
+        self._reported = True
+        if self._bar is not None:
+            self._bar.length = max(total, 1)
+            self._bar.update(done - self._bar.pos)
+
+    def _open(self, length: int) -> None:
+        if not self.enabled:
+            return
+        show = {} if self.item is None else {"item_show_func": lambda _: self.item(self.last)}
+        self._bar = click.progressbar(length=length, label=self.label, file=sys.stderr, show_pos=self.show_pos,
+                                      **show)
+        self._bar.__enter__()
