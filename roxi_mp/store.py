@@ -6,6 +6,8 @@ documents, embedders claim chunks with a lease, and the indexer, the single writ
 `committed_rows` (the SQLite half of the commit protocol, see roxi_mp.roles.indexer).
 Transactions use BEGIN IMMEDIATE so two writers never deadlock on a lock upgrade, and
 synchronous=FULL so a committed batch survives power loss, not only a killed process.
+`Store` is one class over one connection; the embedders' lease queue (roxi_mp.store_leases)
+and the query server's hit lookup (roxi_mp.store_hits) are written in their own modules.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from . import migrations
 from .errors import ModelMismatch, StoreError
+from .store_hits import Hit, HitLookup
+from .store_leases import FAILED, INDEXED, LEASED, PARAMETER_BATCH, PENDING, ChunkLeases
 
 if TYPE_CHECKING:
     from .config import Config
 
-PENDING, LEASED, INDEXED, FAILED = "pending", "leased", "indexed", "failed"
+#: the names other modules import from here, wherever they are defined
+__all__ = ["FAILED", "INDEXED", "LEASED", "PENDING", "Hit", "Stats", "Store"]
+
 #: meta keys
 META_SCHEMA = "schema_version"
 META_MODEL = "model_id"
@@ -50,27 +56,16 @@ class Stats:
         return {**self.__dict__, "percent": round(self.percent, 2)}
 
 
-#: document titles and sources a connection keeps for `hits`
-DOC_CACHE_ENTRIES = 10_000
+class Store(ChunkLeases, HitLookup):
+    """A connection to the document store; cheap to open, one per process or thread.
 
-
-@dataclass(frozen=True)
-class Hit:
-    row: int
-    chunk_id: int
-    doc_id: int
-    position: int
-    title: str
-    source: str
-    text: str
-
-
-class Store:
-    """A connection to the document store; cheap to open, one per process or thread."""
+    The embedders' lease methods (claim, release, renew, ...) come from ChunkLeases in
+    roxi_mp.store_leases, the query server's `hits` from HitLookup in roxi_mp.store_hits.
+    """
 
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000, migrate: bool = True) -> None:
         self.path = Path(path)
-        self._doc_cache: dict[int, tuple[str, str]] = {}
+        self._doc_cache: dict[int, tuple[str, str]] = {}  # HitLookup's, valid for this connection
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=busy_timeout_ms / 1000,
                                         isolation_level=None, check_same_thread=False)
@@ -220,83 +215,6 @@ class Store:
         rows.clear()
         return n
 
-    # --- embedder side: leases ---------------------------------------------------
-    def claim(self, owner: str, limit: int, *, now: float, lease_seconds: float) -> list[tuple[int, str]]:
-        """Lease up to `limit` chunks that are pending or whose lease has expired."""
-        with self.transaction():
-            # Two limited index range scans: one query with an OR would gather every
-            # pending id before sorting (40 ms a claim with 300k pending, measured).
-            ids = [r[0] for r in self.conn.execute(
-                "SELECT id FROM chunks WHERE state='leased' AND lease_expires < ? ORDER BY id LIMIT ?",
-                (now, limit))]
-            ids += [r[0] for r in self.conn.execute(
-                "SELECT id FROM chunks WHERE state='pending' ORDER BY id LIMIT ?", (limit,))]
-            ids = sorted(ids)[:limit]
-            if not ids:
-                return []
-            rows = self.conn.execute(
-                f"UPDATE chunks SET state='leased', lease_owner=?, lease_expires=?, attempts=attempts+1 "
-                f"WHERE id IN ({','.join('?' * len(ids))}) RETURNING id, text",
-                (owner, now + lease_seconds, *ids)).fetchall()
-        rows.sort()
-        return rows
-
-    def release(self, chunk_ids: Sequence[int], *, owner: str, error: str | None = None,
-                max_attempts: int | None = None, count_attempt: bool = True) -> int:
-        """Give leased chunks back after an embedding error; returns how many were marked failed.
-
-        With `count_attempt`, the claim's attempt stands and a chunk out of attempts is
-        marked failed with `error`. Without it (the service was down, not the chunk at
-        fault) the attempt is taken back: an outage must not use up every chunk's attempts.
-        """
-        failed = 0
-        with self.transaction():
-            for cid in chunk_ids:
-                if not count_attempt:
-                    self.conn.execute(
-                        "UPDATE chunks SET state='pending', attempts=max(attempts - 1, 0), lease_owner=NULL, "
-                        "lease_expires=NULL, error=? WHERE id=? AND state='leased' AND lease_owner=?",
-                        (error, cid, owner))
-                    continue
-                row = self.conn.execute(
-                    "UPDATE chunks SET state = CASE WHEN ? IS NOT NULL AND attempts >= ? "
-                    "THEN 'failed' ELSE 'pending' END, lease_owner=NULL, lease_expires=NULL, error=? "
-                    "WHERE id=? AND state='leased' AND lease_owner=? RETURNING state",
-                    (max_attempts, max_attempts, error, cid, owner)).fetchone()
-                failed += bool(row and row[0] == FAILED)
-        return failed
-
-    def renew(self, chunk_ids: Sequence[int], *, owner: str, now: float, lease_seconds: float) -> int:
-        """Extend our leases on chunks still being worked on (a slow API must not let them
-        expire, or another embedder would pay to embed them again). Returns leases renewed."""
-        renewed = 0
-        with self.transaction():
-            for start in range(0, len(chunk_ids), 900):
-                part = list(chunk_ids[start:start + 900])
-                marks = ",".join("?" * len(part))
-                renewed += self.conn.execute(
-                    f"UPDATE chunks SET lease_expires=? WHERE id IN ({marks}) AND state='leased' "
-                    f"AND lease_owner=?", [now + lease_seconds, *part, owner]).rowcount
-        return renewed
-
-    def retry_failed(self) -> int:
-        """Put every failed chunk back to pending with fresh attempts; returns how many."""
-        with self.transaction():
-            return self.conn.execute(
-                "UPDATE chunks SET state='pending', attempts=0, error=NULL WHERE state='failed'").rowcount
-
-    def failures(self, limit: int = 20) -> list[tuple[int, str, str | None]]:
-        """(chunk id, document source, error) of failed chunks, for status and progress."""
-        return self.conn.execute(
-            "SELECT c.id, d.source, c.error FROM chunks c JOIN documents d ON d.id = c.doc_id "
-            "WHERE c.state='failed' ORDER BY c.id LIMIT ?", (limit,)).fetchall()
-
-    def pending_count(self, *, now: float) -> int:
-        pending = self.conn.execute("SELECT count(*) FROM chunks WHERE state='pending'").fetchone()[0]
-        expired = self.conn.execute("SELECT count(*) FROM chunks WHERE state='leased' AND lease_expires < ?",
-                                    (now,)).fetchone()[0]
-        return pending + expired
-
     # --- indexer side: the commit ------------------------------------------------
     def committed_rows(self) -> int:
         return int(self.get_meta(META_ROWS, "0"))
@@ -308,8 +226,8 @@ class Store:
         """Those of `chunk_ids` that exist and have no vector row yet."""
         ids = list(dict.fromkeys(chunk_ids))
         found: set[int] = set()
-        for start in range(0, len(ids), 900):  # SQLite's parameter limit
-            part = ids[start:start + 900]
+        for start in range(0, len(ids), PARAMETER_BATCH):
+            part = ids[start:start + PARAMETER_BATCH]
             marks = ",".join("?" * len(part))
             found.update(r[0] for r in self.conn.execute(
                 f"SELECT id FROM chunks WHERE id IN ({marks}) AND row IS NULL", part))
@@ -359,38 +277,6 @@ class Store:
         """Persisted, so a paused system stays paused across restarts."""
         with self.transaction():
             self._set_meta(META_PAUSED, "1" if paused else "0")
-
-    def hits(self, rows: Sequence[int], *, with_text: bool = True) -> dict[int, Hit]:
-        """Chunk and document fields for the given vector rows (only what a reply needs).
-
-        Runs right after a scan has flushed the CPU caches, so it does as little as it can:
-        one lookup per row on the chunks table, and document titles and sources from a small
-        cache (documents never change once stored) instead of a join.
-        """
-        out: dict[int, Hit] = {}
-        if not rows:
-            return out
-        marks = ",".join("?" * len(rows))
-        found = self.conn.execute(
-            f"SELECT row, id, doc_id, position{', text' if with_text else ''} FROM chunks WHERE row IN ({marks})",
-            [int(r) for r in rows]).fetchall()
-        docs = self._documents({r[2] for r in found})
-        for r in found:
-            if r[2] in docs:
-                out[r[0]] = Hit(r[0], r[1], r[2], r[3], *docs[r[2]], r[4] if with_text else "")
-        return out
-
-    def _documents(self, ids: set[int]) -> dict[int, tuple[str, str]]:
-        """(title, source) of documents, cached (bounded) for the life of this connection."""
-        missing = [i for i in ids if i not in self._doc_cache]
-        if missing:
-            if len(self._doc_cache) + len(missing) > DOC_CACHE_ENTRIES:
-                self._doc_cache.clear()
-            marks = ",".join("?" * len(missing))
-            for doc_id, title, source in self.conn.execute(
-                    f"SELECT id, title, source FROM documents WHERE id IN ({marks})", missing):
-                self._doc_cache[doc_id] = (title, source)
-        return {i: self._doc_cache[i] for i in ids if i in self._doc_cache}
 
     def iter_rows(self) -> Iterator[tuple[int, int]]:
         """(chunk_id, row) of every indexed chunk, for consistency checks."""

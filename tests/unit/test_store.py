@@ -318,7 +318,7 @@ def test_hits_returns_document_and_chunk_fields_for_rows(store: Store) -> None:
 
 
 def test_hits_document_cache_stays_bounded(store: Store, monkeypatch) -> None:
-    monkeypatch.setattr("roxi_mp.store.DOC_CACHE_ENTRIES", 2)
+    monkeypatch.setattr("roxi_mp.store_hits.DOC_CACHE_ENTRIES", 2)
     for name in ("a", "b", "c"):
         add(store, name, 1, title=name.upper())
     store.commit_rows([(1, 0), (2, 1), (3, 2)], rows=3)
