@@ -4,7 +4,8 @@
 directory without reading conf/roxi.toml or the caller's ROXI_* environment, so a test sees
 only the values it sets. `System` starts the real supervisor (`python -m supervisor`) as a
 subprocess with such a configuration written to a TOML file, so its children load exactly
-the same values.
+the same values. `FakeClock` is the injected clock of unit tests; `wait_until` is how a test
+waits for a state of real processes (a generous deadline, never a fixed sleep).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +45,43 @@ TEST_DEFAULTS: dict[str, Any] = {
     # makes timing tests slow (tests/unit/test_embedder_role.py covers yielding)
     "embedder__busy_cpu_percent": 100.0,
 }
+
+
+class FakeClock:
+    """A clock that only moves when someone sleeps on it (or a test advances it).
+
+    Pass `clock` as the clock and `clock.sleep` as the sleep of the code under test: its
+    waits then take no real time and are recorded in `sleeps`. Sleeps from several threads
+    add up (each advances the clock by its own length). Thread-safe.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now += seconds
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something true, and return that; AssertionError
+    naming `what` after `timeout` seconds. For states real processes reach in their own time:
+    the deadline is generous (a loaded machine is slow), the poll is short (a quick one is fast)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 def write_toml(path: Path, overrides: dict[str, Any]) -> Path:

@@ -6,11 +6,12 @@ come from `HashingEmbedder`, so equal text gives an equal vector in every proces
 test can compute the expected answer itself. Faults are scripted per request (a 429 with
 or without Retry-After, 5xx, a slow reply, malformed replies, a dropped connection), on
 every n-th request, or for any request containing a marker text. `requests` records each
-request's arrival for rate checks, and `texts_embedded` counts valid replies per text to
+request's arrival for rate checks (on `clock`: time.monotonic, or a unit test's fake clock,
+so arrivals are seen in the time base of the client under test), and `texts_embedded` counts valid replies per text to
 check that paid work is done exactly once (a valid reply counts as it is sent, so one
 the client gave up on, say after a timeout, still counts: a real API bills it too).
 Faults: "429:S" (Retry-After: S), "429", any other status such as "500" or "400",
-"slow:S" (answer after S seconds), "wrong_dim", "wrong_count", "dup_index", "nan",
+"slow:S" (answer after S seconds), "hold" (answer once the test calls `release()`), "wrong_dim", "wrong_count", "dup_index", "nan",
 "bad_json", "drop" (close without answering), and "reorder" (valid, out of order).
 Standalone, for manual runs:
 
@@ -30,6 +31,7 @@ import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
 from roxi_mp.embedders.hashing import HashingEmbedder
 
@@ -41,6 +43,9 @@ MAX_BODY_BYTES = 64 << 20
 IDLE_SECONDS = 30.0
 #: seconds stop() waits for the server thread (5)
 STOP_SECONDS = 5.0
+#: seconds a "hold" fault waits for release() at most (60): a forgotten release fails a
+#: test slowly instead of hanging it
+HOLD_SECONDS = 60.0
 #: names of faults that answer 200 with a broken body
 BROKEN_REPLIES = ("wrong_dim", "wrong_count", "bad_json", "nan", "dup_index")
 
@@ -49,7 +54,7 @@ def check_fault(fault: str) -> str:
     """`fault` if it is one this server knows, else ValueError (fail at script time, not
     as a puzzling 500 in the middle of a test)."""
     name, _, arg = fault.partition(":")
-    if name in BROKEN_REPLIES + ("drop", "reorder") and not arg:
+    if name in BROKEN_REPLIES + ("drop", "reorder", "hold") and not arg:
         return fault
     if name == "slow" and arg:
         float(arg)
@@ -64,9 +69,11 @@ def check_fault(fault: str) -> str:
 class FakeOpenAI:
     """POST /v1/embeddings like the OpenAI API; see the module docstring."""
 
-    def __init__(self, *, dim: int = 64, require_key: str | None = None, port: int = 0) -> None:
+    def __init__(self, *, dim: int = 64, require_key: str | None = None, port: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.dim = dim
         self.require_key = require_key
+        self.clock = clock
         self.model = HashingEmbedder(dim=dim)
         self.requests: list[tuple[float, int]] = []
         self.texts_embedded: collections.Counter = collections.Counter()
@@ -77,6 +84,7 @@ class FakeOpenAI:
         self._markers: list[tuple[str, int]] = []
         self._seen = 0  # POSTs to /embeddings so far, for every()
         self._stopping = threading.Event()
+        self._released = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -86,6 +94,7 @@ class FakeOpenAI:
         if self._server is not None:
             return self
         self._stopping.clear()
+        self._released.clear()
         self._server = _Server(("127.0.0.1", self._port), self)
         self._port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
@@ -99,6 +108,7 @@ class FakeOpenAI:
         if server is None:
             return
         self._stopping.set()  # ends slow replies early
+        self._released.set()  # and held ones
         server.shutdown()
         server.server_close()
         server.close_connections()
@@ -133,6 +143,10 @@ class FakeOpenAI:
         with self._lock:
             self._markers.append((marker, status))
 
+    def release(self) -> None:
+        """Let every request held by a "hold" fault, and every later one, be answered."""
+        self._released.set()
+
     def heal(self) -> None:
         """Clear every scripted and persistent fault."""
         with self._lock:
@@ -150,7 +164,7 @@ class FakeOpenAI:
 
     # --- serving -----------------------------------------------------------------------
     def _handle(self, h: "_Handler") -> None:
-        arrival = time.monotonic()
+        arrival = self.clock()
         path = h.path.split("?", 1)[0].rstrip("/")
         try:
             length = int(h.headers.get("Content-Length", "0"))
@@ -180,6 +194,8 @@ class FakeOpenAI:
             return
         if name == "slow":
             self._stopping.wait(float(arg))
+        elif name == "hold":
+            self._released.wait(HOLD_SECONDS)
         elif name.isdigit():
             headers = {"Retry-After": arg} if name == "429" and arg else {}
             return self._error(h, int(name), f"scripted fault {fault}", headers=headers)
@@ -214,7 +230,7 @@ class FakeOpenAI:
                            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}).encode()
         if fault == "bad_json":
             body = body[: len(body) // 2]
-        if fault in ("", "slow", "reorder"):
+        if fault in ("", "slow", "hold", "reorder"):
             # Counted before the write, not after: a client holding its answer must find it
             # counted. A write that then fails still counts, as the real API still bills it.
             with self._lock:

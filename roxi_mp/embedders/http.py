@@ -11,12 +11,13 @@ once so the embedder role can split the batch; a refused key (401/403) fails at 
 The API key is read from the environment at `load` and scrubbed from every message this
 module produces, since servers may echo it back. `encode` is safe for `max_in_flight`
 concurrent callers: they share one pooled httpx.Client and one limiter.
+
+This module is the policy: options, the connection pool, retries and pauses, counters.
+One request and the checks on its reply are `http_request.post`, which keeps no state.
 """
 
 from __future__ import annotations
 
-import email.utils
-import json
 import logging
 import math
 import os
@@ -32,83 +33,29 @@ import numpy as np
 from .. import ratelimit
 from ..errors import ConfigError
 from .base import EmbedError, Embedder, check_texts
+from .http_request import Refused, Retry, estimate_tokens, post, request_body, retry_after_seconds
+
+# Imported from here by callers and tests, though they live in http_request.
+__all__ = ["HttpEmbedder", "estimate_tokens", "retry_after_seconds"]
 
 log = logging.getLogger("roxi.embedder.http")
 
 #: share of the configured rate limits actually used (0.98): request starts are spaced
 #: exactly, but network jitter can bring their arrivals closer together at the server
 RATE_HEADROOM = 0.98
-#: characters per token assumed by the estimate (4); a real tokenizer may count more,
-#: which the reply's `usage` then charges to the limiter afterwards
-CHARS_PER_TOKEN = 4
 #: most concurrent requests per embedder accepted (64)
 MAX_IN_FLIGHT = 64
 #: seconds an idle pooled connection is kept open (5.0)
 KEEPALIVE_SECONDS = 5.0
-#: bytes read of an error reply, at most (65_536); the rest is not needed for a message
-MAX_ERROR_BYTES = 65_536
-#: reply bytes allowed per vector component (40) and per input (512), plus a fixed 64 KiB:
-#: a larger reply cannot be valid, and reading it would only cost memory
-REPLY_BYTES_PER_FLOAT = 40
-REPLY_BYTES_PER_INPUT = 512
-#: characters of a server's error message kept in an EmbedError (200)
-MAX_SERVER_MESSAGE = 200
 #: statuses that refuse the input itself: the role splits the batch to find the culprit
 INPUT_STATUSES = frozenset({400, 413, 422})
 #: statuses that refuse the key: retrying cannot help
 AUTH_STATUSES = frozenset({401, 403})
-#: statuses retried like 5xx (request timeout, conflict), as the OpenAI clients do
-RETRY_STATUSES = frozenset({408, 409})
 #: text put in place of the API key wherever it would appear
 REDACTED = "[REDACTED]"
 # status() counter of each kind of failed attempt
 _COUNTER = {"rate_limited": "rate_limited", "server": "server_errors",
             "transport": "transport_errors", "bad_reply": "bad_replies"}
-
-
-def estimate_tokens(texts: Sequence[str]) -> int:
-    """An estimate of the tokens `texts` cost: len // 4 + 1 each. Only an estimate (text
-    in other scripts can cost more); the limiter is charged the real usage afterwards."""
-    return sum(len(t) // CHARS_PER_TOKEN + 1 for t in texts)
-
-
-def retry_after_seconds(headers: httpx.Headers, *, wall_now: float | None = None) -> float | None:
-    """Seconds a 429's headers ask to wait (`retry-after-ms`, or `Retry-After` as seconds
-    or an HTTP date), None when absent or unreadable."""
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            value = float(ms) / 1000.0
-            if math.isfinite(value):
-                return max(0.0, value)
-        except ValueError:
-            value = None  # not a number: try the standard header
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        value = float(raw)
-        return max(0.0, value) if math.isfinite(value) else None
-    except ValueError:
-        value = None  # not seconds: an HTTP date, below
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None  # an HTTP date is always GMT; a naive one is not one
-    return max(0.0, when.timestamp() - (time.time() if wall_now is None else wall_now))
-
-
-class _Retry(Exception):
-    """A failed attempt worth retrying; `kind` picks the wait, `message` is for people."""
-
-    def __init__(self, kind: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.retry_after = retry_after
 
 
 class _Conn:
@@ -141,35 +88,12 @@ class HttpEmbedder(Embedder):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"http base_url must start with http:// or https://, got {base_url!r}")
-        if not isinstance(model, str) or not model.strip():
-            raise ConfigError(f"http model must be a non-empty string, got {model!r}")
-        if not _is_int(dim) or dim < 1:
-            raise ConfigError(f"http dim must be an integer >= 1, got {dim!r}")
-        if not isinstance(api_key_env, str) or not api_key_env:
-            raise ConfigError(f"http api_key_env must be a non-empty string, got {api_key_env!r}")
-        if not _is_int(max_in_flight) or not 1 <= max_in_flight <= MAX_IN_FLIGHT:
-            raise ConfigError(
-                f"http max_in_flight must be an integer from 1 to {MAX_IN_FLIGHT}, got {max_in_flight!r}"
-            )
-        if not _is_int(max_retries) or max_retries < 0:
-            raise ConfigError(f"http max_retries must be an integer >= 0, got {max_retries!r}")
-        for name, value in (
-            ("requests_per_minute", requests_per_minute),
-            ("tokens_per_minute", tokens_per_minute),
-            ("timeout_seconds", timeout_seconds),
-            ("backoff_initial_seconds", backoff_initial_seconds),
-            ("backoff_max_seconds", backoff_max_seconds),
-            ("max_wait_seconds", max_wait_seconds),
-        ):
-            if not _is_number(value) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"http {name} must be a finite number > 0, got {value!r}")
-        if backoff_max_seconds < backoff_initial_seconds:
-            raise ConfigError("http backoff_max_seconds must be >= backoff_initial_seconds")
-        if max_wait_seconds < backoff_max_seconds:
-            # A capped Retry-After pause could then never be waited out.
-            raise ConfigError("http max_wait_seconds must be >= backoff_max_seconds")
+        check_options(base_url=base_url, model=model, dim=dim, api_key_env=api_key_env,
+                      max_in_flight=max_in_flight, max_retries=max_retries, positive={
+                          "requests_per_minute": requests_per_minute,
+                          "tokens_per_minute": tokens_per_minute, "timeout_seconds": timeout_seconds,
+                          "backoff_initial_seconds": backoff_initial_seconds,
+                          "backoff_max_seconds": backoff_max_seconds, "max_wait_seconds": max_wait_seconds})
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.dim = dim
@@ -275,9 +199,7 @@ class HttpEmbedder(Embedder):
         return out
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        # ASCII JSON: lone surrogates (from bad decodes) become \u escapes the server can
-        # refuse with a 400, instead of failing to encode here on every retry.
-        body = json.dumps({"model": self.model, "input": texts, "encoding_format": "float"}).encode("ascii")
+        body = request_body(self.model, texts)
         estimate = estimate_tokens(texts)
         attempts = self.max_retries + 1
         for attempt in range(attempts):
@@ -293,7 +215,7 @@ class HttpEmbedder(Embedder):
                 self._count("failures")
                 self._set_error(str(exc))
                 raise
-            except _Retry as exc:
+            except Retry as exc:
                 self._count(_COUNTER[exc.kind])
                 if exc.kind == "bad_reply":
                     self._count("server_errors")  # a malformed reply is the server's fault too
@@ -314,31 +236,18 @@ class HttpEmbedder(Embedder):
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _attempt(self, conn: _Conn, body: bytes, n: int) -> tuple[np.ndarray, int]:
-        """One POST: the vectors and the tokens the reply says were used, or _Retry."""
+        """One POST: the vectors and the tokens the reply says were used, Retry, or EmbedError."""
         self._count("requests")
-        deadline = self._clock() + self.timeout_seconds
         try:
-            with conn.client.stream("POST", self._url, content=body) as reply:
-                status, headers = reply.status_code, reply.headers
-                if 200 <= status < 300:
-                    limit = 65_536 + n * (self.dim * REPLY_BYTES_PER_FLOAT + REPLY_BYTES_PER_INPUT)
-                    raw = self._read(reply, limit, deadline, truncate=False)
-                else:
-                    raw = self._read(reply, MAX_ERROR_BYTES, deadline, truncate=True)
-        except httpx.TimeoutException as exc:
-            raise _Retry("transport", f"{type(exc).__name__} after {self.timeout_seconds:g} s") from None
-        except httpx.RequestError as exc:
-            raise _Retry("transport", self._redact(f"{type(exc).__name__}: {exc}")) from None
-        if 200 <= status < 300:
-            return self._parse(raw, n)
-        message = self._server_message(raw)
-        if status == 429:
-            raise _Retry("rate_limited", f"HTTP 429: {message}", retry_after_seconds(headers))
-        if status >= 500 or status in RETRY_STATUSES:
-            raise _Retry("server", f"HTTP {status}: {message}")
-        # Not retried: _embed counts the failure and records the message.
+            return post(conn.client, self._url, body, n=n, dim=self.dim, timeout_seconds=self.timeout_seconds,
+                        clock=self._clock, redact=self._redact)
+        except Refused as exc:
+            raise self._refusal(exc.status, exc.message) from None
+
+    def _refusal(self, status: int, message: str) -> EmbedError:
+        """The error for a status retrying cannot change (_embed counts and records it)."""
         if status in INPUT_STATUSES:
-            raise EmbedError(f"embedding API refused the input (HTTP {status}): {message}", input_error=True)
+            return EmbedError(f"embedding API refused the input (HTTP {status}): {message}", input_error=True)
         if status in AUTH_STATUSES:
             error = f"embedding API refused the key from ${self.api_key_env} (HTTP {status}): {message}"
             with self._lock:
@@ -348,63 +257,9 @@ class HttpEmbedder(Embedder):
         else:
             error = f"embedding API answered HTTP {status} (is base_url right?): {message}"
             log.error("%s", error)
-        raise EmbedError(error)
+        return EmbedError(error)
 
-    def _read(self, reply: httpx.Response, limit: int, deadline: float, *, truncate: bool) -> bytes:
-        # httpx's read timeout bounds each read, not the whole body: a server trickling
-        # bytes is cut off here, so one attempt never outlives timeout_seconds by much.
-        buf = bytearray()
-        for chunk in reply.iter_bytes():
-            buf += chunk
-            if len(buf) > limit:
-                if truncate:
-                    return bytes(buf[:limit])
-                raise _Retry("bad_reply", f"reply larger than {limit} bytes")
-            if self._clock() > deadline:
-                raise _Retry("transport", f"reply not complete after {self.timeout_seconds:g} s")
-        return bytes(buf)
-
-    def _parse(self, raw: bytes, n: int) -> tuple[np.ndarray, int]:
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise _Retry("bad_reply", "reply is not JSON") from None
-        data = doc.get("data") if isinstance(doc, dict) else None
-        if not isinstance(data, list):
-            raise _Retry("bad_reply", "reply has no data list")
-        if len(data) != n:
-            raise _Retry("bad_reply", f"reply has {len(data)} embeddings for {n} inputs")
-        out = np.empty((n, self.dim), dtype=np.float64)
-        seen = [False] * n
-        for item in data:
-            index = item.get("index") if isinstance(item, dict) else None
-            if type(index) is not int or not 0 <= index < n:
-                raise _Retry("bad_reply", f"reply has an invalid index {index!r}")
-            if seen[index]:
-                raise _Retry("bad_reply", f"reply repeats index {index}")
-            seen[index] = True
-            vector = item.get("embedding")
-            if not isinstance(vector, list) or len(vector) != self.dim:
-                got = len(vector) if isinstance(vector, list) else type(vector).__name__
-                raise _Retry("bad_reply", f"reply embedding {index} has dimension {got}, expected {self.dim}")
-            # bool is an int and numpy would parse numeric strings: only JSON numbers pass.
-            if not all(type(x) is float or type(x) is int for x in vector):
-                raise _Retry("bad_reply", f"reply embedding {index} holds a non-number")
-            try:
-                out[index] = vector
-            except OverflowError:  # an integer beyond float64
-                raise _Retry("bad_reply", f"reply embedding {index} holds a huge number") from None
-        if not np.isfinite(out).all():
-            raise _Retry("bad_reply", "reply holds NaN or infinite numbers")
-        # Scale by the largest component first, so that squares of huge values cannot
-        # overflow the norm; an all-zero row stays zero, as the contract allows.
-        peak = np.abs(out).max(axis=1, keepdims=True)
-        np.divide(out, peak, out=out, where=peak > 0)
-        norms = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
-        np.divide(out, norms, out=out, where=norms > 0)
-        return out.astype(np.float32), _usage_tokens(doc.get("usage"))
-
-    def _wait(self, exc: _Retry, attempt: int, attempts: int) -> None:
+    def _wait(self, exc: Retry, attempt: int, attempts: int) -> None:
         if exc.kind == "rate_limited":
             if exc.retry_after is None:
                 delay = self._backoff(attempt)
@@ -427,24 +282,6 @@ class HttpEmbedder(Embedder):
         return self._rng.uniform(0.0, cap)
 
     # --- messages and figures --------------------------------------------------------
-    def _server_message(self, raw: bytes) -> str:
-        text = raw.decode("utf-8", "replace")
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict):
-            error = doc.get("error")
-            if isinstance(error, dict) and isinstance(error.get("message"), str):
-                text = error["message"]
-            elif isinstance(error, str):
-                text = error
-            elif isinstance(doc.get("message"), str):
-                text = doc["message"]
-        # Redact before truncating: a cut key would no longer match.
-        text = " ".join(self._redact(text).split())
-        return text[:MAX_SERVER_MESSAGE] or "(no message)"
-
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
@@ -469,19 +306,37 @@ class HttpEmbedder(Embedder):
             return {**self._counts, "backoff_seconds": round(backoff, 3), "last_error": self._last_error}
 
 
+def check_options(*, base_url: object, model: object, dim: object, api_key_env: object,
+                  max_in_flight: object, max_retries: object, positive: dict[str, object]) -> None:
+    """ConfigError unless HttpEmbedder's options are usable; `positive` maps the names of
+    the rates and durations to their values."""
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"http base_url must start with http:// or https://, got {base_url!r}")
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError(f"http model must be a non-empty string, got {model!r}")
+    if not _is_int(dim) or dim < 1:
+        raise ConfigError(f"http dim must be an integer >= 1, got {dim!r}")
+    if not isinstance(api_key_env, str) or not api_key_env:
+        raise ConfigError(f"http api_key_env must be a non-empty string, got {api_key_env!r}")
+    if not _is_int(max_in_flight) or not 1 <= max_in_flight <= MAX_IN_FLIGHT:
+        raise ConfigError(
+            f"http max_in_flight must be an integer from 1 to {MAX_IN_FLIGHT}, got {max_in_flight!r}"
+        )
+    if not _is_int(max_retries) or max_retries < 0:
+        raise ConfigError(f"http max_retries must be an integer >= 0, got {max_retries!r}")
+    for name, value in positive.items():
+        if not _is_number(value) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"http {name} must be a finite number > 0, got {value!r}")
+    if positive["backoff_max_seconds"] < positive["backoff_initial_seconds"]:
+        raise ConfigError("http backoff_max_seconds must be >= backoff_initial_seconds")
+    if positive["max_wait_seconds"] < positive["backoff_max_seconds"]:
+        # A capped Retry-After pause could then never be waited out.
+        raise ConfigError("http max_wait_seconds must be >= backoff_max_seconds")
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _usage_tokens(usage: object) -> int:
-    """Tokens a reply's `usage` reports, 0 when it reports none."""
-    if isinstance(usage, dict):
-        for key in ("total_tokens", "prompt_tokens"):
-            value = usage.get(key)
-            if _is_int(value) and value >= 0:
-                return value
-    return 0

@@ -1,10 +1,17 @@
-"""Unit tests of the HTTP embedder against a real fake OpenAI server on 127.0.0.1."""
+"""Unit tests of the HTTP embedder against a real fake OpenAI server on 127.0.0.1.
+
+The embedder and the server share a fake clock: backoffs, pauses and rate-limit waits take
+no real time, and what the tests check about them (who waited, how long, how requests were
+spaced at the server) is exact however loaded the machine is. Only the socket timeouts are
+real, and they are generous except where a timeout is the point.
+"""
 
 from __future__ import annotations
 
+import heapq
 import logging
+import re
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,7 +21,9 @@ import pytest
 from roxi_mp.embedders.base import EmbedError
 from roxi_mp.embedders.hashing import HashingEmbedder
 from roxi_mp.embedders.http import HttpEmbedder, estimate_tokens, retry_after_seconds
+from roxi_mp.embedders.http_request import server_message
 from roxi_mp.errors import BadInput, ConfigError
+from tests.conftest import FakeClock, wait_until
 from tests.fake_openai import FakeOpenAI
 
 DIM = 64
@@ -22,14 +31,21 @@ KEY_ENV = "ROXI_TEST_EMBED_KEY"
 SECRET = "sk-test-SECRET-4f9c2e7d1b"
 WRONG_SECRET = "sk-test-WRONGKEY-8a1d3c"
 TEXTS = ["uric acid crystals in the big toe", "lupus nephritis", "giant cell arteritis with jaw pain"]
-# Fast but real: backoffs of at most 0.1 s, a short timeout for the slow-reply tests.
+# Backoffs of at most 0.1 s (of fake time); a socket timeout no healthy local reply needs.
 FAST = {"backoff_initial_seconds": 0.01, "backoff_max_seconds": 0.1, "timeout_seconds": 5.0,
         "max_retries": 4}
+#: real seconds a test waits for a thread or a request, at most (30): a loaded machine is slow
+PATIENCE = 30.0
 
 
 @pytest.fixture
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(dim=DIM) as fake:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def server(clock: FakeClock) -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(dim=DIM, clock=clock) as fake:
         yield fake
 
 
@@ -38,8 +54,51 @@ def no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
 
 
+class SharedClock:
+    """Virtual time shared by `workers` threads, as if they ran at once on an idle machine.
+
+    A sleep blocks its thread; time stands still while any worker runs (its HTTP request
+    takes no virtual time), and when every worker sleeps or is `done()`, time jumps to the
+    earliest wake-up and wakes whoever was due then. A server stamping arrivals on this
+    clock sees each request exactly when the client's limiter let it go.
+    """
+
+    def __init__(self, workers: int, start: float = 1000.0) -> None:
+        self.now = start
+        self._running = workers
+        self._due: list[float] = []  # wake-up times of the sleepers, a heap
+        self._changed = threading.Condition()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._changed:
+            wake = self.now + seconds
+            heapq.heappush(self._due, wake)
+            self._running -= 1
+            self._advance()
+            if not self._changed.wait_for(lambda: self.now >= wake, timeout=PATIENCE):
+                raise AssertionError("virtual time stuck: a worker neither sleeps nor ends")
+
+    def done(self) -> None:
+        with self._changed:
+            self._running -= 1
+            self._advance()
+
+    def _advance(self) -> None:
+        if self._running or not self._due:
+            return
+        self.now = max(self.now, self._due[0])
+        while self._due and self._due[0] <= self.now:
+            heapq.heappop(self._due)
+            self._running += 1  # counted here, not when it resumes: time must wait for it
+        self._changed.notify_all()
+
+
 def make(server: FakeOpenAI, **kwargs) -> HttpEmbedder:
-    options = {**FAST, "api_key_env": KEY_ENV, **kwargs}
+    """An embedder of `server`, on the server's (fake) clock unless told otherwise."""
+    options = {**FAST, "api_key_env": KEY_ENV, "clock": server.clock, "sleep": server.clock.sleep, **kwargs}
     return HttpEmbedder(base_url=server.url, model="text-embedding-test", dim=DIM, **options)
 
 
@@ -90,43 +149,66 @@ def test_trailing_slash_and_key_header(server: FakeOpenAI, monkeypatch: pytest.M
 
 
 # --- retries ----------------------------------------------------------------------------
-def test_429_retry_after_pauses_and_warns(server: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
+def test_429_retry_after_pauses_and_warns(server: FakeOpenAI, clock: FakeClock,
+                                         caplog: pytest.LogCaptureFixture) -> None:
     server.script("429:1")
     emb = make(server, backoff_max_seconds=5.0)
-    t0 = time.monotonic()
+    t0 = clock()
     with caplog.at_level(logging.WARNING):
         out = emb.encode(TEXTS)
-    assert time.monotonic() - t0 >= 1.0
+    assert clock() - t0 >= 1.0
     assert server.requests[1][0] - server.requests[0][0] >= 1.0
+    assert clock.sleeps == [pytest.approx(1.0, abs=1e-3)]  # the pause alone: no backoff on top
     np.testing.assert_allclose(out, expected(TEXTS), atol=1e-6)
     assert any("rate limited (429), pausing 1.00 s" in m for m in warnings(caplog))
     status = emb.status()
     assert status["rate_limited"] == 1 and status["retries"] == 1 and status["requests"] == 2
 
 
-def test_429_retry_after_is_capped_and_absent_one_uses_backoff(server: FakeOpenAI) -> None:
+def test_429_retry_after_is_capped_and_absent_one_uses_backoff(
+    server: FakeOpenAI, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
     server.script("429:30", "429")
-    emb = make(server)  # backoff_max 0.1 s
-    t0 = time.monotonic()
-    emb.encode(TEXTS)
-    assert time.monotonic() - t0 < 2.0
-    assert emb.status()["rate_limited"] == 2
+    emb = make(server)  # backoff_max 0.1 s, initial 0.01 s
+    t0 = clock()
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_allclose(emb.encode(TEXTS), expected(TEXTS), atol=1e-6)
+    pauses = [float(m) for m in re.findall(r"pausing (\d+\.\d+) s", " ".join(warnings(caplog)))]
+    assert pauses[0] == 0.1  # Retry-After: 30 capped at backoff_max_seconds
+    assert 0.0 <= pauses[1] <= 0.02  # no Retry-After: the backoff of a second attempt (0.01 x 2)
+    assert clock.sleeps[0] == pytest.approx(0.1, abs=1e-3)
+    assert clock() - t0 < 0.2  # 0.1 + one request spacing, nowhere near 30
+    assert emb.status()["rate_limited"] == 2 and len(server.requests) == 3
 
 
-def test_429_pauses_every_worker(server: FakeOpenAI) -> None:
+def test_429_pauses_every_worker(server: FakeOpenAI, clock: FakeClock) -> None:
+    """The first worker is held inside its pause (its sleep blocks until released), so the
+    test sees the pause from outside and sends a second worker's request into it."""
     server.script("429:1")
-    emb = make(server, backoff_max_seconds=5.0)
-    first = threading.Thread(target=emb.encode, args=(TEXTS,))
+    pausing, release = threading.Event(), threading.Event()
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is first:
+            pausing.set()
+            assert release.wait(PATIENCE)
+        clock.sleep(seconds)
+
+    emb = make(server, backoff_max_seconds=5.0, sleep=sleep)
+    results: list[np.ndarray] = []
+    first = threading.Thread(target=lambda: results.append(emb.encode(TEXTS)))
     first.start()
-    deadline = time.monotonic() + 5
-    while not server.requests and time.monotonic() < deadline:
-        time.sleep(0.005)
-    time.sleep(0.1)  # the 429 has been answered and the pause declared
-    assert emb.status()["backoff_seconds"] > 0.5
-    t0 = time.monotonic()
-    emb.encode(["another worker's batch"])  # a request that never saw the 429 waits too
-    assert time.monotonic() - t0 >= 0.7
-    first.join(5)
+    try:
+        assert pausing.wait(PATIENCE), "the first worker never waited after its 429"
+        assert emb.status()["backoff_seconds"] == pytest.approx(1.0, abs=1e-3)
+        t0 = clock()
+        emb.encode(["another worker's batch"])  # a request that never saw the 429 waits too
+        assert clock() - t0 >= 1.0
+        assert server.requests[1][0] - server.requests[0][0] >= 1.0  # the server saw it wait
+    finally:
+        release.set()
+        first.join(PATIENCE)
+    assert len(results) == 1 and len(server.requests) == 3
+    np.testing.assert_allclose(results[0], expected(TEXTS), atol=1e-6)
 
 
 @pytest.mark.parametrize("fault", ["500", "503", "wrong_dim", "wrong_count", "bad_json", "nan",
@@ -148,13 +230,16 @@ def test_transient_fault_is_retried_then_succeeds(server: FakeOpenAI, fault: str
 
 
 def test_slow_reply_times_out_and_is_retried(server: FakeOpenAI) -> None:
-    server.script("slow:2")
-    emb = make(server, timeout_seconds=0.3)
-    t0 = time.monotonic()
+    # The first reply never comes (until teardown): only the client's real socket timeout
+    # can end that attempt. 2 s: shorter, and a healthy reply on a loaded machine could miss it.
+    server.script("hold")
+    emb = make(server, timeout_seconds=2.0)
     out = emb.encode(TEXTS)
-    assert time.monotonic() - t0 < 1.5
     np.testing.assert_allclose(out, expected(TEXTS), atol=1e-6)
-    assert emb.status()["transport_errors"] == 1 and emb.status()["retries"] == 1
+    status = emb.status()
+    assert status["transport_errors"] == 1 and status["retries"] == 1 and status["requests"] == 2
+    assert status["last_error"] == "ReadTimeout after 2 s"
+    assert len(server.requests) == 2 and server.texts_embedded == {t: 1 for t in TEXTS}
 
 
 def test_persistent_bad_replies_raise_never_return_data(server: FakeOpenAI) -> None:
@@ -168,8 +253,8 @@ def test_persistent_bad_replies_raise_never_return_data(server: FakeOpenAI) -> N
     assert emb.status()["bad_replies"] == 4 and emb.status()["failures"] == 1
 
 
-def test_server_down_raises_after_retries() -> None:
-    fake = FakeOpenAI(dim=DIM).start()
+def test_server_down_raises_after_retries(clock: FakeClock) -> None:
+    fake = FakeOpenAI(dim=DIM, clock=clock).start()
     fake.stop()  # nothing listens on the port any more
     emb = make(fake, max_retries=2)
     with pytest.raises(EmbedError, match="after 3 attempts"):
@@ -203,10 +288,11 @@ def test_marked_input_fails_every_time(server: FakeOpenAI) -> None:
     assert emb.encode(["a POISON chunk"]).shape == (1, DIM)
 
 
-def test_server_message_is_truncated(server: FakeOpenAI) -> None:
-    emb = make(server)
-    message = emb._server_message(b'{"error": {"message": "' + b"x" * 1000 + b'"}}')
+def test_server_message_is_truncated() -> None:
+    message = server_message(b'{"error": {"message": "' + b"x" * 1000 + b'"}}', lambda text: text)
     assert len(message) == 200
+    assert server_message(b'{"error": "sk-1 is wrong"}', lambda text: text.replace("sk-1", "[R]")) == \
+        "[R] is wrong"
 
 
 def test_refused_key_raises_without_retry_and_logs_error_once(
@@ -227,7 +313,10 @@ def test_refused_key_raises_without_retry_and_logs_error_once(
 # --- concurrency and rate ---------------------------------------------------------------
 def test_concurrent_callers_respect_the_rate_limit(server: FakeOpenAI) -> None:
     """4 threads x 12 batches at 1200 rpm: all results right, and the server never sees
-    more than 40 requests in two seconds although it could serve far more."""
+    more than 20 requests in a second although it could serve far more (on virtual time,
+    so the server sees the spacing the limiter made, without a loaded machine's jitter)."""
+    shared = SharedClock(workers=4)
+    server.clock = shared
     emb = make(server, requests_per_minute=1200, max_in_flight=4)
     results: dict[tuple[int, int], np.ndarray] = {}
     errors: list[BaseException] = []
@@ -238,19 +327,22 @@ def test_concurrent_callers_respect_the_rate_limit(server: FakeOpenAI) -> None:
                 results[w, b] = emb.encode([f"worker {w} batch {b} text {i}" for i in range(3)])
         except BaseException as exc:  # reported below, not lost in the thread
             errors.append(exc)
+        finally:
+            shared.done()
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(20)
+        t.join(PATIENCE)
     assert not errors and len(results) == 48
     for (w, b), out in results.items():
         np.testing.assert_allclose(out, expected([f"worker {w} batch {b} text {i}" for i in range(3)]),
                                    atol=1e-6)
     assert len(server.requests) == 48
-    assert server.max_in_window(2.0) <= 40  # (2 s, not 1: 2% headroom = 40 ms of network jitter)
+    assert server.max_in_window(1.0) <= 20 and server.max_in_window(2.0) <= 40
     assert server.max_in_window(60.0) <= 1200
+    assert shared.now - 1000.0 >= 47 * 60 / 1200  # spaced, not merely counted
     assert sum(server.texts_embedded.values()) == 144 and set(server.texts_embedded.values()) == {1}
 
 
@@ -260,9 +352,10 @@ def test_api_key_never_appears_in_errors_logs_or_status(
 ) -> None:
     server.require_key = SECRET
     monkeypatch.setenv(KEY_ENV, SECRET)
-    emb = make(server, max_retries=1, timeout_seconds=0.3)
+    # (a 1 s timeout for the "slow:2" fault: healthy replies come far sooner, even on a busy box)
+    emb = make(server, max_retries=1, timeout_seconds=1.0)
     messages: list[str] = []
-    faults = ["429", "500", "503", "wrong_dim", "wrong_count", "bad_json", "nan", "drop", "slow:1",
+    faults = ["429", "500", "503", "wrong_dim", "wrong_count", "bad_json", "nan", "drop", "slow:2",
               "400", "413", "422", "401", "403", "404"]
     with caplog.at_level(logging.DEBUG):
         for fault in faults:
@@ -315,16 +408,20 @@ def test_unload_and_load(server: FakeOpenAI) -> None:
 
 
 def test_unload_does_not_cut_a_request_in_flight(server: FakeOpenAI) -> None:
-    server.script("slow:0.3")
-    emb = make(server)
+    server.script("hold")  # answered only once the test has unloaded
+    emb = make(server, timeout_seconds=PATIENCE)
     emb.load()
     out: list[np.ndarray] = []
     t = threading.Thread(target=lambda: out.append(emb.encode(TEXTS)))
     t.start()
-    time.sleep(0.1)
-    emb.unload()
-    t.join(5)
-    assert len(out) == 1 and emb.status()["retries"] == 0
+    try:
+        wait_until(lambda: server.requests, timeout=PATIENCE, what="the request at the server")
+        emb.unload()
+        assert t.is_alive() and not out  # the request is still in flight
+    finally:
+        server.release()
+        t.join(PATIENCE)
+    assert len(out) == 1 and emb.status()["retries"] == 0 and emb.status()["requests"] == 1
     np.testing.assert_allclose(out[0], expected(TEXTS), atol=1e-6)
 
 

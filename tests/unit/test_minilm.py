@@ -40,6 +40,9 @@ CORPUS = REPO / "roxi_mp" / "data" / "sample_corpus"
 
 #: most RSS a load + encode + unload cycle may leave behind, in MB (30)
 RSS_SLACK_MB = 30
+#: seconds the memory script may run (600): about 3 s on an idle machine; the bound only
+#: catches a hang, and its progress lines say where it was
+RSS_SCRIPT_SECONDS = 600
 
 
 def sha256(path: Path) -> str:
@@ -373,41 +376,48 @@ def test_concurrent_encode_and_unload(embedder: MiniLMEmbedder) -> None:
 
 
 RSS_SCRIPT = r"""
-import ctypes, gc, json, resource, sys
+import ctypes, gc, json, resource, sys, time
 import psutil
 libc = ctypes.CDLL("libc.so.6")
 proc = psutil.Process()
-def rss():
+t0 = time.monotonic()
+out = {}
+def rss(step):
     gc.collect(); libc.malloc_trim(0)
-    return proc.memory_info().rss
-def peak():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-out = {"start": rss()}
+    out[step] = proc.memory_info().rss
+    print(f"{time.monotonic() - t0:.1f} s {step}", file=sys.stderr, flush=True)  # progress
+def peak(step):
+    out[step] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+rss("start")
 from roxi_mp.embedders.minilm import MiniLMEmbedder
 import onnxruntime, tokenizers  # the libraries stay mapped whatever unload does
-out["imported"] = rss()
+rss("imported")
 words = sys.stdin.read().split()
 texts = [" ".join(words[i * 20 : i * 20 + 20]) for i in range(64)]
 model = MiniLMEmbedder()
 for cycle in (1, 2):
-    out[f"before_load_{cycle}"] = rss()
+    rss(f"before_load_{cycle}")
     model.load()
-    out[f"loaded_{cycle}"] = rss()
+    rss(f"loaded_{cycle}")
     model.encode(texts)
-    out[f"encoded_{cycle}"] = rss()
-    out[f"peak_{cycle}"] = peak()
+    rss(f"encoded_{cycle}")
+    peak(f"peak_{cycle}")
     model.unload()
-    out[f"unloaded_{cycle}"] = rss()
+    rss(f"unloaded_{cycle}")
 model.encode(["inflammatory arthritis of the small joints " * 25_000])
-out["peak_million_chars"] = peak()
+peak("peak_million_chars")
 model.unload()
 print(json.dumps(out))
 """
 
 
 def test_unload_gives_memory_back() -> None:
-    proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT], input=" ".join(corpus_words()),
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    try:
+        proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT], input=" ".join(corpus_words()),
+                              capture_output=True, text=True, timeout=RSS_SCRIPT_SECONDS, cwd=REPO)
+    except subprocess.TimeoutExpired as exc:
+        progress = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+        pytest.fail(f"memory script still running after {RSS_SCRIPT_SECONDS} s; progress:\n{progress}")
     assert proc.returncode == 0, proc.stderr
     mb = {k: round(v / 2**20, 1) for k, v in json.loads(proc.stdout).items()}
     print("minilm RSS (MB):", mb)
