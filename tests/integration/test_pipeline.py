@@ -81,7 +81,9 @@ def test_run_sh_foreground_and_ctrl_c(tmp_path):
     """`./run.sh --data-dir D` runs in the foreground; SIGINT stops every role, exit 0."""
     data = tmp_path / "data"
     conf = write_toml(tmp_path / "roxi.toml", {"embedder__backend": "hashing", "hashing__dim": 256,
-                                              "supervisor__grace_seconds": 3.0})
+                                              "supervisor__grace_seconds": 3.0,
+                                              # a loaded CI machine must not make the embedder yield forever
+                                              "embedder__busy_cpu_percent": 100.0})
     env = {**clean_env(), "ROXI_CONFIG": str(conf)}
     proc = subprocess.Popen([str(REPO / "run.sh"), "--data-dir", str(data)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
