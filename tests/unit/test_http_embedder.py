@@ -450,3 +450,26 @@ def test_retry_after_forms() -> None:
 
 def test_token_estimate() -> None:
     assert estimate_tokens(["", "abc", "abcd" * 10]) == 1 + 1 + 11
+
+
+def test_fake_server_models_a_slow_cpu_server():
+    """The fake's slow mode, which issue 16's tests rely on: time per text, one at a time."""
+    import time
+
+    with FakeOpenAI(dim=DIM, seconds_per_text=0.05, concurrency=1) as fake:
+        took: list[float] = []
+
+        def post(n: int) -> None:
+            started = time.monotonic()
+            r = httpx.post(f"{fake.url}/embeddings", json={"model": "m", "input": ["x"] * n}, timeout=30)
+            assert r.status_code == 200 and len(r.json()["data"]) == n
+            took.append(time.monotonic() - started)
+
+        post(4)
+        assert took[0] >= 0.2  # 4 texts x 0.05 s
+        threads = [threading.Thread(target=post, args=(4,)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert max(took[1:]) >= 0.4  # the second waited for the first: one at a time
