@@ -111,6 +111,11 @@ def check_query(cfg: Config) -> None:
     _require(q.cache_entries >= 0, "query.cache_entries", ">= 0", q.cache_entries)
     _require(q.cache_ttl_seconds > 0, "query.cache_ttl_seconds", "> 0", q.cache_ttl_seconds)
     _require(q.trim_seconds > 0, "query.trim_seconds", "> 0", q.trim_seconds)
+    # Under the client's timeout, or a slow embedding service's answer would come to a
+    # client that already gave up (and a retry would add to the load that made it slow).
+    _require(0 < q.embed_timeout_seconds < cfg.limits.request_timeout_seconds, "query.embed_timeout_seconds",
+             "> 0 and < limits.request_timeout_seconds", q.embed_timeout_seconds)
+    _require(q.embed_max_waiting >= 1, "query.embed_max_waiting", ">= 1", q.embed_max_waiting)
 
 
 def check_supervisor(cfg: Config) -> None:

@@ -110,6 +110,8 @@ class QuerySettings:
     model_process: bool = True
     hnsw_ef_search: int = 128
     ivf_nprobe: int = 16
+    embed_timeout_seconds: float = 5.0
+    embed_max_waiting: int = 32
 
 
 @dataclass

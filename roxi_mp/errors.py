@@ -55,11 +55,13 @@ E_ALREADY_RUNNING = "already_running"  #: AlreadyRunning (the data directory is 
 E_TIMEOUT = "timeout"  #: Timeout (client side: no reply in time)
 E_TARGET_UNREACHABLE = "target_unreachable"  #: TargetUnreachable
 E_EMBED_FAILED = "embed_failed"  #: EmbedError (roxi_mp.embedders.base): a backend failed
+E_EMBED_TIMEOUT = "embed_timeout"  #: EmbedTimeout: a query's text was not embedded within its deadline
+E_UPSTREAM_UNAVAILABLE = "upstream_unavailable"  #: UpstreamUnavailable: the embedding service is down or busy
 
 #: every code above, for checks and the protocol's documentation
 CODES = (E_ERROR, E_BAD_REQUEST, E_BAD_VERSION, E_UNKNOWN_OP, E_TOO_LARGE, E_INTERNAL, E_CONFIG,
          E_STORE, E_MODEL_MISMATCH, E_NOT_RUNNING, E_ALREADY_RUNNING, E_TIMEOUT, E_TARGET_UNREACHABLE,
-         E_EMBED_FAILED)
+         E_EMBED_FAILED, E_EMBED_TIMEOUT, E_UPSTREAM_UNAVAILABLE)
 
 
 class RoxiError(Exception):
@@ -111,12 +113,29 @@ class TargetUnreachable(RoxiError):
     code = E_TARGET_UNREACHABLE
 
 
+class EmbedTimeout(RoxiError):
+    """A query's text was not embedded within `query.embed_timeout_seconds` (a slow service)."""
+
+    exit_code = TIMEOUT
+    code = E_EMBED_TIMEOUT
+
+
+class UpstreamUnavailable(RoxiError):
+    """The embedding service cannot take a query's text now: it failed, refuses, backs off,
+    or too many queries already wait for it. Trying again later may succeed."""
+
+    exit_code = SERVER
+    code = E_UPSTREAM_UNAVAILABLE
+
+
 class ServerError(RoxiError):
     """An error reply from a server; `code` is the reply's own code."""
 
     exit_code = SERVER
-    #: reply codes that mean the request itself was bad, and the exit code they map to
-    EXIT_BY_CODE = {E_BAD_REQUEST: BAD_INPUT, E_TOO_LARGE: BAD_INPUT, E_MODEL_MISMATCH: STORE}
+    #: reply codes with an exit code of their own: the request itself was bad, the store
+    #: refuses it, or the server's own deadline passed; any other code exits SERVER
+    EXIT_BY_CODE = {E_BAD_REQUEST: BAD_INPUT, E_TOO_LARGE: BAD_INPUT, E_MODEL_MISMATCH: STORE,
+                    E_EMBED_TIMEOUT: TIMEOUT}
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

@@ -20,6 +20,8 @@ A client is a REQ or a DEALER socket; the server replies with the envelope it re
 Ops of the query server (roxi_mp.roles.query_server, QueryServer.OPS):
     query  {"text", "k"?, "with_text"?}, or {"dtype", "shape": [1, d], "k"?, "with_text"?}
            plus one float32/float16 vector frame            -> {"hits", "rows", "took_ms"}
+           (with a remote embedding service a text query's reply may come after later
+           requests' replies, within query.embed_timeout_seconds: match replies by id)
     stats  -> the server's counters        ping  -> {"pong": true}
     sleep  -> stats, after a deep sleep    wake  -> stats, after mapping the vectors
 Ops of the supervisor's control socket (supervisor/commands/*.py, one module each):
@@ -44,7 +46,9 @@ Pipeline sockets, inside the system only:
 
 Error codes (the "code" of an error reply; one table, in roxi_mp.errors, re-exported here):
     bad_request, bad_version, unknown_op, too_large (the request), model_mismatch, config,
-    store, embed_failed (the server's state or model), internal (a bug), error (other);
+    store, embed_failed (the server's state or model), embed_timeout (the embedding service
+    did not answer a query text in time), upstream_unavailable (the embedding service is
+    down, failing or busy: try again later), internal (a bug), error (other);
     and the codes of client-side errors, which no server sends: not_running, already_running,
     timeout, target_unreachable.
 

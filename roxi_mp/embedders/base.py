@@ -43,6 +43,9 @@ class Embedder(abc.ABC):
 
     #: concurrent encode() calls the embedder role may make
     max_in_flight: int = 1
+    #: encode() waits on a network service: the query server then embeds query texts off
+    #: its loop, with a deadline (roxi_mp.query_embed); local models run inline, faster
+    remote: bool = False
 
     #: stable id recorded in the store, e.g. "hashing-v1-1024"
     model_id: str

@@ -69,6 +69,7 @@ class _Conn:
 
 class HttpEmbedder(Embedder):
     """Embeddings from an OpenAI-compatible API; `model_id` is "http:<model>"."""
+    remote = True  # the query server embeds query texts off its loop (roxi_mp.query_embed)
 
     def __init__(
         self,

@@ -9,6 +9,8 @@ the SQLite connection, then collects garbage and trims the heap. The next query,
 `wake`, maps it all again. The server learns of commits from the indexer's PUB events,
 also while asleep (a number, nothing mapped), and while awake also polls `committed_rows`
 in case an event was missed. Status and admin calls (`stats`, `ping`) never wake it.
+With a network backend (`Embedder.remote`) a text query is embedded off the loop and
+answered when its vector comes or its deadline passes (roxi_mp.query_embed).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from ..cache import ResultCache
 from ..config import Config
 from ..embedders import make_embedder
 from ..model_process import ModelProcess
-from ..errors import BadInput, ModelMismatch
+from ..errors import E_INTERNAL, BadInput, ModelMismatch, RoxiError, UpstreamUnavailable
 from ..protocol import ProtocolError
+from ..query_embed import Parked, QueryEmbeds
 from ..store import Store
 from ..search import Searcher
 from .base import Role, run
@@ -53,6 +56,9 @@ class QueryServer(Role):
         # Opened by initialize() (the store also on demand); shutdown() closes what is not None.
         self.store: Store | None = None
         self.model = None  # a ModelProcess or an in-process embedder
+        self.embeds: QueryEmbeds | None = None  # text queries waiting for a remote model
+        self.envelope: list[bytes] = []  # of the request being handled, for op_query to park it
+        self.parked_now = False  # op_query parked the request: handle() sends nothing yet
         self.cache: ResultCache | None = None
         self.router: zmq.Socket | None = None  # queries from clients
         self.sub: zmq.Socket | None = None  # generation events from the indexer
@@ -85,6 +91,10 @@ class QueryServer(Role):
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.sub, zmq.POLLIN)
+        if self.model.remote:
+            self.embeds = QueryEmbeds(self.model, timeout_seconds=qcfg.embed_timeout_seconds,
+                                      max_waiting=qcfg.embed_max_waiting)
+            self.poller.register(self.embeds.fileno(), zmq.POLLIN)  # its wake pipe: an embedding is done
         self.known_rows = self.db().committed_rows()
         self.last_query = self.last_follow = self.last_trim = time.monotonic()
         self.close_db()  # start as deep asleep as after a sleep: nothing held until asked
@@ -106,20 +116,29 @@ class QueryServer(Role):
         return self.cfg.limits.max_message_bytes
 
     # --- main loop ---------------------------------------------------------------
+    def poll_timeout(self) -> float:
+        longest = super().poll_timeout()
+        return longest if self.embeds is None else self.embeds.poll_timeout(longest)
+
     def loop(self, now: float) -> None:
         events = dict(self.poller.poll(int(self.poll_timeout() * 1000)))
         if self.sub in events:
             self._drain_events()
+        # Bounded in count and in time: at 1M rows a search takes ~30 ms, and a queue of
+        # requests must not keep the heartbeat from going out (the supervisor would take
+        # a busy server for a hung one and kill it).
+        budget = time.monotonic() + self.cfg.supervisor.heartbeat_seconds / 2
         if self.router in events:
-            # Bounded in count and in time: at 1M rows a search takes ~30 ms, and a queue of
-            # requests must not keep the heartbeat from going out (the supervisor would take
-            # a busy server for a hung one and kill it).
-            budget = time.monotonic() + self.cfg.supervisor.heartbeat_seconds / 2
             for _ in range(MAX_REQUESTS_PER_STEP):
                 # Asking is cheaper than a failed recv (an exception) on every request.
                 if not self.router.get(zmq.EVENTS) & zmq.POLLIN or time.monotonic() >= budget:
                     break
                 self.handle(self.router.recv_multipart(zmq.NOBLOCK), time.monotonic())
+        if self.embeds is not None:
+            if self.embeds.fileno() in events:  # a poller gives a plain descriptor back as an int
+                self.embeds.drain()
+            while time.monotonic() < budget and (ready := self.embeds.pop_ready()) is not None:
+                self.answer_parked(*ready)
         now = time.monotonic()
         if self.state is QState.AWAKE:
             if now - self.last_follow >= self.cfg.query.follow_poll_seconds:
@@ -127,7 +146,7 @@ class QueryServer(Role):
                 self.last_follow = now
                 if self.searcher is not None and self.searcher.ann_changed():
                     self.reload()
-            if now - self.last_query >= self.cfg.query.idle_seconds:
+            if now - self.last_query >= self.cfg.query.idle_seconds and not (self.embeds and self.embeds.parked):
                 self.sleep()
             elif now - self.last_trim >= self.cfg.query.trim_seconds:
                 memory.release()  # a long-awake server must not creep upward
@@ -148,15 +167,37 @@ class QueryServer(Role):
 
     # --- requests ----------------------------------------------------------------
     def handle(self, frames: list[bytes], now: float) -> None:
+        self.envelope, self.parked_now = protocol.split_envelope(frames)[0], False
         answered = protocol.answer(frames, lambda msg, extra: self.dispatch(msg, extra, now),
                                    max_bytes=self.max_request_bytes(), on_internal=self._internal)
         if answered is None:
             self.dropped += 1  # nothing to answer: no request frame at all
             return
+        if self.parked_now:
+            return  # answered by answer_parked, when its embedding is done or late
         out, ok = answered
         self.errors += not ok
+        self._send(out)
+
+    def answer_parked(self, parked: Parked, vector: np.ndarray | None, error: BaseException | None) -> None:
+        """Reply to a parked text query: search with its vector, or tell its error."""
         try:
-            self.router.send_multipart(out, zmq.NOBLOCK)
+            if error is not None:
+                raise error
+            self.last_query = time.monotonic()
+            self.wake()  # it may have slept meanwhile (`roxi sleep`): a query wakes it
+            reply = protocol.ok(parked.request_id, **self.answer(vector, parked.k, parked.with_text, parked.started))
+        except RoxiError as exc:
+            reply = protocol.error(parked.request_id, exc.code, str(exc))
+        except Exception as exc:  # as protocol.answer does: a bug, logged, never a crash
+            self._internal(exc)
+            reply = protocol.error(parked.request_id, E_INTERNAL, f"internal error: {exc}")
+        self.errors += not reply["ok"]
+        self._send(parked.envelope + [protocol.pack(reply)])
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self.router.send_multipart(frames, zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             self.dropped += 1  # client gone or not reading: never block the server on it
 
@@ -181,8 +222,19 @@ class QueryServer(Role):
         started = time.perf_counter()
         self.last_query = now
         self.wake()
+        if vector is None and self.embeds is not None:
+            vector = self.embeds.cached(text)
+            if vector is None:  # embedded off the loop; answered by answer_parked
+                self.embeds.park(text, envelope=self.envelope, request_id=msg.get("id"), k=k,
+                                 with_text=with_text, started=started)
+                self.parked_now = True
+                return {}
         if vector is None:
             vector = np.ascontiguousarray(self.model.encode([text]), dtype=np.float32)
+        return self.answer(vector, k, with_text, started)
+
+    def answer(self, vector: np.ndarray, k: int, with_text: bool, started: float) -> dict:
+        """The reply fields of a query with this vector (from the cache when it has them)."""
         key = (vector.tobytes(), k, with_text)
         hits = self.cache.get(key)
         if hits is None:
@@ -295,6 +347,8 @@ class QueryServer(Role):
         self.index_rows = 0
         self.cache.invalidate()
         self.model.unload()
+        if self.embeds is not None:
+            self.embeds.release()  # idle workers exit; parked queries are still answered
         self.close_db()
         self.state = QState.ASLEEP
         memory.release()
@@ -315,6 +369,7 @@ class QueryServer(Role):
                 "served": self.served, "errors": self.errors, "dropped": self.dropped,
                 "sleeps": self.sleeps, "cache_entries": len(self.cache), "cache_hits": self.cache.hits,
                 "model_loaded": self.model.loaded,
+                **(self.embeds.info() if self.embeds is not None else {}),
                 **(self.searcher.info() if self.searcher is not None
                    else {"index": self.cfg.indexer.index, "ann_rows": 0})}
 
@@ -330,6 +385,9 @@ class QueryServer(Role):
 
     def shutdown(self) -> None:
         self.searcher = None
+        if self.embeds is not None:
+            for parked in self.embeds.close():  # a client waiting for one hears why now
+                self.answer_parked(parked, None, UpstreamUnavailable("the query server is stopping"))
         if self.model is not None:
             self.model.unload()  # ends the model process, if there is one
         for sock in (self.router, self.sub):

@@ -152,6 +152,12 @@ def test_int_is_accepted_for_a_float_key(tmp_path: Path) -> None:
     ("[indexer]\nhnsw_m = 2\n", "indexer.hnsw_m"),
     ("[indexer]\nann_min_rows = 10\n", "indexer.ann_min_rows"),
     ("[query]\nhnsw_ef_search = 0\n", "query.hnsw_ef_search"),
+    ("[query]\nembed_timeout_seconds = 0\n", "query.embed_timeout_seconds"),
+    # a deadline the client's timeout would pass first
+    ("[query]\nembed_timeout_seconds = 10.0\n", "query.embed_timeout_seconds"),
+    ("[query]\nembed_timeout_seconds = 3.0\n[limits]\nrequest_timeout_seconds = 2.0\n",
+     "query.embed_timeout_seconds"),
+    ("[query]\nembed_max_waiting = 0\n", "query.embed_max_waiting"),
 ])
 def test_out_of_range_values_are_refused(tmp_path: Path, text: str, named: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -162,8 +168,10 @@ def test_out_of_range_values_are_refused(tmp_path: Path, text: str, named: str) 
 def test_values_just_inside_the_ranges_are_accepted(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, "[store]\nchunk_words = 100\nchunk_overlap = 49\n"
                               "[hashing]\ndim = 64\n"
-                              "[supervisor]\nheartbeat_seconds = 2.0\nliveness_seconds = 2.5\n")
+                              "[supervisor]\nheartbeat_seconds = 2.0\nliveness_seconds = 2.5\n"
+                              "[query]\nembed_timeout_seconds = 9.5\nembed_max_waiting = 1\n")
     assert (cfg.store.chunk_overlap, cfg.hashing.dim, cfg.supervisor.liveness_seconds) == (49, 64, 2.5)
+    assert (cfg.query.embed_timeout_seconds, cfg.query.embed_max_waiting) == (9.5, 1)
 
 
 def test_invalid_toml_is_a_config_error_naming_the_file(tmp_path: Path) -> None:

@@ -382,7 +382,8 @@ def test_error_codes_are_one_table() -> None:
     # The wire values, spelled out once here: renaming one is a protocol change.
     assert set(errors.CODES) == {"error", "bad_request", "bad_version", "unknown_op", "too_large", "internal",
                                  "config", "store", "model_mismatch", "not_running", "already_running",
-                                 "timeout", "target_unreachable", "embed_failed"}
+                                 "timeout", "target_unreachable", "embed_failed", "embed_timeout",
+                                 "upstream_unavailable"}
     assert len(errors.CODES) == len(set(errors.CODES))
     for name in ("E_BAD_REQUEST", "E_BAD_VERSION", "E_UNKNOWN_OP", "E_TOO_LARGE", "E_INTERNAL",
                  "E_MODEL_MISMATCH"):
@@ -404,6 +405,10 @@ def test_every_error_class_carries_a_code_of_the_table() -> None:
         if cls not in (ProtocolError, errors.ServerError):  # these two carry the code they are given
             assert cls.code in errors.CODES, cls
     assert UnknownCommand.code == E_UNKNOWN_OP and errors.ModelMismatch.code == E_MODEL_MISMATCH
+    assert (errors.EmbedTimeout.code, errors.UpstreamUnavailable.code) == ("embed_timeout", "upstream_unavailable")
+    # A client's `roxi query` exits TIMEOUT when the server's own embedding deadline passed.
+    assert errors.ServerError("embed_timeout", "slow").exit_code == errors.TIMEOUT
+    assert errors.ServerError("upstream_unavailable", "down").exit_code == errors.SERVER
     assert set(errors.ServerError.EXIT_BY_CODE) <= set(errors.CODES)
 
 
