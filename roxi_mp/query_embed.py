@@ -273,6 +273,8 @@ def _failures(status: dict) -> int:
 
 def _query_error(exc: BaseException) -> BaseException:
     """What a parked query's client is told of its embedding's failure."""
+    if not isinstance(exc, Exception):  # SystemExit and the like, in a worker: not for the loop to raise
+        return RuntimeError(f"embedding worker: {exc!r}")
     if isinstance(exc, EmbedError) and not exc.input_error:
         return UpstreamUnavailable(f"the embedding service failed: {exc}")
     return exc  # a refused text (embed_failed), another RoxiError, or a bug (internal)

@@ -215,6 +215,7 @@ def test_the_number_of_waiting_text_queries_is_bounded(slow) -> None:
     (EmbedError("embedding API answered HTTP 503"), "upstream_unavailable"),
     (EmbedError("embedding API refused the input (HTTP 400)", input_error=True), "embed_failed"),
     (RuntimeError("a bug in the backend"), "internal"),
+    (SystemExit(3), "internal"),  # raised in a worker thread, never in the loop
 ])
 def test_a_failed_embedding_is_an_error_reply(slow, error: Exception, code: str) -> None:
     q, model, _ = slow()
