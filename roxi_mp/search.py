@@ -122,6 +122,26 @@ class Searcher:
         return out
 
 
+def find_hits(searcher: Searcher, store: Any, vector: np.ndarray, k: int, *, with_text: bool) -> list[dict]:
+    """The best `k` committed rows for `vector` as hit maps, best first (the query reply's
+    `hits`); `store` (a Store) supplies each row's chunk and document, never all texts."""
+    scores, rows = searcher.search(vector, k)
+    found = [(int(r), float(s)) for r, s in zip(rows, scores)]
+    meta = store.hits([r for r, _ in found], with_text=with_text)
+    hits = []
+    for rank, (row, score) in enumerate(found, start=1):
+        hit = meta.get(row)
+        if hit is None:
+            continue  # cannot happen for committed rows; never invent a hit
+        item = {"rank": rank, "score": score, "row": row, "chunk_id": hit.chunk_id,
+                "doc_id": hit.doc_id, "position": hit.position, "title": hit.title,
+                "source": hit.source}
+        if with_text:
+            item["text"] = hit.text
+        hits.append(item)
+    return hits
+
+
 def _map(path: Path, h: AnnHeader, head: Any, *, willneed: bool) -> Any:
     """Map an index file zero-copy; an HNSW index gets `head` (its rows of the vectors
     file, mapped) as its storage."""

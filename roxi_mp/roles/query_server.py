@@ -32,7 +32,7 @@ from ..errors import E_INTERNAL, BadInput, ModelMismatch, RoxiError, UpstreamUna
 from ..protocol import ProtocolError
 from ..query_embed import Parked, QueryEmbeds
 from ..store import Store
-from ..search import Searcher
+from ..search import Searcher, find_hits
 from .base import Role, run
 
 log = logging.getLogger("roxi.query")
@@ -247,21 +247,7 @@ class QueryServer(Role):
     def search(self, vector: np.ndarray, k: int, *, with_text: bool) -> list[dict]:
         if self.searcher is None or self.searcher.ntotal == 0:
             return []
-        scores, rows = self.searcher.search(vector, k)
-        found = [(int(r), float(s)) for r, s in zip(rows, scores)]
-        meta = self.db().hits([r for r, _ in found], with_text=with_text)  # never all texts
-        hits = []
-        for rank, (row, score) in enumerate(found, start=1):
-            hit = meta.get(row)
-            if hit is None:
-                continue  # cannot happen for committed rows; never invent a hit
-            item = {"rank": rank, "score": score, "row": row, "chunk_id": hit.chunk_id,
-                    "doc_id": hit.doc_id, "position": hit.position, "title": hit.title,
-                    "source": hit.source}
-            if with_text:
-                item["text"] = hit.text
-            hits.append(item)
-        return hits
+        return find_hits(self.searcher, self.db(), vector, k, with_text=with_text)
 
     def _parse_query(self, msg: dict, extra: list[bytes]) -> tuple[str | None, np.ndarray | None]:
         """Validate a query: (text, None) or (None, float32 vector of shape (1, d))."""
