@@ -5,7 +5,9 @@ directory without reading conf/roxi.toml or the caller's ROXI_* environment, so 
 only the values it sets. `System` starts the real supervisor (`python -m supervisor`) as a
 subprocess with such a configuration written to a TOML file, so its children load exactly
 the same values. `FakeClock` is the injected clock of unit tests; `wait_until` is how a test
-waits for a state of real processes (a generous deadline, never a fixed sleep).
+waits for a state of real processes (a generous deadline, PATIENCE, never a fixed sleep);
+`log_records` reads the times a process noted in its own log, for tests that check a delay
+the supervisor itself took rather than the test's wall time (which a loaded machine stretches).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +48,9 @@ TEST_DEFAULTS: dict[str, Any] = {
     # makes timing tests slow (tests/unit/test_embedder_role.py covers yielding)
     "embedder__busy_cpu_percent": 100.0,
 }
+#: seconds to wait for a state real processes reach in their own time (60): a deadline that
+#: only a broken system misses, however loaded the machine (a passing test never waits it out)
+PATIENCE = 60.0
 
 
 class FakeClock:
@@ -82,6 +88,22 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str, inter
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def log_records(path: Path) -> list[tuple[float, str]]:
+    """(time, message) of each record of a roxi log ("2025-01-02 03:04:05,678 name[pid] LEVEL
+    message"; lines of a traceback are skipped): the times the process noted itself, in
+    seconds since the epoch, to the millisecond."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        parts = line[24:].split(" ", 2)  # name[pid], LEVEL, message
+        if len(parts) == 3:
+            records.append((at, parts[2]))
+    return records
 
 
 def write_toml(path: Path, overrides: dict[str, Any]) -> Path:

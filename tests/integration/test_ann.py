@@ -15,7 +15,7 @@ from roxi_mp.service import READY_STATES
 from roxi_mp.store import Store
 from roxi_mp.vectors import open_index
 
-from ..conftest import roxi_processes
+from ..conftest import PATIENCE, roxi_processes
 from ..corpus import populate, write_corpus
 from .test_pipeline import roxi
 
@@ -47,7 +47,7 @@ def test_index_is_built_in_background_and_new_rows_are_found_before_the_update(s
     own_row_is_first(s, [0])  # wakes the query server (exact until the build lands)
     s.wait_for(lambda: query_stats(s)["ann_rows"] == 3000, timeout=60, what="index built and mapped")
     assert query_stats(s)["index"] == kind
-    s.wait_for(lambda: s.role("indexer")["builds"] == 1, timeout=10, what="the indexer reaped its build")
+    s.wait_for(lambda: s.role("indexer")["builds"] == 1, timeout=PATIENCE, what="the indexer reaped its build")
     shown = roxi(cfg, "status")
     assert f"{kind} index covers 3,000 rows (1 builds, 0 failures)" in shown.stdout, shown.stdout
     own_row_is_first(s, [0, 1500, 2999])
@@ -56,7 +56,7 @@ def test_index_is_built_in_background_and_new_rows_are_found_before_the_update(s
     assert roxi(cfg, "ingest", str(tmp_path / "docs")).returncode == 0
     total = s.stats().chunks
     s.wait_indexed(total, timeout=60)
-    s.wait_for(lambda: query_stats(s)["rows"] == total, timeout=20, what="new rows followed")
+    s.wait_for(lambda: query_stats(s)["rows"] == total, timeout=PATIENCE, what="new rows followed")
     with Store(cfg.db_path) as store:
         row, text = store.conn.execute("SELECT row, text FROM chunks WHERE row = ?", (total - 1,)).fetchone()
     with s.query_client() as client:
@@ -71,15 +71,15 @@ def test_kill_during_a_build_leaves_no_orphan_and_the_build_resumes(system, make
                       indexer__hnsw_ef_construction=80)
     populate(cfg, rows=40_000)  # a build of several seconds, for the kill to land in
     s = system(cfg)
-    s.wait_for(lambda: s.role("indexer")["building"], timeout=30, what="a build running")
+    s.wait_for(lambda: s.role("indexer")["building"], timeout=PATIENCE, what="a build running")
     indexer = psutil.Process(s.pid("indexer"))
     builders = [c for c in indexer.children() if "roxi_mp.ann_build" in " ".join(c.cmdline())]
     assert len(builders) == 1
     os.kill(indexer.pid, signal.SIGKILL)
-    psutil.wait_procs(builders, timeout=10)  # PDEATHSIG ends the build with its indexer
+    psutil.wait_procs(builders, timeout=PATIENCE)  # PDEATHSIG ends the build with its indexer
     assert not builders[0].is_running()
     s.wait_for(lambda: s.role("indexer")["state"] in READY_STATES and s.pid("indexer") != indexer.pid,
-               timeout=20, what="indexer restarted")
+               timeout=PATIENCE, what="indexer restarted")
     s.wait_for(lambda: s.role("indexer")["ann_rows"] == 40_000, timeout=120, what="index built after restart")
     assert not Path(str(cfg.ann_path) + ".tmp").exists()
     assert ann.check(cfg.ann_path, cfg.vectors_path, kind="hnsw", rows=40_000).rows == 40_000
@@ -117,5 +117,5 @@ def test_sleep_unmaps_the_index_too(system, make_config):
     with s.control() as c:
         c.command("sleep")
     s.wait_for(lambda: str(cfg.ann_path) not in maps.read_text() and str(cfg.vectors_path) not in maps.read_text(),
-               timeout=10, what="index and vectors unmapped")
+               timeout=PATIENCE, what="index and vectors unmapped")
     np.testing.assert_equal(query_stats(s)["state"], "asleep")

@@ -11,6 +11,7 @@ from roxi_mp import errors
 from roxi_mp.store import Store
 from roxi_mp.vectors import HEADER_BYTES, read_header
 
+from ..conftest import PATIENCE
 from ..corpus import check_exactly_once, write_corpus
 from .test_pipeline import roxi
 
@@ -38,7 +39,7 @@ def test_disk_full_during_ingest_then_space_freed_completes_exactly_once(system,
     indexer.rlimit(psutil.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
     assert roxi(cfg, "ingest", str(tmp_path / "docs")).returncode == 0
     total = s.stats().chunks
-    s.wait_for(lambda: s.role("indexer")["commit_failures"] >= 2, timeout=30, what="commits failing")
+    s.wait_for(lambda: s.role("indexer")["commit_failures"] >= 2, timeout=PATIENCE, what="commits failing")
     failing = s.role("indexer")
     assert "File too large" in failing["last_error"] and failing["state"] == "running"
     assert failing["restarts"] == 0  # handled, not a crash loop
@@ -52,7 +53,7 @@ def test_disk_full_during_ingest_then_space_freed_completes_exactly_once(system,
     s.wait_indexed(total, timeout=90)
     assert consistent(cfg) == total
     assert check_exactly_once(cfg) == total
-    s.wait_for(lambda: s.role("indexer")["last_error"] is None, timeout=10, what="the error cleared")
+    s.wait_for(lambda: s.role("indexer")["last_error"] is None, timeout=PATIENCE, what="the error cleared")
 
 
 def test_a_corrupt_vectors_header_is_a_clear_error_not_a_crash_loop(system, make_config):

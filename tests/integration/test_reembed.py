@@ -6,7 +6,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,7 +13,7 @@ from roxi_mp import errors
 from roxi_mp.store import Store
 from roxi_mp.vectors import read_header
 
-from ..conftest import clean_env
+from ..conftest import PATIENCE, clean_env, wait_until
 from ..corpus import check_exactly_once, write_corpus
 from .test_pipeline import roxi
 
@@ -55,7 +54,7 @@ def test_reembed_swaps_in_a_complete_store(built, system):
         assert client.query(text, k=1)[0]["chunk_id"] == chunk_id
     assert s.stop() == 0
     stale = system(old, start=False).start(wait=False)  # the old config is now refused, clearly
-    stale.wait_for(lambda: stale.role("indexer")["state"] == "failed", timeout=20, what="refused")
+    stale.wait_for(lambda: stale.role("indexer")["state"] == "failed", timeout=PATIENCE, what="refused")
     log = (old.log_dir / "indexer.log").read_text()
     assert "hashing-v1-512" in log and "hashing-v1-256" in log
 
@@ -68,21 +67,24 @@ def test_killed_reembed_leaves_the_old_store_and_resumes(built):
                                  "ROXI_EMBEDDER_YIELD_BATCH_SIZE": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stage_db = new.data_dir / "staging" / "reembed" / "roxi.sqlite3"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def partway() -> bool:
         try:  # read-only: the test must not create or lock the staged database
             conn = sqlite3.connect(f"file:{stage_db}?mode=ro", uri=True)
             try:
                 row = conn.execute("SELECT value FROM meta WHERE key='committed_rows'").fetchone()
             finally:
                 conn.close()
-            # plan.json marks a prepared copy (before it, committed_rows is the old store's)
-            if (stage_db.parent / "plan.json").exists() and row and 20 <= int(row[0]) < before:
-                break
         except sqlite3.Error:
-            pass
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
+            return False
+        # plan.json marks a prepared copy (before it, committed_rows is the old store's)
+        return (stage_db.parent / "plan.json").exists() and bool(row) and 20 <= int(row[0]) < before
+
+    try:
+        wait_until(lambda: partway() or proc.poll() is not None, timeout=PATIENCE, what="the reembed partway",
+                   interval=0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert model_of(old) == ("hashing-v1-256", 256)  # the live store is untouched
     assert check_exactly_once(old) == before

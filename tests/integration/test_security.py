@@ -13,6 +13,7 @@ from roxi_mp.client import Client, QueryClient
 from roxi_mp.errors import Timeout
 from roxi_mp.service import READY_STATES
 
+from ..conftest import PATIENCE
 from ..corpus import populate
 from .test_pipeline import roxi
 
@@ -59,7 +60,7 @@ def test_tcp_endpoint_needs_keys_then_admits_only_keyed_clients(system, make_con
     assert roxi(cfg, "keys", "generate", "--client", "alice").returncode == 0
     before = s.pid("query")
     assert roxi(cfg, "restart", "query").returncode == 0
-    s.wait_for(lambda: s.pid("query") != before and s.role("query")["state"] in READY_STATES, timeout=20,
+    s.wait_for(lambda: s.pid("query") != before and s.role("query")["state"] in READY_STATES, timeout=PATIENCE,
                what="a new query server")
     alice = QueryClient.for_config(cfg, curve=keys.client_keys(cfg, cfg.data_dir / "keys" / "alice.key_secret"))
     assert alice.ping()

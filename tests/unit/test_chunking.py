@@ -165,10 +165,27 @@ def test_long_lines_are_cut_without_losing_words(monkeypatch: pytest.MonkeyPatch
     assert rebuild(expected, 8) == words
 
 
-def test_a_million_words_chunk_in_under_three_seconds() -> None:
-    text = " ".join(f"word{i % 5000}" + ("." if i % 17 == 0 else "") for i in range(1_000_000))
-    started = time.perf_counter()
-    chunks = chunk_text(text)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 3.0, f"{elapsed:.2f} s"
+def cpu_seconds(text: str, *, runs: int = 3) -> tuple[float, list[Chunk]]:
+    """The least CPU time of this thread over `runs` chunkings of `text`, and the chunks.
+    CPU time, not wall time: other processes keeping the cores busy (a loaded CI machine)
+    delay the work but do not add to it; the least of a few runs drops a garbage collection."""
+    best = float("inf")
+    for _ in range(runs):
+        started = time.thread_time()
+        chunks = chunk_text(text)
+        best = min(best, time.thread_time() - started)
+    return best, chunks
+
+
+def test_a_million_words_chunk_in_linear_time_and_under_three_seconds() -> None:
+    """One pass over the words (the module's promise): ten times the words cost about ten
+    times the CPU (15 allows for noise on a small measurement; a quadratic pass costs 100
+    times), and a million take well under 3 CPU seconds (~0.13 s on this machine)."""
+    def words(n: int) -> str:
+        return " ".join(f"word{i % 5000}" + ("." if i % 17 == 0 else "") for i in range(n))
+
+    small, _ = cpu_seconds(words(100_000))
+    large, chunks = cpu_seconds(words(1_000_000))
+    assert large < 15 * small, f"1M words: {large:.3f} s, 100k words: {small:.3f} s"
+    assert large < 3.0, f"{large:.2f} s"
     assert 1_000_000 / 200 < len(chunks) < 1_000_000 / (200 - 40 - 60)

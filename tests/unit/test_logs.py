@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-import time
+from types import SimpleNamespace
 
+from roxi_mp import logs
 from roxi_mp.logs import RotatingLog, follow, tail
 
 
@@ -48,28 +48,26 @@ def test_tail_reads_the_end_of_a_large_file(tmp_path):
     assert tail(tmp_path / "missing.log", 5) == []
 
 
-def test_follow_sees_new_lines_across_a_rotation(tmp_path):
+def test_follow_sees_new_lines_across_a_rotation(tmp_path, monkeypatch):
     path = tmp_path / "f.log"
     log = RotatingLog(path, max_bytes=60, backups=1)
     log.write(b"before\n")
-    seen: list[str] = []
-    done = threading.Event()
+    lines = [f"after {i} ----------" for i in range(6)]
+    unwritten = iter(lines)
+    waits: list[float] = []
 
-    def reader():
-        for line in follow(path, poll=0.02, stop=done.is_set):
-            seen.append(line)
+    def sleep(seconds: float) -> None:
+        """follow found nothing new and waits: meanwhile the writer adds the next line. The
+        test's own schedule in place of a writer thread and wall-clock sleeps, which a loaded
+        machine could run late enough for two rotations to pass between two reads."""
+        waits.append(seconds)
+        line = next(unwritten, None)
+        if line is not None:
+            log.write(f"{line}\n".encode())  # 20 bytes: rotates every third line
 
-    thread = threading.Thread(target=reader)
-    thread.start()
-    time.sleep(0.2)
-    for i in range(6):
-        log.write(f"after {i} ----------\n".encode())  # 20 bytes: rotates every third line
-        time.sleep(0.1)
-    deadline = time.monotonic() + 3
-    while len(seen) < 6 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    done.set()
-    thread.join(timeout=2)
+    monkeypatch.setattr(logs, "time", SimpleNamespace(sleep=sleep))
+    seen = list(follow(path, poll=0.02, stop=lambda: len(waits) > len(lines)))
     log.close()
     assert "before" not in seen  # follow starts at the end, like tail -f
-    assert seen == [f"after {i} ----------" for i in range(6)]
+    assert seen == lines
+    assert set(waits) == {0.02}

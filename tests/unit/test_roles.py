@@ -13,6 +13,7 @@ import os
 import shutil
 import sqlite3
 import time
+from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -22,10 +23,12 @@ import zmq
 from roxi_mp import protocol
 from roxi_mp.config import Config
 from roxi_mp.embedders import HashingEmbedder
+from roxi_mp.roles import query_server
 from roxi_mp.roles.indexer import Indexer
 from roxi_mp.roles.query_server import QState, QueryServer
 from roxi_mp.store import Store
 from roxi_mp.vectors import HEADER_BYTES, VectorWriter, read_header
+from tests.conftest import PATIENCE, FakeClock
 
 DIM = 256
 MODEL_ID = f"hashing-v1-{DIM}"
@@ -118,7 +121,8 @@ def vectors_message(ids: list, matrix: np.ndarray, **header_overrides) -> list[b
     return [protocol.pack(header), bytes(buf)]
 
 
-def drive(role, until: Callable[[], bool], *, timeout: float = 5.0, what: str = "condition") -> None:
+def drive(role, until: Callable[[], bool], *, timeout: float = PATIENCE, what: str = "condition") -> None:
+    """Step `role` until `until()`: a generous deadline, since a passing test never waits it out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         role.loop(time.monotonic())
@@ -211,7 +215,7 @@ def test_indexer_keeps_rows_through_a_failed_commit_and_retries(indexer_setup, m
     with Store(cfg.db_path) as store:
         assert store.committed_rows() == 0 and store.stats().indexed == 0
     # Retried after a backoff (0.5 s, then 1 s), without receiving anything new meanwhile.
-    drive(indexer, lambda: indexer.rows_committed == 3, timeout=10, what="the retried commit")
+    drive(indexer, lambda: indexer.rows_committed == 3, what="the retried commit")
     assert indexer.info()["commit_failures"] == 0 and indexer.info()["last_error"] is None
     assert chunk_rows(cfg) == {ids[0]: 0, ids[1]: 1, ids[2]: 2, **{i: None for i in ids[3:]}}
     np.testing.assert_array_equal(file_rows(cfg), matrix[:3])
@@ -387,7 +391,7 @@ class QS:
         self.dealer.connect(cfg.endpoint("query"))
         self._ids = iter(range(1, 1_000_000))
 
-    def exchange(self, frames: list[bytes], *, timeout: float = 5.0) -> list[bytes]:
+    def exchange(self, frames: list[bytes], *, timeout: float = PATIENCE) -> list[bytes]:
         self.dealer.send_multipart(frames)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -616,7 +620,7 @@ def test_wake_op_maps_the_committed_rows(qs: QS) -> None:
 def test_idle_server_goes_to_sleep(qs_factory) -> None:
     q = qs_factory(query__idle_seconds=0.2)
     assert_good_query(q)  # maps the index (the server may already be idle again on a slow box)
-    drive(q.server, lambda: q.server.state is QState.ASLEEP, timeout=3.0, what="idle sleep")
+    drive(q.server, lambda: q.server.state is QState.ASLEEP, what="idle sleep")
     assert q.server.searcher is None
 
 
@@ -626,7 +630,7 @@ def test_awake_server_follows_new_commits(qs_factory) -> None:
     new = add_docs(q.cfg, {"mtx.md": "# Methotrexate\n\nMethotrexate needs blood count and liver "
                                      "monitoring.\n"})
     index_directly(q.cfg, new)
-    drive(q.server, lambda: q.server.known_rows == 4, timeout=3.0, what="follow poll")
+    drive(q.server, lambda: q.server.known_rows == 4, what="follow poll")
     reply = q.ask("query", text="methotrexate monitoring", k=1)
     assert reply["rows"] == 4 and reply["hits"][0]["title"] == "Methotrexate"
 
@@ -659,7 +663,7 @@ def test_cached_answers_never_outlive_a_generation(qs_factory) -> None:
     new = add_docs(q.cfg, {"mtx.md": "# Methotrexate\n\nMethotrexate needs blood count and liver "
                                      "monitoring.\n"})
     index_directly(q.cfg, new)
-    drive(q.server, lambda: q.server.known_rows == 4, timeout=3.0, what="follow poll")
+    drive(q.server, lambda: q.server.known_rows == 4, what="follow poll")
     after = q.ask("query", text="methotrexate monitoring", k=2)  # the same key as before
     assert after["rows"] == 4 and after["hits"][0]["title"] == "Methotrexate"
     assert q.server.cache.hits == 1  # not served from the cache of the old generation
@@ -684,21 +688,28 @@ def test_a_queue_of_slow_queries_leaves_room_for_heartbeats(qs_factory, monkeypa
     server at 1M rows (30 ms a search) was killed by its supervisor as hung."""
     q = qs_factory(supervisor__heartbeat_seconds=0.2)
     q.ask("wake")
+    # The server's clock is a fake one that only a search moves, by 30 ms: the budget is then
+    # counted exactly, however slowly a loaded machine runs the step.
+    clock = FakeClock(start=time.monotonic())
+    monkeypatch.setattr(query_server, "time", SimpleNamespace(monotonic=clock, perf_counter=time.perf_counter))
     real_search = q.server.search
 
     def slow_search(*args, **kwargs):
-        time.sleep(0.03)
+        clock.sleep(0.03)
         return real_search(*args, **kwargs)
 
     monkeypatch.setattr(q.server, "search", slow_search)
     for i in range(12):
         q.dealer.send_multipart([b"", protocol.pack(protocol.request("query", f"slow-{i}", text=f"gout {i}", k=1))])
-    time.sleep(0.2)  # all queued at the server's socket
     served = q.server.served
-    started = time.monotonic()
-    q.server.loop(time.monotonic())
-    assert time.monotonic() - started < 0.2
-    assert q.server.served - served in range(1, 6)  # ~0.1 s of 30 ms searches (1..5), not all 12
-    for _ in range(20):
-        q.server.loop(time.monotonic())
-    assert q.server.served - served == 12
+    steps = []
+    while q.server.served - served < 12:
+        assert len(steps) < 1000, f"served {q.server.served - served} of 12 in {len(steps)} steps"
+        started, before = clock(), q.server.served
+        q.server.loop(clock())
+        steps.append((q.server.served - before, clock() - started))
+    # Every step stopped at its budget, half a heartbeat (0.1 s): the search that crossed it
+    # (the fourth of 30 ms) was the last, so no step took more than 0.1 s + one search, and
+    # a step with the queue full served 4 (fewer while requests are still arriving).
+    assert all(n <= 4 and took <= 0.1 + 0.03 + 1e-9 for n, took in steps), steps
+    assert max(n for n, _ in steps) == 4, steps

@@ -17,6 +17,7 @@ import zmq
 from roxi_mp import protocol
 from roxi_mp.errors import BOOT_ERROR, StoreError
 from roxi_mp.roles.base import Role, Runner
+from tests.conftest import PATIENCE
 
 #: heartbeat interval of the tests' config, seconds
 BEAT = 1.0
@@ -169,15 +170,19 @@ def test_an_orphan_stops_at_the_first_step(cfg, ctx, sup) -> None:
 
 def test_commands_for_this_role_reach_it(booted, sup) -> None:
     runner, role = booted
-    for attempt in range(200):  # a SUB sees messages only once its subscription has arrived
+    # A SUB sees messages only once its subscription has reached the PUB: resend until then
+    # (a few ms; a deadline for a loaded machine, not a count of attempts).
+    deadline = time.monotonic() + PATIENCE
+    attempt = 0
+    while not role.received and time.monotonic() < deadline:
         sup.commands.send_multipart([protocol.command_topic("other"),  # another role's
                                      protocol.pack({"v": protocol.VERSION, "op": "sleep"})])
         sup.commands.send_multipart([protocol.command_topic("fake-1"),
                                      protocol.pack({"v": protocol.VERSION, "op": "wake"})])
         runner.step(1000.0 + attempt / 1024)
-        if role.received:
-            break
-        time.sleep(0.01)
+        attempt += 1
+        if not role.received:
+            time.sleep(0.01)
     assert role.received and {m["op"] for m in role.received} == {"wake"}
 
 
