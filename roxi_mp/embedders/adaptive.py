@@ -23,9 +23,14 @@ so that each one finishes well inside the timeout: within T = target_fraction x 
 - A timeout of a request sent above the floor (more than `min_batch` texts, or more than
   one request at once) is the size's fault, not the service's: the caller re-sends its
   texts smaller without counting a failed attempt. At the floor it is a failed attempt.
+- After a timeout, nothing is sent for a while (TCP's retransmission timeout): a server
+  computes what it was given whether or not the client still waits, and a request sent at
+  once would queue behind that abandoned work and time out in turn. The pause is the
+  timeout itself, doubled with each timeout in a row (up to `max_pause`).
 
-Pure: no I/O, no threads, an injected clock. `HttpEmbedder` calls it under its own lock and
-logs the changes it returns. `Gate` is the resizable semaphore that enforces `concurrency`.
+`AdaptiveSizer` is pure: no I/O, no threads, an injected clock. `HttpEmbedder` calls it
+under its own lock, logs the changes it returns and applies the pauses. `Gate` is the
+resizable semaphore that holds requests to the current `concurrency`.
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ THROUGHPUT_WINDOW = 60.0
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """What a timeout means: re-send the texts smaller without an attempt (`free`), the
+    changes made (log lines), and the seconds nothing should be sent (`pause`)."""
+
+    free: bool
+    changes: list[str]
+    pause: float
+
+
+@dataclass(frozen=True)
 class Ticket:
     """One request as sent: its texts, when (clock time), the epoch and concurrency then."""
 
@@ -60,7 +75,8 @@ class AdaptiveSizer:
     """The current `batch` (texts per request) and `concurrency` (requests at once)."""
 
     def __init__(self, *, min_batch: int, max_batch: int, initial_batch: int, max_concurrency: int,
-                 timeout_seconds: float, target_fraction: float, clock: Callable[[], float]) -> None:
+                 timeout_seconds: float, target_fraction: float, max_pause: float,
+                 clock: Callable[[], float]) -> None:
         for name, value in (("min_batch_size", min_batch), ("max_batch_size", max_batch),
                             ("initial_batch_size", initial_batch), ("max_in_flight", max_concurrency)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -79,6 +95,8 @@ class AdaptiveSizer:
         self.concurrency = self.max_concurrency
         self.slow_start = True
         self.epoch = 0
+        self.max_pause = max_pause
+        self.timeouts_in_a_row = 0  # counted once per epoch, like the decreases
         self.latency: float | None = None  # seconds per text, smoothed (status only)
         self._clock = clock
         self._since: float | None = None  # first request: the throughput's window starts here
@@ -99,6 +117,7 @@ class AdaptiveSizer:
         per_text = seconds / ticket.n
         self._smooth(per_text)
         self._done.append((now, ticket.n))
+        self.timeouts_in_a_row = 0
         if ticket.epoch != self.epoch:
             return []  # sized under the old rule: neither news of slowness nor of speed
         if seconds > self.target:
@@ -107,15 +126,16 @@ class AdaptiveSizer:
             return self._decrease(max(fit, self.batch // 2), why)
         return self._increase(ticket, per_text)
 
-    def timed_out(self, ticket: Ticket) -> tuple[bool, list[str]]:
-        """The request timed out: (re-send its texts smaller without counting an attempt?,
-        the changes made as log lines)."""
+    def timed_out(self, ticket: Ticket) -> Verdict:
+        """The request timed out: see Verdict."""
         free = ticket.n > self.min_batch or ticket.concurrency > 1
         per_text = self.timeout_seconds / ticket.n  # at least
         self._smooth(max(per_text, self.latency or 0.0))
         if ticket.epoch != self.epoch:
-            return free, []
-        return free, self._decrease(ticket.n // 2, f"after a timeout (over {per_text:.2f} s/text)")
+            return Verdict(free, [], 0.0)  # the pause its own decrease set covers it
+        self.timeouts_in_a_row += 1
+        pause = min(self.max_pause, self.timeout_seconds * 2.0 ** min(self.timeouts_in_a_row - 1, 32))
+        return Verdict(free, self._decrease(ticket.n // 2, f"after a timeout (over {per_text:.2f} s/text)"), pause)
 
     # --- rules -------------------------------------------------------------------------
     def _decrease(self, batch: int, why: str) -> list[str]:
@@ -179,11 +199,13 @@ class AdaptiveSizer:
 
 class Gate:
     """A semaphore whose size can change while it is held: at most `limit` holders at once.
-    Lowering the limit takes no slot away; newcomers wait until enough holders have left."""
+    Lowering the limit takes no slot away; newcomers wait until enough holders have left.
+    Waiters are served in arrival order, so a call never starves behind later ones."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._held = 0
+        self._queue: collections.deque[object] = collections.deque()
         self._changed = threading.Condition()
 
     @property
@@ -197,11 +219,18 @@ class Gate:
 
     def acquire(self, timeout: float) -> bool:
         """Take a slot, waiting at most `timeout` seconds; False when none came free."""
+        me = object()
         with self._changed:
-            if not self._changed.wait_for(lambda: self._held < self._limit, timeout=timeout):
-                return False
-            self._held += 1
-            return True
+            self._queue.append(me)
+            try:
+                got = self._changed.wait_for(lambda: self._queue[0] is me and self._held < self._limit,
+                                             timeout=timeout)
+                if got:
+                    self._held += 1
+                return got
+            finally:
+                self._queue.remove(me)
+                self._changed.notify_all()  # the next in line may go now (or was waiting on us)
 
     def release(self) -> None:
         with self._changed:

@@ -137,7 +137,7 @@ class HttpEmbedder(Embedder):
         self._sizer = AdaptiveSizer(min_batch=min_batch_size, max_batch=max_batch_size,
                                     initial_batch=initial_batch_size, max_concurrency=max_in_flight,
                                     timeout_seconds=self.timeout_seconds, target_fraction=target_fraction,
-                                    clock=clock)
+                                    max_pause=self.backoff_max_seconds, clock=clock)
         self._gate = Gate(self._sizer.concurrency)
         self._conn: _Conn | None = None
         # Every key ever loaded (a rotated key can still be echoed by a late reply); a tuple
@@ -285,8 +285,11 @@ class HttpEmbedder(Embedder):
                  may_shrink: bool) -> tuple[np.ndarray, int]:
         """One POST in one of the `concurrency` slots: the vectors and the tokens the reply
         says were used; _Smaller when it timed out and may be sent smaller; Retry; EmbedError."""
-        if not self._gate.acquire(self.max_wait_seconds):
-            raise EmbedError(f"no request slot came free within {self.max_wait_seconds:g} s")
+        # A holder leaves within one limiter wait and one request, and waiters go in turn:
+        # this bound is only a guard against a bug, never a wait a working service causes.
+        patience = self.max_in_flight * (self.max_wait_seconds + self.timeout_seconds)
+        if not self._gate.acquire(patience):
+            raise EmbedError(f"no request slot came free within {patience:g} s")
         try:
             self._limiter.acquire(estimate, timeout=self.max_wait_seconds)
             with self._lock:
@@ -298,8 +301,8 @@ class HttpEmbedder(Embedder):
             except Refused as exc:
                 raise self._refusal(exc.status, exc.message) from None
             except Retry as exc:
-                if exc.timeout and self._timed_out(ticket) and may_shrink:
-                    raise _Smaller("transport", exc.message, timeout=True) from None
+                if exc.timeout:
+                    self._timed_out(ticket, exc, may_shrink=may_shrink)
                 raise
         finally:
             self._gate.release()
@@ -309,14 +312,24 @@ class HttpEmbedder(Embedder):
         self._log_changes(changes)
         return vectors, used
 
-    def _timed_out(self, ticket: Ticket) -> bool:
-        """Tell the sizer; whether the request was above the floor (may be sent smaller)."""
+    def _timed_out(self, ticket: Ticket, exc: Retry, *, may_shrink: bool) -> None:
+        """Tell the sizer and pause every caller while the service finishes the abandoned
+        request; raise _Smaller when its texts may go again in smaller requests for free,
+        else return (the timeout is a failed attempt)."""
         with self._lock:
-            free, changes = self._sizer.timed_out(ticket)
+            verdict = self._sizer.timed_out(ticket)
             # Under the lock: two threads must not set the gate in the wrong order.
             self._gate.set_limit(self._sizer.concurrency)
-        self._log_changes(changes)
-        return free
+        if verdict.pause:
+            self._limiter.pause_until(self._clock() + verdict.pause)
+        free = verdict.free and may_shrink
+        pause = f"; nothing is sent for {verdict.pause:.1f} s while the service finishes it" if verdict.pause else ""
+        if free or pause:
+            log.warning("a request of %d texts timed out (%s)%s%s", ticket.n, exc.message,
+                        ": sending them again in smaller requests" if free else "", pause)
+        self._log_changes(verdict.changes)
+        if free:
+            raise _Smaller("transport", exc.message, timeout=True) from None
 
     @staticmethod
     def _log_changes(changes: list[str]) -> None:

@@ -11,14 +11,14 @@ import threading
 
 import pytest
 
-from roxi_mp.embedders.adaptive import FAST_SHARE, AdaptiveSizer, Gate
+from roxi_mp.embedders.adaptive import FAST_SHARE, AdaptiveSizer, Gate, Verdict
 from roxi_mp.errors import ConfigError
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, wait_until
 
 
 def sizer(clock: FakeClock, **kwargs) -> AdaptiveSizer:
     options = {"min_batch": 1, "max_batch": 64, "initial_batch": 8, "max_concurrency": 4,
-               "timeout_seconds": 30.0, "target_fraction": 0.5, **kwargs}
+               "timeout_seconds": 30.0, "target_fraction": 0.5, "max_pause": 100.0, **kwargs}
     return AdaptiveSizer(clock=clock, **options)
 
 
@@ -31,7 +31,8 @@ def reply(s: AdaptiveSizer, clock: FakeClock, n: int, seconds: float) -> list[st
 def time_out(s: AdaptiveSizer, clock: FakeClock, n: int) -> tuple[bool, list[str]]:
     ticket = s.send(n)
     clock.sleep(s.timeout_seconds)
-    return s.timed_out(ticket)
+    verdict = s.timed_out(ticket)
+    return verdict.free, verdict.changes
 
 
 def test_slow_start_doubles_up_to_what_the_latency_fits() -> None:
@@ -52,11 +53,11 @@ def test_a_timeout_halves_batch_and_concurrency_once_per_epoch() -> None:
     s = sizer(clock, initial_batch=64)
     tickets = [s.send(64) for _ in range(4)]  # four requests out at once, all too large
     clock.sleep(30.0)
-    free, changes = s.timed_out(tickets[0])
-    assert free and changes == ["batch size 64 -> 32 after a timeout (over 0.47 s/text)",
-                                "concurrency 4 -> 2 after a timeout (over 0.47 s/text)"]
+    verdict = s.timed_out(tickets[0])
+    assert verdict == Verdict(True, ["batch size 64 -> 32 after a timeout (over 0.47 s/text)",
+                                     "concurrency 4 -> 2 after a timeout (over 0.47 s/text)"], 30.0)
     for ticket in tickets[1:]:  # sent before the decrease: sized under the old rule
-        assert s.timed_out(ticket) == (True, [])
+        assert s.timed_out(ticket) == Verdict(True, [], 0.0)
     assert (s.batch, s.concurrency, s.epoch) == (32, 2, 1)
     assert time_out(s, clock, 32)[1][0] == "batch size 32 -> 16 after a timeout (over 0.94 s/text)"
     assert (s.batch, s.concurrency) == (16, 1)
@@ -155,3 +156,36 @@ def test_gate_limit_can_shrink_and_grow_while_held() -> None:
     waiter.join(30.0)
     assert took.is_set() and gate.limit == 2
     assert not gate.acquire(0.01)
+
+
+def test_timeouts_in_a_row_pause_longer_and_a_reply_resets_them() -> None:
+    """While the server still computes abandoned requests, a new one would only queue and
+    time out too: pause the timeout, doubled with each timeout in a row, capped."""
+    clock = FakeClock()
+    s = sizer(clock, initial_batch=64, max_pause=100.0)
+    pauses = []
+    for n in (64, 32, 16, 8):
+        ticket = s.send(n)
+        clock.sleep(30.0)
+        pauses.append(s.timed_out(ticket).pause)
+    assert pauses == [30.0, 60.0, 100.0, 100.0]
+    reply(s, clock, 4, 2.0)
+    ticket = s.send(4)
+    clock.sleep(30.0)
+    assert s.timed_out(ticket).pause == 30.0
+
+
+def test_gate_serves_waiters_in_arrival_order() -> None:
+    gate = Gate(1)
+    assert gate.acquire(0)
+    order: list[int] = []
+    threads = []
+    for i in range(3):
+        t = threading.Thread(target=lambda i=i: gate.acquire(30.0) and (order.append(i), gate.release()))
+        t.start()
+        threads.append(t)
+        wait_until(lambda: len(gate._queue) == i + 1, timeout=30, what=f"waiter {i} queued")
+    gate.release()
+    for t in threads:
+        t.join(30.0)
+    assert order == [0, 1, 2]

@@ -152,6 +152,11 @@ def test_int_is_accepted_for_a_float_key(tmp_path: Path) -> None:
     ("[indexer]\nhnsw_m = 2\n", "indexer.hnsw_m"),
     ("[indexer]\nann_min_rows = 10\n", "indexer.ann_min_rows"),
     ("[query]\nhnsw_ef_search = 0\n", "query.hnsw_ef_search"),
+    ("[http]\nmin_batch_size = 0\n", "http.min_batch_size"),
+    ("[http]\nmin_batch_size = 9\ninitial_batch_size = 8\n", "http.min_batch_size"),
+    ("[http]\ninitial_batch_size = 16\nmax_batch_size = 8\n", "http.initial_batch_size"),
+    ("[http]\ntarget_fraction = 0.0\n", "http.target_fraction"),
+    ("[http]\ntarget_fraction = 1.5\n", "http.target_fraction"),
 ])
 def test_out_of_range_values_are_refused(tmp_path: Path, text: str, named: str) -> None:
     with pytest.raises(ConfigError) as info:

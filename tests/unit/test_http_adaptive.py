@@ -88,6 +88,11 @@ def test_a_timeout_sends_the_texts_again_smaller_without_using_an_attempt(server
     assert "batch size 8 -> 4 after a timeout (over 1.25 s/text)" in caplog.messages
     assert "concurrency 4 -> 2 after a timeout (over 1.25 s/text)" in caplog.messages
     assert "concurrency 2 -> 1 after a timeout (over 2.50 s/text)" in caplog.messages
+    # Each timeout pauses every caller (capped by backoff_max_seconds, 0.1 s here) while the
+    # server finishes the request it was abandoned with.
+    assert "a request of 8 texts timed out (reply not complete after 10 s): sending them again in smaller " \
+           "requests; nothing is sent for 0.1 s while the service finishes it" in caplog.messages
+    assert server.requests[1][0] - server.requests[0][0] == pytest.approx(24.0 + 0.1)
 
 
 def test_single_texts_timing_out_one_at_a_time_use_attempts_then_fail(server) -> None:
