@@ -38,6 +38,11 @@ def print_roles(data: dict) -> None:
         backoff = max(r.get("backoff_seconds") or 0, (r.get("backend") or {}).get("backoff_seconds") or 0)
         if backoff:
             click.echo(f"      backing off {backoff:.1f} s ({(r.get('backend') or {}).get('last_error') or 'service down'})")
+        if "batch_size" in (backend := r.get("backend") or {}):  # an http embedder's request sizing
+            latency = backend.get("seconds_per_text")
+            click.echo(f"      requests of {backend['batch_size']} texts, {backend.get('concurrency')} at once, "
+                       f"{'-' if latency is None else f'{latency:.2f}'} s/text, "
+                       f"{backend.get('texts_per_second') or 0:.1f} texts/s, {backend.get('timeouts', 0)} timeouts")
         if r.get("last_error"):
             click.echo(f"      commits failing ({r.get('commit_failures', 0)} attempts, retrying): {r['last_error']}")
         if r.get("index") not in (None, "exact") and r.get("ann_rows") is not None and r["name"] == "indexer":

@@ -57,8 +57,13 @@ def check_backends(cfg: Config) -> None:
     _require(8 <= m.max_tokens <= 512, "minilm.max_tokens", "in [8, 512]", m.max_tokens)
     _require(m.batch_tokens >= m.max_tokens, "minilm.batch_tokens", ">= max_tokens", m.batch_tokens)
     _require(1 <= m.threads <= 64, "minilm.threads", "in [1, 64]", m.threads)
+    h = cfg.http
+    _require(1 <= h.min_batch_size <= h.initial_batch_size, "http.min_batch_size", "in [1, initial_batch_size]",
+             h.min_batch_size)
+    _require(h.initial_batch_size <= h.max_batch_size, "http.initial_batch_size", "<= max_batch_size",
+             h.initial_batch_size)
+    _require(0 < h.target_fraction <= 1, "http.target_fraction", "in (0, 1]", h.target_fraction)
     if e.backend == "http":  # only checked when used: the defaults describe no service
-        h = cfg.http
         _require(h.base_url.startswith(("http://", "https://")), "http.base_url",
                  "an http:// or https:// URL", h.base_url)
         _require(bool(h.model), "http.model", "set", h.model)

@@ -79,6 +79,10 @@ class HttpSettings:
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
     max_wait_seconds: float = 300.0
+    min_batch_size: int = 1
+    max_batch_size: int = 2048
+    initial_batch_size: int = 8
+    target_fraction: float = 0.5
 
 
 @dataclass

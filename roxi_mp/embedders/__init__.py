@@ -40,5 +40,9 @@ def make_embedder(cfg: "Config", backend: str | None = None) -> Embedder:
                             requests_per_minute=h.requests_per_minute, tokens_per_minute=h.tokens_per_minute,
                             max_in_flight=h.max_in_flight, timeout_seconds=h.timeout_seconds,
                             max_retries=h.max_retries, backoff_initial_seconds=h.backoff_initial_seconds,
-                            backoff_max_seconds=h.backoff_max_seconds, max_wait_seconds=h.max_wait_seconds)
+                            backoff_max_seconds=h.backoff_max_seconds, max_wait_seconds=h.max_wait_seconds,
+                            # a request never carries more texts than the embedder role claims
+                            min_batch_size=h.min_batch_size,
+                            max_batch_size=min(h.max_batch_size, cfg.embedder.batch_size),
+                            initial_batch_size=h.initial_batch_size, target_fraction=h.target_fraction)
     raise ConfigError(f"unknown embedder backend {name!r}; known: {', '.join(BACKENDS)}")

@@ -8,18 +8,23 @@ malformed replies are retried with capped, fully jittered exponential backoff; a
 validated strictly (count, indices, dimension, finite numbers) and a bad one is an error,
 never data. Inputs the API refuses (400/413/422) raise `EmbedError(input_error=True)` at
 once so the embedder role can split the batch; a refused key (401/403) fails at once.
+Requests are sized to the service (`adaptive.AdaptiveSizer`): `encode` sends the texts it
+is given in requests of the current batch size, one after another, each holding one of
+the `concurrency` slots shared by every caller (`adaptive.Gate`); a request that times out
+above the smallest size is sent again smaller without counting as a failed attempt, so a
+slow service is slowed down to, not mistaken for a dead one.
 The API key is read from the environment at `load` and scrubbed from every message this
 module produces, since servers may echo it back. `encode` is safe for `max_in_flight`
 concurrent callers: they share one pooled httpx.Client and one limiter.
 
 This module is the policy: options, the connection pool, retries and pauses, counters.
-One request and the checks on its reply are `http_request.post`, which keeps no state.
+One request and the checks on its reply are `http_request.post`, which keeps no state;
+the checks on the options are `http_request.check_options`; the sizing is `adaptive`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import threading
@@ -32,19 +37,19 @@ import numpy as np
 
 from .. import ratelimit
 from ..errors import ConfigError
+from .adaptive import AdaptiveSizer, Gate, Ticket
 from .base import EmbedError, Embedder, check_texts
-from .http_request import Refused, Retry, estimate_tokens, post, request_body, retry_after_seconds
+from .http_request import (MAX_IN_FLIGHT, Refused, Retry, check_options, estimate_tokens, post, request_body,
+                           retry_after_seconds)
 
 # Imported from here by callers and tests, though they live in http_request.
-__all__ = ["HttpEmbedder", "estimate_tokens", "retry_after_seconds"]
+__all__ = ["HttpEmbedder", "MAX_IN_FLIGHT", "estimate_tokens", "retry_after_seconds"]
 
 log = logging.getLogger("roxi.embedder.http")
 
 #: share of the configured rate limits actually used (0.98): request starts are spaced
 #: exactly, but network jitter can bring their arrivals closer together at the server
 RATE_HEADROOM = 0.98
-#: most concurrent requests per embedder accepted (64)
-MAX_IN_FLIGHT = 64
 #: seconds an idle pooled connection is kept open (5.0)
 KEEPALIVE_SECONDS = 5.0
 #: statuses that refuse the input itself: the role splits the batch to find the culprit
@@ -53,9 +58,18 @@ INPUT_STATUSES = frozenset({400, 413, 422})
 AUTH_STATUSES = frozenset({401, 403})
 #: text put in place of the API key wherever it would appear
 REDACTED = "[REDACTED]"
+#: timeouts in a row that one position of a call may answer by sending smaller requests
+#: without using an attempt (20): enough to go from the largest batch and concurrency to
+#: the smallest, yet a bound, should other callers keep growing them back
+FREE_TIMEOUTS = 20
 # status() counter of each kind of failed attempt
 _COUNTER = {"rate_limited": "rate_limited", "server": "server_errors",
             "transport": "transport_errors", "bad_reply": "bad_replies"}
+
+
+class _Smaller(Retry):
+    """A request timed out above the smallest size: its texts go again in smaller requests,
+    without counting a failed attempt."""
 
 
 class _Conn:
@@ -86,6 +100,10 @@ class HttpEmbedder(Embedder):
         backoff_initial_seconds: float = 1.0,
         backoff_max_seconds: float = 60.0,
         max_wait_seconds: float = 300.0,
+        min_batch_size: int = 1,
+        max_batch_size: int = 2048,
+        initial_batch_size: int = 8,
+        target_fraction: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -116,7 +134,12 @@ class HttpEmbedder(Embedder):
             sleep=sleep,
         )
         self._rng = random.Random()
-        self._lock = threading.Lock()  # guards _conn, _secrets, the counters
+        self._lock = threading.Lock()  # guards _conn, _secrets, the counters, _sizer
+        self._sizer = AdaptiveSizer(min_batch=min_batch_size, max_batch=max_batch_size,
+                                    initial_batch=initial_batch_size, max_concurrency=max_in_flight,
+                                    timeout_seconds=self.timeout_seconds, target_fraction=target_fraction,
+                                    max_pause=self.backoff_max_seconds, clock=clock)
+        self._gate = Gate(self._sizer.concurrency)
         self._conn: _Conn | None = None
         # Every key ever loaded (a rotated key can still be echoed by a late reply); a tuple
         # replaced whole, so _redact can read it without the lock.
@@ -124,7 +147,7 @@ class HttpEmbedder(Embedder):
         self._auth_logged = False
         self._backoff_until = float("-inf")
         self._counts = {"requests": 0, "retries": 0, "rate_limited": 0, "server_errors": 0,
-                        "bad_replies": 0, "transport_errors": 0, "failures": 0, "embedded": 0}
+                        "bad_replies": 0, "transport_errors": 0, "timeouts": 0, "failures": 0, "embedded": 0}
         self._last_error: str | None = None
 
     # --- resources -----------------------------------------------------------------
@@ -200,6 +223,22 @@ class HttpEmbedder(Embedder):
         return out
 
     def _embed(self, texts: list[str]) -> np.ndarray:
+        """Vectors of non-empty `texts`, in requests of the current batch size, in turn."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        start, free = 0, FREE_TIMEOUTS
+        while start < len(texts):
+            n = min(self._sizer.batch, len(texts) - start)
+            vectors = self._send(texts[start:start + n], may_shrink=free > 0)
+            if vectors is None:  # timed out above the floor: the batch has shrunk, send smaller
+                free -= 1
+                continue
+            out[start:start + n] = vectors
+            start, free = start + n, FREE_TIMEOUTS
+        return out
+
+    def _send(self, texts: list[str], *, may_shrink: bool) -> np.ndarray | None:
+        """One request of `texts` with its retries: the vectors, None when it timed out above
+        the floor and should be sent smaller (no attempt used), or EmbedError."""
         body = request_body(self.model, texts)
         estimate = estimate_tokens(texts)
         attempts = self.max_retries + 1
@@ -210,17 +249,16 @@ class HttpEmbedder(Embedder):
             # between the two would delay this request's arrival behind the next one's.
             conn = self._checkout()
             try:
-                self._limiter.acquire(estimate, timeout=self.max_wait_seconds)
-                vectors, used = self._attempt(conn, body, len(texts))
+                vectors, used = self._attempt(conn, body, len(texts), estimate, may_shrink=may_shrink)
             except EmbedError as exc:
                 self._count("failures")
                 self._set_error(str(exc))
                 raise
             except Retry as exc:
-                self._count(_COUNTER[exc.kind])
-                if exc.kind == "bad_reply":
-                    self._count("server_errors")  # a malformed reply is the server's fault too
-                self._set_error(exc.message)
+                self._failed_attempt(exc)
+                if isinstance(exc, _Smaller):
+                    self._count("retries")
+                    return None
                 if attempt + 1 < attempts:
                     self._wait(exc, attempt, attempts)
                     continue
@@ -236,14 +274,68 @@ class HttpEmbedder(Embedder):
             return vectors
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _attempt(self, conn: _Conn, body: bytes, n: int) -> tuple[np.ndarray, int]:
-        """One POST: the vectors and the tokens the reply says were used, Retry, or EmbedError."""
-        self._count("requests")
+    def _failed_attempt(self, exc: Retry) -> None:
+        self._count(_COUNTER[exc.kind])
+        if exc.kind == "bad_reply":
+            self._count("server_errors")  # a malformed reply is the server's fault too
+        if exc.timeout:
+            self._count("timeouts")
+        self._set_error(exc.message)
+
+    def _attempt(self, conn: _Conn, body: bytes, n: int, estimate: int, *,
+                 may_shrink: bool) -> tuple[np.ndarray, int]:
+        """One POST in one of the `concurrency` slots: the vectors and the tokens the reply
+        says were used; _Smaller when it timed out and may be sent smaller; Retry; EmbedError."""
+        # A holder leaves within one limiter wait and one request, and waiters go in turn:
+        # this bound is only a guard against a bug, never a wait a working service causes.
+        patience = self.max_in_flight * (self.max_wait_seconds + self.timeout_seconds)
+        if not self._gate.acquire(patience):
+            raise EmbedError(f"no request slot came free within {patience:g} s")
         try:
-            return post(conn.client, self._url, body, n=n, dim=self.dim, timeout_seconds=self.timeout_seconds,
-                        clock=self._clock, redact=self._redact)
-        except Refused as exc:
-            raise self._refusal(exc.status, exc.message) from None
+            self._limiter.acquire(estimate, timeout=self.max_wait_seconds)
+            with self._lock:
+                ticket = self._sizer.send(n)
+            self._count("requests")
+            try:
+                vectors, used = post(conn.client, self._url, body, n=n, dim=self.dim,
+                                     timeout_seconds=self.timeout_seconds, clock=self._clock, redact=self._redact)
+            except Refused as exc:
+                raise self._refusal(exc.status, exc.message) from None
+            except Retry as exc:
+                if exc.timeout:
+                    self._timed_out(ticket, exc, may_shrink=may_shrink)
+                raise
+        finally:
+            self._gate.release()
+        with self._lock:
+            changes = self._sizer.replied(ticket)
+            self._gate.set_limit(self._sizer.concurrency)
+        self._log_changes(changes)
+        return vectors, used
+
+    def _timed_out(self, ticket: Ticket, exc: Retry, *, may_shrink: bool) -> None:
+        """Tell the sizer and pause every caller while the service finishes the abandoned
+        request; raise _Smaller when its texts may go again in smaller requests for free,
+        else return (the timeout is a failed attempt)."""
+        with self._lock:
+            verdict = self._sizer.timed_out(ticket)
+            # Under the lock: two threads must not set the gate in the wrong order.
+            self._gate.set_limit(self._sizer.concurrency)
+        if verdict.pause:
+            self._limiter.pause_until(self._clock() + verdict.pause)
+        free = verdict.free and may_shrink
+        pause = f"; nothing is sent for {verdict.pause:.1f} s while the service finishes it" if verdict.pause else ""
+        if free or pause:
+            log.warning("a request of %d texts timed out (%s)%s%s", ticket.n, exc.message,
+                        ": sending them again in smaller requests" if free else "", pause)
+        self._log_changes(verdict.changes)
+        if free:
+            raise _Smaller("transport", exc.message, timeout=True) from None
+
+    @staticmethod
+    def _log_changes(changes: list[str]) -> None:
+        for change in changes:
+            log.info("%s", change)
 
     def _refusal(self, status: int, message: str) -> EmbedError:
         """The error for a status retrying cannot change (_embed counts and records it)."""
@@ -299,45 +391,13 @@ class HttpEmbedder(Embedder):
     def status(self) -> dict:
         """Counters since construction: `requests` sent, `retries`, `rate_limited` (429s),
         `server_errors` (5xx and malformed replies), `bad_replies` (malformed alone),
-        `transport_errors` (timeouts, connection failures), `failures` (EmbedErrors raised),
-        `embedded` texts; `backoff_seconds` of pause or backoff left; `last_error`."""
+        `transport_errors` (timeouts, connection failures), `timeouts` (replies not in time),
+        `failures` (EmbedErrors raised), `embedded` texts; `backoff_seconds` of pause or
+        backoff left; `last_error`; and the sizing now: `batch_size` (texts per request),
+        `concurrency` (requests at once), `seconds_per_text` (smoothed latency, None before
+        the first reply), `texts_per_second` (over the last minute)."""
         now = self._clock()
         with self._lock:
             backoff = max(0.0, self._backoff_until - now, self._limiter.paused_until - now)
-            return {**self._counts, "backoff_seconds": round(backoff, 3), "last_error": self._last_error}
-
-
-def check_options(*, base_url: object, model: object, dim: object, api_key_env: object,
-                  max_in_flight: object, max_retries: object, positive: dict[str, object]) -> None:
-    """ConfigError unless HttpEmbedder's options are usable; `positive` maps the names of
-    the rates and durations to their values."""
-    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"http base_url must start with http:// or https://, got {base_url!r}")
-    if not isinstance(model, str) or not model.strip():
-        raise ConfigError(f"http model must be a non-empty string, got {model!r}")
-    if not _is_int(dim) or dim < 1:
-        raise ConfigError(f"http dim must be an integer >= 1, got {dim!r}")
-    if not isinstance(api_key_env, str) or not api_key_env:
-        raise ConfigError(f"http api_key_env must be a non-empty string, got {api_key_env!r}")
-    if not _is_int(max_in_flight) or not 1 <= max_in_flight <= MAX_IN_FLIGHT:
-        raise ConfigError(
-            f"http max_in_flight must be an integer from 1 to {MAX_IN_FLIGHT}, got {max_in_flight!r}"
-        )
-    if not _is_int(max_retries) or max_retries < 0:
-        raise ConfigError(f"http max_retries must be an integer >= 0, got {max_retries!r}")
-    for name, value in positive.items():
-        if not _is_number(value) or not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"http {name} must be a finite number > 0, got {value!r}")
-    if positive["backoff_max_seconds"] < positive["backoff_initial_seconds"]:
-        raise ConfigError("http backoff_max_seconds must be >= backoff_initial_seconds")
-    if positive["max_wait_seconds"] < positive["backoff_max_seconds"]:
-        # A capped Retry-After pause could then never be waited out.
-        raise ConfigError("http max_wait_seconds must be >= backoff_max_seconds")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+            return {**self._counts, "backoff_seconds": round(backoff, 3), "last_error": self._last_error,
+                    **self._sizer.status()}

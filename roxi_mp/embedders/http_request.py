@@ -6,7 +6,8 @@ were used, or says why not: `Retry` for a failure worth another attempt (429, 5x
 timeouts, dropped connections, malformed replies), `Refused` for a status that retrying
 cannot change (the input, the key, the URL). What to do about either (back off, pause
 every worker, split the batch, log) is the caller's policy, in `http.py`. Nothing here
-keeps state: a reply is judged on its own, and a bad one is never data.
+keeps state: a reply is judged on its own, and a bad one is never data. `check_options`
+refuses options no request could be made with, at construction.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Callable
 import httpx
 import numpy as np
 
+from ..errors import ConfigError
+
 #: characters per token assumed by the estimate (4); a real tokenizer may count more,
 #: which the reply's `usage` then charges to the limiter afterwards
 CHARS_PER_TOKEN = 4
@@ -33,6 +36,8 @@ REPLY_BYTES_PER_INPUT = 512
 REPLY_BYTES_FIXED = 65_536
 #: characters of a server's error message kept (200)
 MAX_SERVER_MESSAGE = 200
+#: most concurrent requests per embedder accepted (64)
+MAX_IN_FLIGHT = 64
 #: statuses retried like 5xx (request timeout, conflict), as the OpenAI clients do
 RETRY_STATUSES = frozenset({408, 409})
 
@@ -42,13 +47,17 @@ Redact = Callable[[str], str]
 class Retry(Exception):
     """A failed attempt worth retrying; `kind` picks the wait and the counter ("rate_limited",
     "server", "transport" or "bad_reply"), `message` is for people, `retry_after` is the
-    seconds a 429 asked for (None when it did not say)."""
+    seconds a 429 asked for (None when it did not say). `timeout` says the reply did not
+    come in time (the read or the whole reply), which a smaller request may fix; a connect
+    timeout is not one: no server has the request yet."""
 
-    def __init__(self, kind: str, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, kind: str, message: str, retry_after: float | None = None, *,
+                 timeout: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.retry_after = retry_after
+        self.timeout = timeout
 
 
 class Refused(Exception):
@@ -117,7 +126,8 @@ def post(client: httpx.Client, url: str, body: bytes, *, n: int, dim: int, timeo
             else:
                 raw = _read(reply, MAX_ERROR_BYTES, deadline, clock, timeout_seconds, truncate=True)
     except httpx.TimeoutException as exc:
-        raise Retry("transport", f"{type(exc).__name__} after {timeout_seconds:g} s") from None
+        slow = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
+        raise Retry("transport", f"{type(exc).__name__} after {timeout_seconds:g} s", timeout=slow) from None
     except httpx.RequestError as exc:
         raise Retry("transport", redact(f"{type(exc).__name__}: {exc}")) from None
     if 200 <= status < 300:
@@ -142,7 +152,7 @@ def _read(reply: httpx.Response, limit: int, deadline: float, clock: Callable[[]
                 return bytes(buf[:limit])
             raise Retry("bad_reply", f"reply larger than {limit} bytes")
         if clock() > deadline:
-            raise Retry("transport", f"reply not complete after {timeout_seconds:g} s")
+            raise Retry("transport", f"reply not complete after {timeout_seconds:g} s", timeout=True)
     return bytes(buf)
 
 
@@ -218,3 +228,39 @@ def usage_tokens(usage: object) -> int:
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 return value
     return 0
+
+
+def check_options(*, base_url: object, model: object, dim: object, api_key_env: object,
+                  max_in_flight: object, max_retries: object, positive: dict[str, object]) -> None:
+    """ConfigError unless HttpEmbedder's options are usable; `positive` maps the names of
+    the rates and durations to their values. (The batch sizes are AdaptiveSizer's to check.)"""
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"http base_url must start with http:// or https://, got {base_url!r}")
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError(f"http model must be a non-empty string, got {model!r}")
+    if not _is_int(dim) or dim < 1:
+        raise ConfigError(f"http dim must be an integer >= 1, got {dim!r}")
+    if not isinstance(api_key_env, str) or not api_key_env:
+        raise ConfigError(f"http api_key_env must be a non-empty string, got {api_key_env!r}")
+    if not _is_int(max_in_flight) or not 1 <= max_in_flight <= MAX_IN_FLIGHT:
+        raise ConfigError(
+            f"http max_in_flight must be an integer from 1 to {MAX_IN_FLIGHT}, got {max_in_flight!r}"
+        )
+    if not _is_int(max_retries) or max_retries < 0:
+        raise ConfigError(f"http max_retries must be an integer >= 0, got {max_retries!r}")
+    for name, value in positive.items():
+        if not _is_number(value) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"http {name} must be a finite number > 0, got {value!r}")
+    if positive["backoff_max_seconds"] < positive["backoff_initial_seconds"]:
+        raise ConfigError("http backoff_max_seconds must be >= backoff_initial_seconds")
+    if positive["max_wait_seconds"] < positive["backoff_max_seconds"]:
+        # A capped Retry-After pause could then never be waited out.
+        raise ConfigError("http max_wait_seconds must be >= backoff_max_seconds")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

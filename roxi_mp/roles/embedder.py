@@ -18,9 +18,12 @@ succeeded since the batch was sent), the batch goes back without using an attemp
 embedder backs off, probing with ever smaller batches: an outage must not mark the whole
 corpus failed, and a bad chunk in the very first batch must still be found.
 
-Idle for `idle_seconds`, the embedder unloads its model and sleeps, looking for work every
-`wake_check_seconds` with a count query, or at once when `roxi ingest` notifies it. It
-yields to query traffic (smaller batches, pauses) and to a machine busy with other work.
+Idle for `idle_seconds` (nothing claimed, nothing in flight, nothing waiting for the
+indexer), the embedder unloads its model and sleeps, looking for work every
+`wake_check_seconds` with a count query, or at once when `roxi ingest` notifies it. Asked
+to sleep with work in hand, it drains first: claims nothing more, finishes and hands on
+what it has, and reports `running` until then. It yields to query traffic (smaller
+batches, pauses) and to a machine busy with other work.
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ class CpuWatch:
 class EState(enum.Enum):
     STARTING = "starting"
     AWAKE = "awake"
-    ASLEEP = "asleep"
+    DRAINING = "draining"  # asked to sleep: claims nothing, finishes the work in hand
+    ASLEEP = "asleep"  # nothing in hand, model unloaded
 
 
 @dataclass
@@ -112,7 +116,7 @@ class Embedder(Role):
         self.jobs: list[Job] = []
         self.outbox: deque[tuple[list[int], list]] = deque()  # (ids, frames) not yet handed to zmq
         self.next_claim = 0.0
-        self.last_work = 0.0  # last time a claim found chunks (or we woke)
+        self.last_work = 0.0  # last time work was in hand or claimed (or we woke)
         self.last_success = float("-inf")  # last batch the backend embedded
         self.last_queries = float("-inf")  # last time the supervisor relayed query traffic
         self.next_check = 0.0  # next pending-count check while asleep
@@ -144,9 +148,13 @@ class Embedder(Role):
     def loop(self, now: float) -> None:
         self._collect(now)
         self._flush(0)
+        if self.jobs or self.outbox:
+            self.last_work = now  # idle time counts from the last work in hand, not the last claim
+        elif self.state is EState.DRAINING:
+            self.sleep(now)
         if now >= self.next_renew:
             self._renew(now)
-        if self.state is EState.ASLEEP and not self.jobs and not self.outbox:
+        if self.state is EState.ASLEEP:
             self._doze(now)
             return
         if self.state is EState.AWAKE and not self.outbox and len(self.jobs) < self.model.max_in_flight \
@@ -261,8 +269,6 @@ class Embedder(Role):
 
     def _doze(self, now: float) -> None:
         """Asleep: look for work now and then with a count query; the model stays unloaded."""
-        if self.model.loaded:  # went to sleep with work in flight: unload now it is done
-            self._unload()
         if self.work_notified or now >= self.next_check:
             self.work_notified = False
             self.next_check = now + self.cfg.embedder.wake_check_seconds
@@ -273,13 +279,19 @@ class Embedder(Role):
 
     # --- sleep and wake ----------------------------------------------------------
     def sleep(self, now: float) -> None:
+        """Sleep now, or once the work in hand is handed on (until then: DRAINING, `running`)."""
         if self.state is EState.ASLEEP:
+            return
+        if self.jobs or self.outbox:
+            if self.state is not EState.DRAINING:
+                log.info("going to sleep once the %d chunks in hand are embedded and handed on",
+                         sum(len(j.ids) for j in self.jobs) + sum(len(ids) for ids, _ in self.outbox))
+            self.state = EState.DRAINING
             return
         self.state = EState.ASLEEP
         self.next_check = now + self.cfg.embedder.wake_check_seconds
-        if not self.jobs:
-            self._unload()
-        log.info("asleep (no pending chunks for %.0f s): model unloaded", now - self.last_work)
+        self._unload()
+        log.info("asleep (no work for %.0f s): model unloaded", now - self.last_work)
 
     def _unload(self) -> None:
         self.model.unload()
@@ -313,6 +325,7 @@ class Embedder(Role):
     def state_name(self) -> str:
         if self.state is EState.STARTING:
             return "starting"
+        # DRAINING is running: requests in flight, retrying or backing off, are work.
         return "asleep" if self.state is EState.ASLEEP else "running"
 
     def info(self) -> dict:

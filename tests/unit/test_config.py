@@ -158,6 +158,11 @@ def test_int_is_accepted_for_a_float_key(tmp_path: Path) -> None:
     ("[query]\nembed_timeout_seconds = 3.0\n[limits]\nrequest_timeout_seconds = 2.0\n",
      "query.embed_timeout_seconds"),
     ("[query]\nembed_max_waiting = 0\n", "query.embed_max_waiting"),
+    ("[http]\nmin_batch_size = 0\n", "http.min_batch_size"),
+    ("[http]\nmin_batch_size = 9\ninitial_batch_size = 8\n", "http.min_batch_size"),
+    ("[http]\ninitial_batch_size = 16\nmax_batch_size = 8\n", "http.initial_batch_size"),
+    ("[http]\ntarget_fraction = 0.0\n", "http.target_fraction"),
+    ("[http]\ntarget_fraction = 1.5\n", "http.target_fraction"),
 ])
 def test_out_of_range_values_are_refused(tmp_path: Path, text: str, named: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future
 
@@ -230,3 +231,61 @@ def test_paused_store_claims_nothing_until_resumed(setup):
     emb.loop(1100.1)
     settle(emb, 1100.1)
     assert sorted(received(sink)) == [1, 2, 3, 4, 5]
+
+
+class HeldBackend(FlakyBackend):
+    """Embeds like hashing, but each encode waits until the test calls `release()`: a slow
+    service whose requests stay in flight as long as the test likes."""
+
+    max_in_flight = 2  # as an API backend: the role looks for more work while one job is out
+
+    def __init__(self, real) -> None:
+        super().__init__(real)
+        self.go = threading.Event()
+
+    def encode(self, texts):
+        assert self.go.wait(30), "the test never released the backend"
+        return super().encode(texts)
+
+    def release(self):
+        self.go.set()
+
+
+def test_never_asleep_while_its_requests_are_in_flight(setup):
+    """Issue 16: the claim found nothing more while the embedder's own request was in
+    flight, and it reported `asleep` with its chunks leased and unembedded."""
+    cfg, emb, sink = setup
+    emb.model = backend = HeldBackend(emb.model)
+    emb.poll_timeout = lambda: 0.01
+    add_chunks(cfg, 3)
+    emb.loop(1000.0)
+    assert emb.info()["in_flight"] == 3
+    for now in (1000.0 + cfg.embedder.idle_seconds + 1, 1100.0, 1000.0 + 3 * cfg.embedder.wake_check_seconds):
+        emb.loop(now)  # long past idle_seconds since the claim, and nothing left to claim
+        assert emb.state_name() == emb.info()["state"] == "running" and emb.model.loaded
+    backend.release()
+    settle(emb, 1200.0)
+    assert sorted(received(sink)) == [1, 2, 3]
+    emb.loop(1200.0 + cfg.embedder.idle_seconds - 0.5)  # idle counts from the work's end, not the claim
+    assert emb.state_name() == "running"
+    emb.loop(1200.0 + cfg.embedder.idle_seconds + 0.5)
+    assert emb.state_name() == "asleep" and not emb.model.loaded
+
+
+def test_asked_to_sleep_with_work_in_flight_it_drains_first(setup):
+    cfg, emb, sink = setup
+    emb.model = backend = HeldBackend(emb.model)
+    emb.poll_timeout = lambda: 0.01
+    add_chunks(cfg, 3)
+    emb.loop(1000.0)
+    emb.command({"op": "sleep"}, 1000.1)
+    emb.loop(1000.2)
+    assert emb.state is EState.DRAINING and emb.info()["state"] == "running" and emb.model.loaded
+    add_chunks(cfg, 2, tag="b")
+    backend.release()
+    settle(emb, 1000.3)
+    assert sorted(received(sink)) == [1, 2, 3]  # what it had, handed on; nothing new claimed
+    emb.loop(1000.4)
+    assert emb.state_name() == "asleep" and not emb.model.loaded
+    with Store(cfg.db_path) as store:
+        assert store.pending_count(now=time.time()) == 2

@@ -229,17 +229,24 @@ def test_transient_fault_is_retried_then_succeeds(server: FakeOpenAI, fault: str
     assert server.texts_embedded == {t: 1 for t in TEXTS}  # the bad replies were not counted
 
 
-def test_slow_reply_times_out_and_is_retried(server: FakeOpenAI) -> None:
+def test_slow_reply_times_out_and_is_sent_again_smaller(server: FakeOpenAI,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     # The first reply never comes (until teardown): only the client's real socket timeout
     # can end that attempt. 2 s: shorter, and a healthy reply on a loaded machine could miss it.
     server.script("hold")
     emb = make(server, timeout_seconds=2.0)
-    out = emb.encode(TEXTS)
+    with caplog.at_level(logging.INFO, logger="roxi.embedder.http"):
+        out = emb.encode(TEXTS)
     np.testing.assert_allclose(out, expected(TEXTS), atol=1e-6)
     status = emb.status()
-    assert status["transport_errors"] == 1 and status["retries"] == 1 and status["requests"] == 2
+    assert status["transport_errors"] == 1 and status["timeouts"] == 1 and status["retries"] == 1
     assert status["last_error"] == "ReadTimeout after 2 s"
-    assert len(server.requests) == 2 and server.texts_embedded == {t: 1 for t in TEXTS}
+    # Half the timed-out request, then (replies take no time on the fake clock) one more.
+    assert [n for _, n in server.requests] == [3, 1, 2] and status["requests"] == 3
+    assert server.texts_embedded == {t: 1 for t in TEXTS}
+    assert "batch size 8 -> 1 after a timeout (over 0.67 s/text)" in caplog.messages
+    assert "concurrency 4 -> 2 after a timeout (over 0.67 s/text)" in caplog.messages
+    assert status["batch_size"] == 3 and status["concurrency"] == 2
 
 
 def test_persistent_bad_replies_raise_never_return_data(server: FakeOpenAI) -> None:
