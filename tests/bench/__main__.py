@@ -22,7 +22,8 @@ from . import report
 from .common import stop_on_sigterm
 
 #: benchmark modules, in the order they run
-MODULES = ("bench_query", "bench_ann", "bench_throughput", "bench_ingest", "bench_sleep", "bench_minilm_ingest")
+MODULES = ("bench_query", "bench_ann", "bench_throughput", "bench_ingest", "bench_sleep", "bench_minilm_ingest",
+           "bench_query_embed")
 
 
 def main(argv: list[str] | None = None) -> int:
