@@ -13,6 +13,7 @@ from roxi_mp import protocol
 from roxi_mp.embedders import EmbedError
 from roxi_mp.roles.embedder import EState, Embedder, Job
 from roxi_mp.store import Store
+from tests.conftest import PATIENCE
 
 
 @pytest.fixture
@@ -40,8 +41,12 @@ def add_chunks(cfg, n: int, tag: str = "a") -> None:
 
 
 def settle(emb, now: float) -> None:
-    """Drive the loop (at a fixed time) until submitted batches are embedded and handed on."""
-    for _ in range(50):
+    """Drive the loop (at a fixed time) until submitted batches are embedded and handed on.
+
+    The role's time stands still; the worker threads need real time, which a loaded
+    machine stretches: the deadline is generous (a step count ran out on a busy CI)."""
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline:
         emb.loop(now)
         if not emb.jobs and not emb.outbox:
             return
