@@ -25,6 +25,7 @@ query) or its error.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
 import time
@@ -145,7 +146,7 @@ class QueryEmbeds:
         self.timeouts = self.refused = 0
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closed = False
-        workers = max(1, min(MAX_WORKERS, max_waiting, getattr(model, "max_in_flight", 1)))
+        workers = max(1, min(MAX_WORKERS, max_waiting, model.max_in_flight))
         self.pool = EmbedPool(model.encode, workers=workers, notify=self._notify)
 
     def fileno(self) -> int:
@@ -153,11 +154,9 @@ class QueryEmbeds:
         return self._rfd
 
     def drain(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # empty: every wake-up byte is read
             while os.read(self._rfd, 4096):
-                pass
-        except BlockingIOError:
-            pass
+                continue
 
     def _notify(self) -> None:
         with self.pool.cond:  # never a write to a closed (or reused) descriptor
