@@ -5,6 +5,11 @@ Exact search reads every row. With an approximate index over the first B rows
 exactly, and merges the two top-k lists by score, so a committed row is findable at once,
 whatever the index. An index that does not fit the vectors file is not used: search is
 exact until the indexer rebuilds it.
+
+Hidden rows (dead or not yet live document versions; `Searcher.set_hidden`) are filtered
+inside faiss's search through a selector, not after it, so k hits asked are k visible hits
+found. The selector is the negation of a tombstone bitmap: rows beyond the bitmap (appended
+after it was made) are visible. With nothing hidden, searches pass no selector at all.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class Searcher:
         self.problem: str | None = None
         self.tail: Any = None
         self.rows = 0
+        self.hidden: Hidden | None = None  # None: nothing hidden, no selector anywhere
+        self.head_hidden = self.tail_hidden = 0  # hidden rows in [0, ann_rows), [ann_rows, rows)
         if cfg.indexer.index != "exact":
             self._open_ann(rows)
         self.follow(rows)
@@ -88,20 +95,43 @@ class Searcher:
         self.tail = vectors.open_index(self.cfg.vectors_path, rows=rows, start=self.ann_rows,
                                        willneed=self.willneed)
         self.rows = self.ann_rows + self.tail.ntotal
+        self.tail_hidden = self.hidden.count(self.ann_rows, self.rows) if self.hidden else 0
+
+    def set_hidden(self, bitmap: np.ndarray | None) -> None:
+        """Hide rows from every later search: bit r % 8 of byte r // 8 set hides row r (faiss's
+        bit order, np.packbits(..., bitorder="little")). Rows beyond the bitmap are visible,
+        also rows appended later; None or no bit set hides nothing. The bitmap is copied, so
+        the caller may change its own afterwards (and calls this again to apply it); a new
+        Searcher (after a reload) starts with nothing hidden."""
+        if bitmap is not None and np.asarray(bitmap).dtype != np.uint8:
+            raise TypeError(f"a hidden-rows bitmap is packed uint8, not {np.asarray(bitmap).dtype}")
+        if bitmap is None or not np.any(bitmap):
+            self.hidden, self.head_hidden, self.tail_hidden = None, 0, 0
+            return
+        hidden = Hidden(np.array(bitmap, dtype=np.uint8).reshape(-1), tail_start=self.ann_rows)
+        if self.ann is not None:
+            hidden.ann_params = _ann_params(self.kind, hidden.head_sel, self.cfg)
+        self.hidden = hidden
+        self.head_hidden = hidden.count(0, self.ann_rows) if self.ann is not None else 0
+        self.tail_hidden = hidden.count(self.ann_rows, self.rows)
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and rows of the best `k` (fewer if the store is smaller), best first."""
+        """Scores and rows of the best `k` visible rows (fewer if the store holds fewer),
+        best first."""
         parts = []
-        if self.ann is not None:
-            want = min(k, self.ann_rows)
-            scores, ids = self.ann.search(query, want)
+        h = self.hidden
+        if self.ann is not None and (want := min(k, self.ann_rows - self.head_hidden)) > 0:
+            filtered = h is not None and self.head_hidden > 0
+            scores, ids = self.ann.search(query, want, params=h.ann_params if filtered else None)
             if (ids[0] >= 0).sum() < want:
                 # An approximate index may find fewer than a large k (HNSW's candidate list,
-                # IVF's probed lists): such a query scans its rows exactly instead.
-                scores, ids = self.head.search(query, want)
+                # IVF's probed lists, fewer still among hidden rows): such a query scans its
+                # rows exactly instead.
+                scores, ids = self.head.search(query, want, params=h.head_params if filtered else None)
             parts.append((scores, ids))
-        if self.tail.ntotal:
-            scores, ids = self.tail.search(query, min(k, self.tail.ntotal))
+        if (want := min(k, self.tail.ntotal - self.tail_hidden)) > 0:
+            filtered = h is not None and self.tail_hidden > 0
+            scores, ids = self.tail.search(query, want, params=h.tail_params if filtered else None)
             parts.append((scores, np.where(ids >= 0, ids + self.ann_rows, -1)))
         if not parts:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
@@ -116,10 +146,62 @@ class Searcher:
         return scores[keep], ids[keep]
 
     def info(self) -> dict:
-        out: dict[str, Any] = {"index": self.kind, "ann_rows": self.ann_rows}
+        out: dict[str, Any] = {"index": self.kind, "ann_rows": self.ann_rows,
+                               "hidden_rows": self.head_hidden + self.tail_hidden}
         if self.problem:
             out["index_problem"] = self.problem
         return out
+
+
+class Hidden:
+    """Hidden rows as faiss search parameters, for the head (file rows, ids from 0) and the
+    tail (ids from `tail_start`, so over a bitmap shifted by as much).
+
+    faiss keeps raw pointers to the bitmaps and selectors: this object holds them for as
+    long as the parameters are used.
+    """
+
+    def __init__(self, bitmap: np.ndarray, *, tail_start: int) -> None:
+        import faiss
+
+        self.bitmap = bitmap
+        self.head_sel = _not_in(bitmap)
+        self.head_params = faiss.SearchParameters(sel=self.head_sel)
+        self.ann_params: Any = None  # set by the Searcher for its kind of index
+        bits = np.unpackbits(bitmap, bitorder="little")[tail_start:]
+        self.tail_bitmap = np.packbits(bits, bitorder="little") if tail_start else bitmap
+        self.tail_sel = _not_in(self.tail_bitmap) if self.tail_bitmap.size else None
+        self.tail_params = None if self.tail_sel is None else faiss.SearchParameters(sel=self.tail_sel)
+
+    def count(self, start: int, stop: int) -> int:
+        """Hidden rows in [start, stop)."""
+        stop = min(stop, 8 * self.bitmap.size)
+        if stop <= start:
+            return 0
+        first = start // 8
+        bits = np.unpackbits(self.bitmap[first:(stop + 7) // 8], bitorder="little")
+        return int(np.count_nonzero(bits[start - 8 * first:stop - 8 * first]))
+
+
+def _not_in(bitmap: np.ndarray) -> Any:
+    """A selector of the ids whose bit is clear, including every id beyond the bitmap
+    (IDSelectorBitmap alone selects none of those)."""
+    import faiss
+
+    inner = faiss.IDSelectorBitmap(bitmap.size, faiss.swig_ptr(bitmap))
+    outer = faiss.IDSelectorNot(inner)
+    outer.referenced_objects = [inner, bitmap]
+    return outer
+
+
+def _ann_params(kind: str, sel: Any, cfg: Config) -> Any:
+    """Search parameters of the approximate index with a selector. They replace the index's
+    own settings (faiss's defaults are efSearch 16, nprobe 1), so they repeat the configured ones."""
+    import faiss
+
+    if kind == "hnsw":
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=cfg.query.hnsw_ef_search)
+    return faiss.SearchParametersIVF(sel=sel, nprobe=cfg.query.ivf_nprobe)
 
 
 def find_hits(searcher: Searcher, store: Any, vector: np.ndarray, k: int, *, with_text: bool) -> list[dict]:
