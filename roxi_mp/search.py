@@ -146,8 +146,9 @@ class Searcher:
         return scores[keep], ids[keep]
 
     def info(self) -> dict:
-        out: dict[str, Any] = {"index": self.kind, "ann_rows": self.ann_rows,
-                               "hidden_rows": self.head_hidden + self.tail_hidden}
+        out: dict[str, Any] = {"index": self.kind, "ann_rows": self.ann_rows}
+        if self.hidden is not None:  # like index_problem, only when there is something to say
+            out["hidden_rows"] = self.head_hidden + self.tail_hidden
         if self.problem:
             out["index_problem"] = self.problem
         return out

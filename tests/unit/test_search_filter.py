@@ -177,7 +177,7 @@ def test_nothing_hidden_passes_no_selector(tmp_path: Path) -> None:
     searcher.tail = tail = Recording(searcher.tail)
     for bitmap in (None, np.zeros(125, dtype=np.uint8), np.zeros(0, dtype=np.uint8)):
         searcher.set_hidden(bitmap)
-        assert searcher.hidden is None and searcher.info()["hidden_rows"] == 0
+        assert searcher.hidden is None and "hidden_rows" not in searcher.info()
         got = searcher.search(x[7][None, :], 10)
         np.testing.assert_array_equal(got[1], plain[1])
         np.testing.assert_array_equal(got[0], plain[0])
@@ -200,3 +200,20 @@ def test_the_bitmap_is_copied_and_must_be_packed_bytes(tmp_path: Path) -> None:
     assert searcher.search(x[5][None, :], 1)[1][0] == 5
     with pytest.raises(TypeError):
         searcher.set_hidden(np.arange(100) == 5)  # a bool mask, not packed bits
+
+
+def test_the_approximate_index_is_asked_only_for_visible_rows(tmp_path: Path) -> None:
+    # Asking it for more rows than are visible would make every such query fall back to an
+    # exact scan of the whole head: IVF probing every list finds all visible rows itself.
+    cfg = make_cfg(tmp_path, "ivf")
+    cfg.query.ivf_nprobe = 1000
+    x = unit_rows(2100, seed=13)
+    append(cfg, x)
+    ann_build.build(cfg.vectors_path, cfg.ann_path, ann_build.BuildParams.from_config(cfg), rows=2000)
+    searcher = Searcher(cfg, rows=2100)
+    hidden = np.ones(2100, dtype=bool)
+    hidden[[3, 500, 1999, 2000, 2050]] = False
+    searcher.set_hidden(np.packbits(hidden, bitorder="little"))
+    searcher.head = head = Recording(searcher.head)
+    assert sorted(searcher.search(x[3][None, :], 10)[1].tolist()) == [3, 500, 1999, 2000, 2050]
+    assert head.params == []  # no exact fallback
