@@ -213,7 +213,13 @@ class Config:
 
     @property
     def vectors_path(self) -> Path:
+        """The first vectors file (epoch 0); after a compaction the store's meta names the
+        current one: use `vectors_file(store.vectors_epoch())`."""
         return self.data_dir / "vectors.faiss"
+
+    def vectors_file(self, epoch: int) -> Path:
+        """The vectors file of an epoch: each compaction writes the next one beside it."""
+        return self.vectors_path if epoch == 0 else self.data_dir / f"vectors.{epoch}.faiss"
 
     @property
     def ann_path(self) -> Path:

@@ -57,11 +57,13 @@ E_TARGET_UNREACHABLE = "target_unreachable"  #: TargetUnreachable
 E_EMBED_FAILED = "embed_failed"  #: EmbedError (roxi_mp.embedders.base): a backend failed
 E_EMBED_TIMEOUT = "embed_timeout"  #: EmbedTimeout: a query's text was not embedded within its deadline
 E_UPSTREAM_UNAVAILABLE = "upstream_unavailable"  #: UpstreamUnavailable: the embedding service is down or busy
+E_NOT_FOUND = "not_found"  #: NotFound: no document with that key
+E_BUSY = "busy"  #: Busy: the operation is already running (a compaction), or refused for now
 
 #: every code above, for checks and the protocol's documentation
 CODES = (E_ERROR, E_BAD_REQUEST, E_BAD_VERSION, E_UNKNOWN_OP, E_TOO_LARGE, E_INTERNAL, E_CONFIG,
          E_STORE, E_MODEL_MISMATCH, E_NOT_RUNNING, E_ALREADY_RUNNING, E_TIMEOUT, E_TARGET_UNREACHABLE,
-         E_EMBED_FAILED, E_EMBED_TIMEOUT, E_UPSTREAM_UNAVAILABLE)
+         E_EMBED_FAILED, E_EMBED_TIMEOUT, E_UPSTREAM_UNAVAILABLE, E_NOT_FOUND, E_BUSY)
 
 
 class RoxiError(Exception):
@@ -128,6 +130,19 @@ class UpstreamUnavailable(RoxiError):
     code = E_UPSTREAM_UNAVAILABLE
 
 
+class NotFound(BadInput):
+    """No document with that key (a delete or get of an unknown key)."""
+
+    code = E_NOT_FOUND
+
+
+class Busy(RoxiError):
+    """Refused for now: the operation already runs (a second compaction), or cannot run."""
+
+    exit_code = SERVER
+    code = E_BUSY
+
+
 class ServerError(RoxiError):
     """An error reply from a server; `code` is the reply's own code."""
 
@@ -135,7 +150,7 @@ class ServerError(RoxiError):
     #: reply codes with an exit code of their own: the request itself was bad, the store
     #: refuses it, or the server's own deadline passed; any other code exits SERVER
     EXIT_BY_CODE = {E_BAD_REQUEST: BAD_INPUT, E_TOO_LARGE: BAD_INPUT, E_MODEL_MISMATCH: STORE,
-                    E_EMBED_TIMEOUT: TIMEOUT}
+                    E_EMBED_TIMEOUT: TIMEOUT, E_NOT_FOUND: BAD_INPUT}
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

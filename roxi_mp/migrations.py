@@ -45,6 +45,73 @@ MIGRATIONS: list[tuple[int, str]] = [
     ALTER TABLE chunks ADD COLUMN indexed_at REAL;
     CREATE INDEX chunks_indexed_at ON chunks(indexed_at);
     """),
+    (3, """
+    -- Documents that change (issue 17): a document is a key with versions, at most one
+    -- live and one pending. The chunks of a dead version are 'dropped' (their rows, if
+    -- any, are tombstones until compaction). A chunk whose text was already embedded
+    -- is a 'copy' the indexer fills from that vector. Both tables are rebuilt (SQLite
+    -- cannot change a CHECK or drop a UNIQUE), and the store runs migrations with foreign
+    -- keys off, so dropping the old tables cascades nothing.
+    CREATE TABLE documents_v3 (
+        id           INTEGER PRIMARY KEY,
+        key          TEXT NOT NULL,          -- client-chosen, a resolved path for files
+        version      INTEGER NOT NULL,       -- 1, 2, ... per key
+        status       TEXT NOT NULL CHECK (status IN ('live', 'pending', 'dead')),
+        content_hash TEXT NOT NULL,          -- sha256 of the content's bytes
+        source       TEXT NOT NULL,          -- where it came from: a path, or "put"
+        title        TEXT NOT NULL,
+        content_type TEXT NOT NULL DEFAULT 'text/plain',
+        metadata     TEXT,                   -- a JSON map of scalars, or NULL
+        bytes        INTEGER NOT NULL,
+        n_chunks     INTEGER NOT NULL DEFAULT 0,
+        created      REAL NOT NULL,
+        changed_seq  INTEGER NOT NULL DEFAULT 0,  -- meta visibility_seq of its last status change
+        UNIQUE (key, version)
+    );
+    INSERT INTO documents_v3(id, key, version, status, content_hash, source, title, bytes, n_chunks,
+                             created)
+        SELECT d.id, d.source,
+               (SELECT count(*) FROM documents o WHERE o.source = d.source AND o.id <= d.id),
+               CASE WHEN d.id = (SELECT max(o.id) FROM documents o WHERE o.source = d.source)
+                    THEN 'live' ELSE 'dead' END,
+               d.content_hash, d.source, d.title, d.bytes, d.n_chunks, d.created
+        FROM documents d;
+    CREATE TABLE chunks_v3 (
+        id            INTEGER PRIMARY KEY,
+        doc_id        INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        position      INTEGER NOT NULL,
+        text          TEXT NOT NULL,
+        hash          TEXT NOT NULL,          -- sha256 of the chunk text
+        state         TEXT NOT NULL DEFAULT 'pending'
+                      CHECK (state IN ('pending', 'leased', 'indexed', 'failed', 'copy', 'dropped')),
+        lease_owner   TEXT,
+        lease_expires REAL,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        error         TEXT,
+        row           INTEGER UNIQUE,         -- row in the vectors file once indexed
+        indexed_at    REAL,
+        UNIQUE (doc_id, position)
+    );
+    INSERT INTO chunks_v3(id, doc_id, position, text, hash, state, lease_owner, lease_expires, attempts,
+                          error, row, indexed_at)
+        SELECT c.id, c.doc_id, c.position, c.text, c.hash,
+               CASE WHEN d.status = 'dead' THEN 'dropped' ELSE c.state END,
+               c.lease_owner, c.lease_expires, c.attempts, c.error, c.row, c.indexed_at
+        FROM chunks c JOIN documents_v3 d ON d.id = c.doc_id;
+    DROP TABLE chunks;
+    DROP TABLE documents;
+    ALTER TABLE documents_v3 RENAME TO documents;
+    ALTER TABLE chunks_v3 RENAME TO chunks;
+    CREATE UNIQUE INDEX documents_live ON documents(key) WHERE status = 'live';
+    CREATE UNIQUE INDEX documents_pending ON documents(key) WHERE status = 'pending';
+    CREATE INDEX documents_status ON documents(status, key);
+    CREATE INDEX documents_changed ON documents(changed_seq);
+    CREATE INDEX documents_hash ON documents(content_hash);
+    CREATE INDEX chunks_state ON chunks(state, id);
+    CREATE INDEX chunks_indexed_at ON chunks(indexed_at);
+    -- vectors already bought, by text: a new version's unchanged chunks reuse them
+    CREATE INDEX chunks_hash ON chunks(hash) WHERE row IS NOT NULL;
+    """),
 ]
 
 LATEST = MIGRATIONS[-1][0]

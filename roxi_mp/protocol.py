@@ -48,7 +48,8 @@ Error codes (the "code" of an error reply; one table, in roxi_mp.errors, re-expo
     bad_request, bad_version, unknown_op, too_large (the request), model_mismatch, config,
     store, embed_failed (the server's state or model), embed_timeout (the embedding service
     did not answer a query text in time), upstream_unavailable (the embedding service is
-    down, failing or busy: try again later), internal (a bug), error (other);
+    down, failing or busy: try again later), not_found (no document with that key), busy
+    (the operation already runs, e.g. a compaction), internal (a bug), error (other);
     and the codes of client-side errors, which no server sends: not_running, already_running,
     timeout, target_unreachable.
 

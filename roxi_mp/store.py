@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from . import migrations
 from .errors import ModelMismatch, StoreError
+from .store_docs import COPY, DROPPED, DocumentVersions, PutResult
 from .store_hits import Hit, HitLookup
 from .store_leases import FAILED, INDEXED, LEASED, PARAMETER_BATCH, PENDING, ChunkLeases
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from .config import Config
 
 #: the names other modules import from here, wherever they are defined
-__all__ = ["FAILED", "INDEXED", "LEASED", "PENDING", "Hit", "Stats", "Store"]
+__all__ = ["COPY", "DROPPED", "FAILED", "INDEXED", "LEASED", "PENDING", "Hit", "PutResult", "Stats", "Store"]
 
 #: meta keys
 META_SCHEMA = "schema_version"
@@ -36,6 +37,12 @@ META_DIM = "dim"
 META_ROWS = "committed_rows"
 META_GENERATION = "generation"
 META_PAUSED = "paused"
+#: which vectors file is current (Config.vectors_file); compaction moves to the next
+META_EPOCH = "vectors_epoch"
+#: bumped by every transaction that changes which rows a query may see
+META_VISIBILITY = "visibility_seq"
+#: vectors copied from an identical chunk's row instead of being embedded again
+META_REUSED = "reused_vectors"
 
 
 @dataclass(frozen=True)
@@ -47,16 +54,23 @@ class Stats:
     indexed: int
     failed: int
     committed_rows: int
+    replacing: int = 0  # documents with a new version being embedded
+    dead_rows: int = 0  # rows of dead versions, until compaction
+    reused: int = 0  # vectors copied instead of embedded again, ever
+
+    @property
+    def live_rows(self) -> int:
+        return self.committed_rows - self.dead_rows
 
     @property
     def percent(self) -> float:
         return 100.0 * self.indexed / self.chunks if self.chunks else 0.0
 
     def as_dict(self) -> dict:
-        return {**self.__dict__, "percent": round(self.percent, 2)}
+        return {**self.__dict__, "percent": round(self.percent, 2), "live_rows": self.live_rows}
 
 
-class Store(ChunkLeases, HitLookup):
+class Store(ChunkLeases, HitLookup, DocumentVersions):
     """A connection to the document store; cheap to open, one per process or thread.
 
     The embedders' lease methods (claim, release, renew, ...) come from ChunkLeases in
@@ -72,13 +86,17 @@ class Store(ChunkLeases, HitLookup):
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot open the store ({exc})") from None
         try:
+            if migrate and self._schema_version() == 0:
+                # Only an empty database can switch: compaction then gives freed pages back.
+                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
             if migrate:
+                # Off while migrating: a migration rebuilding a table must not cascade its drop.
                 self._migrate()
             else:
                 self._check_schema()
+            self.conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise StoreError(f"{self.path}: not a usable roxi store ({exc})") from None
@@ -121,7 +139,8 @@ class Store(ChunkLeases, HitLookup):
                     if statement.strip():
                         self.conn.execute(statement)
                 self._set_meta(META_SCHEMA, str(number))
-            for key, default in ((META_ROWS, "0"), (META_GENERATION, "0")):
+            for key, default in ((META_ROWS, "0"), (META_GENERATION, "0"), (META_EPOCH, "0"),
+                                 (META_VISIBILITY, "0"), (META_REUSED, "0")):
                 self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (key, default))
 
     # --- plumbing ----------------------------------------------------------------
@@ -165,8 +184,8 @@ class Store(ChunkLeases, HitLookup):
     def reset_for_model(self, model_id: str, dim: int) -> None:
         """Forget every vector row (a copy of the store about to be embedded anew)."""
         with self.transaction():
-            self.conn.execute("UPDATE chunks SET state='pending', row=NULL, lease_owner=NULL, "
-                              "lease_expires=NULL, attempts=0, error=NULL")
+            self.conn.execute("UPDATE chunks SET state=CASE state WHEN 'dropped' THEN 'dropped' ELSE 'pending' END, "
+                              "row=NULL, lease_owner=NULL, lease_expires=NULL, attempts=0, error=NULL")
             self._set_meta(META_MODEL, model_id)
             self._set_meta(META_DIM, str(dim))
             self._set_meta(META_ROWS, "0")
@@ -180,37 +199,23 @@ class Store(ChunkLeases, HitLookup):
         finally:
             target.close()
 
-    # --- documents ---------------------------------------------------------------
+    # --- documents (versions, replace and delete: roxi_mp.store_docs) ---------------
     def has_document(self, content_hash: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM documents WHERE content_hash=?",
+        """A live or pending version holds exactly this content."""
+        return self.conn.execute("SELECT 1 FROM documents WHERE content_hash=? AND status != 'dead' LIMIT 1",
                                  (content_hash,)).fetchone() is not None
 
     def add_document(self, *, content_hash: str, source: str, title: str, size: int,
                      chunks: Iterable[tuple[int, str, str]], batch: int = 512) -> int | None:
-        """Insert a document and its (position, text, hash) chunks in one transaction.
+        """Put a document keyed by its source; returns its id, or None when unchanged."""
+        result = self.put_document(key=source, content_hash=content_hash, source=source, title=title,
+                                   size=size, chunks=chunks, batch=batch)
+        return None if result.outcome == "unchanged" else result.doc_id
 
-        Returns the document id, or None when an identical document is already stored.
-        The chunk iterable may be a lazy stream: a huge file is never held whole, and an
-        error raised while streaming rolls the whole document back.
-        """
-        with self.transaction():
-            if self.has_document(content_hash):
-                return None
-            doc_id = self.conn.execute(
-                "INSERT INTO documents(content_hash, source, title, bytes, created) "
-                "VALUES (?, ?, ?, ?, ?)", (content_hash, source, title, size, time.time())).lastrowid
-            n = 0
-            pending: list[tuple[int, int, str, str]] = []
-            for position, text, digest in chunks:
-                pending.append((doc_id, position, text, digest))
-                if len(pending) >= batch:
-                    n += self._insert_chunks(pending)
-            n += self._insert_chunks(pending)
-            self.conn.execute("UPDATE documents SET n_chunks=? WHERE id=?", (n, doc_id))
-            return doc_id
-
-    def _insert_chunks(self, rows: list[tuple[int, int, str, str]]) -> int:
-        self.conn.executemany("INSERT INTO chunks(doc_id, position, text, hash) VALUES (?, ?, ?, ?)", rows)
+    def _insert_chunks(self, rows: list[tuple[int, int, str, str, str]]) -> int:
+        """Insert (doc_id, position, text, hash, state) rows and empty the list."""
+        self.conn.executemany("INSERT INTO chunks(doc_id, position, text, hash, state) VALUES (?, ?, ?, ?, ?)",
+                              rows)
         n = len(rows)
         rows.clear()
         return n
@@ -233,10 +238,13 @@ class Store(ChunkLeases, HitLookup):
                 f"SELECT id FROM chunks WHERE id IN ({marks}) AND row IS NULL", part))
         return found
 
-    def commit_rows(self, assignments: Sequence[tuple[int, int]], *, rows: int) -> int:
-        """Record (chunk_id, row) pairs, mark them indexed and set committed_rows, atomically.
+    def commit_rows(self, assignments: Sequence[tuple[int, int]], *, rows: int, reused: int = 0) -> int:
+        """Record (chunk_id, row) pairs, mark them indexed and set committed_rows, atomically;
+        make live each replacement version this completes (roxi_mp.store_docs). `reused`
+        of the rows were copied from an identical chunk's vector, not embedded.
 
-        Must run after the vector rows are durable. Returns the new generation.
+        Must run after the vector rows are durable. Returns the new generation. A chunk
+        dropped meanwhile (its version deleted) still takes its row, as a tombstone.
         """
         with self.transaction():
             before = self.committed_rows()
@@ -244,23 +252,49 @@ class Store(ChunkLeases, HitLookup):
                 raise StoreError(f"commit of {len(assignments)} rows at {before} does not reach {rows}")
             now = time.time()
             cur = self.conn.executemany(
-                "UPDATE chunks SET state='indexed', row=?, indexed_at=?, lease_owner=NULL, lease_expires=NULL, "
-                "error=NULL WHERE id=? AND row IS NULL", [(row, now, cid) for cid, row in assignments])
+                "UPDATE chunks SET state=CASE state WHEN 'dropped' THEN 'dropped' ELSE 'indexed' END, row=?, "
+                "indexed_at=?, lease_owner=NULL, lease_expires=NULL, error=NULL WHERE id=? AND row IS NULL",
+                [(row, now, cid) for cid, row in assignments])
             if cur.rowcount != len(assignments):
                 raise StoreError(f"commit expected {len(assignments)} unindexed chunks, updated {cur.rowcount}")
+            self._promote(self._pending_versions_of([cid for cid, _ in assignments]))
+            if reused:
+                self._set_meta(META_REUSED, str(int(self.get_meta(META_REUSED, "0")) + reused))
             generation = self.generation() + 1
             self._set_meta(META_ROWS, str(rows))
             self._set_meta(META_GENERATION, str(generation))
         return generation
 
+    def _pending_versions_of(self, chunk_ids: list[int]) -> set[int]:
+        """The pending versions some of `chunk_ids` belong to (candidates for promotion)."""
+        if not self.conn.execute("SELECT 1 FROM documents WHERE status='pending' LIMIT 1").fetchone():
+            return set()
+        found: set[int] = set()
+        for start in range(0, len(chunk_ids), PARAMETER_BATCH):
+            part = chunk_ids[start:start + PARAMETER_BATCH]
+            found.update(r[0] for r in self.conn.execute(
+                f"SELECT DISTINCT c.doc_id FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.id IN ({','.join('?' * len(part))}) AND d.status='pending'", part))
+        return found
+
+    def vectors_epoch(self) -> int:
+        """Which vectors file is current (Config.vectors_file); compaction moves it on."""
+        return int(self.get_meta(META_EPOCH, "0"))
+
+    def reused_vectors(self) -> int:
+        return int(self.get_meta(META_REUSED, "0"))
+
     # --- readers -----------------------------------------------------------------
     def stats(self) -> Stats:
-        counts = dict.fromkeys((PENDING, LEASED, INDEXED, FAILED), 0)
+        counts = dict.fromkeys((PENDING, LEASED, INDEXED, FAILED, COPY, DROPPED), 0)
         counts.update(self.conn.execute("SELECT state, count(*) FROM chunks GROUP BY state").fetchall())
-        documents = self.conn.execute("SELECT count(*) FROM documents").fetchone()[0]
-        return Stats(documents=documents, chunks=sum(counts.values()), pending=counts[PENDING],
-                     leased=counts[LEASED], indexed=counts[INDEXED], failed=counts[FAILED],
-                     committed_rows=self.committed_rows())
+        documents = self.conn.execute("SELECT count(*) FROM documents WHERE status='live'").fetchone()[0]
+        replacing = self.conn.execute("SELECT count(*) FROM documents WHERE status='pending'").fetchone()[0]
+        # Chunks to copy are work pending, done by the indexer instead of an embedder.
+        return Stats(documents=documents, chunks=sum(counts.values()) - counts[DROPPED],
+                     pending=counts[PENDING] + counts[COPY], leased=counts[LEASED], indexed=counts[INDEXED],
+                     failed=counts[FAILED], committed_rows=self.committed_rows(), replacing=replacing,
+                     dead_rows=self.dead_rows(), reused=self.reused_vectors())
 
     def rate(self, *, now: float, window: float) -> float:
         """Chunks committed per second over the last `window` seconds (or since the first of them)."""

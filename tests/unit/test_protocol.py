@@ -383,7 +383,7 @@ def test_error_codes_are_one_table() -> None:
     assert set(errors.CODES) == {"error", "bad_request", "bad_version", "unknown_op", "too_large", "internal",
                                  "config", "store", "model_mismatch", "not_running", "already_running",
                                  "timeout", "target_unreachable", "embed_failed", "embed_timeout",
-                                 "upstream_unavailable"}
+                                 "upstream_unavailable", "not_found", "busy"}
     assert len(errors.CODES) == len(set(errors.CODES))
     for name in ("E_BAD_REQUEST", "E_BAD_VERSION", "E_UNKNOWN_OP", "E_TOO_LARGE", "E_INTERNAL",
                  "E_MODEL_MISMATCH"):

@@ -130,19 +130,21 @@ def test_ensure_model_records_then_refuses_another(store: Store) -> None:
 
 
 # --- documents -------------------------------------------------------------------------
-def test_add_document_counts_chunks_and_dedups_identical_content(store: Store) -> None:
+def test_add_document_counts_chunks_and_keys_documents_by_source(store: Store) -> None:
     doc = store.add_document(content_hash=h("x"), source="/a.md", title="A", size=12,
                              chunks=iter(chunks_of("one", "two", "three")))
     assert doc is not None
-    row = store.conn.execute("SELECT n_chunks, title, source, bytes FROM documents WHERE id=?",
-                             (doc,)).fetchone()
-    assert row == (3, "A", "/a.md", 12)
+    row = store.conn.execute("SELECT n_chunks, title, source, bytes, key, version, status FROM documents "
+                             "WHERE id=?", (doc,)).fetchone()
+    assert row == (3, "A", "/a.md", 12, "/a.md", 1, "live")
     assert store.has_document(h("x"))
+    # The same content again under the same key is unchanged.
+    assert store.add_document(content_hash=h("x"), source="/a.md", title="A", size=12,
+                              chunks=chunks_of("one", "two", "three")) is None
+    # Under another key it is another document (its vectors are reused once embedded).
     again = store.add_document(content_hash=h("x"), source="/elsewhere.md", title="B", size=12,
                                chunks=chunks_of("other"))
-    assert again is None
-    assert store.stats() == Stats(documents=1, chunks=3, pending=3, leased=0, indexed=0, failed=0,
-                                  committed_rows=0)
+    assert again is not None and again != doc
 
 
 def test_add_document_batches_large_streams(store: Store) -> None:
