@@ -17,7 +17,7 @@ from .config_sections import BACKENDS, INDEX_KINDS, MAX_IPC_PATH, ROLE_KINDS, Co
 from .errors import ConfigError
 
 #: the sockets under run_dir whose ipc:// path must fit in sun_path
-IPC_SOCKETS = ("query", "heartbeat", "control", "vectors", "events")
+IPC_SOCKETS = ("query", "heartbeat", "control", "vectors", "events", "documents")
 
 
 def _require(ok: bool, name: str, rule: str, value: Any) -> None:
@@ -31,6 +31,7 @@ def validate(cfg: Config) -> None:
     check_backends(cfg)
     check_embedder(cfg)
     check_indexer(cfg)
+    check_documents(cfg)
     check_query(cfg)
     check_supervisor(cfg)
     check_restart(cfg)
@@ -101,6 +102,21 @@ def check_indexer(cfg: Config) -> None:
              i.hnsw_ef_construction)
     _require(i.ivf_lists == 0 or 16 <= i.ivf_lists <= 1 << 20, "indexer.ivf_lists",
              "0 (automatic) or in [16, 1048576]", i.ivf_lists)
+    _require(0 < i.compact_dead_fraction < 1, "indexer.compact_dead_fraction", "in (0, 1)",
+             i.compact_dead_fraction)
+    _require(i.compact_min_rows >= 1, "indexer.compact_min_rows", ">= 1", i.compact_min_rows)
+    _require(i.compact_check_seconds > 0, "indexer.compact_check_seconds", "> 0", i.compact_check_seconds)
+
+
+def check_documents(cfg: Config) -> None:
+    d = cfg.documents
+    _require(1024 <= d.max_document_bytes <= 1 << 30, "documents.max_document_bytes", "in [1 KiB, 1 GiB]",
+             d.max_document_bytes)
+    _require(1 <= d.max_key_chars <= 65536, "documents.max_key_chars", "in [1, 65536]", d.max_key_chars)
+    _require(1 <= d.max_title_chars <= 65536, "documents.max_title_chars", "in [1, 65536]", d.max_title_chars)
+    _require(d.max_metadata_bytes >= 64, "documents.max_metadata_bytes", ">= 64", d.max_metadata_bytes)
+    _require(d.max_metadata_entries >= 1, "documents.max_metadata_entries", ">= 1", d.max_metadata_entries)
+    _require(1 <= d.list_max <= 100_000, "documents.list_max", "in [1, 100000]", d.list_max)
 
 
 def check_query(cfg: Config) -> None:
@@ -165,9 +181,10 @@ def check_limits(cfg: Config) -> None:
 
 
 def check_network(cfg: Config) -> None:
-    ep = cfg.network.query_endpoint
-    _require(ep == "" or ep.startswith("ipc://") or re.fullmatch(r"tcp://[^:/\s]+:\d{1,5}", ep) is not None,
-             "network.query_endpoint", "empty, ipc://PATH or tcp://HOST:PORT (tcp needs `roxi keys generate`)", ep)
+    for name in ("query_endpoint", "documents_endpoint"):
+        ep = getattr(cfg.network, name)
+        _require(ep == "" or ep.startswith("ipc://") or re.fullmatch(r"tcp://[^:/\s]+:\d{1,5}", ep) is not None,
+                 f"network.{name}", "empty, ipc://PATH or tcp://HOST:PORT (tcp needs `roxi keys generate`)", ep)
     # sun_path limits the whole socket path, so each derived endpoint is checked, not run_dir.
     for name in IPC_SOCKETS:
         path = cfg.endpoint(name)[len("ipc://"):]

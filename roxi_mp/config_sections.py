@@ -97,6 +97,19 @@ class IndexerSettings:
     hnsw_m: int = 32
     hnsw_ef_construction: int = 40
     ivf_lists: int = 0
+    compact_dead_fraction: float = 0.2
+    compact_min_rows: int = 10_000
+    compact_check_seconds: float = 30.0
+
+
+@dataclass
+class DocumentsSettings:
+    max_document_bytes: int = 16 * 1024 * 1024
+    max_key_chars: int = 1024
+    max_title_chars: int = 1000
+    max_metadata_bytes: int = 16 * 1024
+    max_metadata_entries: int = 64
+    list_max: int = 1000
 
 
 @dataclass
@@ -164,6 +177,8 @@ class NetworkSettings:
     run_dir: str = ""
     #: empty means ipc://<run_dir>/query.sock
     query_endpoint: str = ""
+    #: empty means ipc://<run_dir>/documents.sock
+    documents_endpoint: str = ""
     #: empty means <data_dir>/keys (CURVE keys for a tcp:// query endpoint)
     keys_dir: str = ""
 
@@ -175,6 +190,7 @@ SECTIONS: dict[str, type] = {
     "minilm": MiniLMSettings,
     "http": HttpSettings,
     "indexer": IndexerSettings,
+    "documents": DocumentsSettings,
     "query": QuerySettings,
     "supervisor": SupervisorSettings,
     "restart": RestartSettings,
@@ -194,6 +210,7 @@ class Config:
     minilm: MiniLMSettings = field(default_factory=MiniLMSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     indexer: IndexerSettings = field(default_factory=IndexerSettings)
+    documents: DocumentsSettings = field(default_factory=DocumentsSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     restart: RestartSettings = field(default_factory=RestartSettings)
@@ -253,6 +270,8 @@ class Config:
     def endpoint(self, name: str) -> str:
         if name == "query" and self.network.query_endpoint:
             return self.network.query_endpoint
+        if name == "documents" and self.network.documents_endpoint:
+            return self.network.documents_endpoint
         return f"ipc://{self.run_dir / (name + '.sock')}"
 
     def to_argv(self) -> list[str]:
