@@ -128,7 +128,7 @@ def ingest_paths(store: Store, paths: Iterable[Path | str], *, chunk_words: int,
 def sync_directory(store: Store, directory: Path, report: IngestReport) -> None:
     """Delete the documents keyed by a path under `directory` whose file no longer exists."""
     for key in store.keys_with_prefix(str(directory) + os.sep):
-        if _gone(key):
+        if _gone(key) and _of_file(store, key):
             _delete(store, key, report)
 
 
@@ -188,17 +188,20 @@ def _put(store: Store, report: IngestReport, *, key: str, digest: str, source: s
 
 def _remove_moved(store: Store, key: str, digest: str, report: IngestReport) -> None:
     """Delete the documents with this content whose key is the path of a file that is gone:
-    the file was renamed or moved to `key`. Only keys that a file ingest made (source is the
-    key) are candidates: a client's key that looks like a path is not a file's."""
+    the file was renamed or moved to `key`."""
     for other in dict.fromkeys(store.live_keys_with_hash(digest)):
-        if other == key or not os.path.isabs(other) or not _gone(other):
-            continue
-        try:
-            doc = store.document(other)
-        except NotFound:
-            continue  # deleted meanwhile
-        if all(v["source"] == other for status, v in doc.items() if status != "key"):
+        if other != key and os.path.isabs(other) and _gone(other) and _of_file(store, other):
             _delete(store, other, report)
+
+
+def _of_file(store: Store, key: str) -> bool:
+    """Every version of `key` was ingested from the file at that path (its source is the
+    key): a key a client chose that looks like a path is never taken for a file's."""
+    try:
+        doc = store.document(key)
+    except NotFound:
+        return False  # deleted meanwhile
+    return all(v["source"] == key for status, v in doc.items() if status != "key")
 
 
 def _gone(path: str) -> bool:

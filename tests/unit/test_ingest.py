@@ -306,6 +306,8 @@ def test_sync_deletes_documents_of_vanished_files_under_the_directory(store: Sto
     outside = tmp_path / "outside.md"
     outside.write_text("kept: not under the synced directory\n")
     run(store, tree, outside)
+    client_key = str(tree.resolve() / "from-a-client")  # under the directory, but no file's
+    store.put_document(key=client_key, content_hash="c", source="put", title="t", size=1, chunks=[])
     (tree / "b.txt").unlink()
     outside.unlink()
     assert run(store, tree).removed == []  # without --sync nothing is deleted
@@ -313,8 +315,9 @@ def test_sync_deletes_documents_of_vanished_files_under_the_directory(store: Sto
     assert report.removed == [str((tree / "b.txt").resolve())]
     assert report.unchanged == 3
     keys = store.keys_with_prefix(str(tree.resolve()) + os.sep)
-    assert sorted(Path(k).name for k in keys) == ["a.md", "c.md", "d.TXT"]
+    assert sorted(Path(k).name for k in keys) == ["a.md", "c.md", "d.TXT", "from-a-client"]
     assert store.newest_version(str(outside.resolve())) is not None
+    assert store.newest_version(client_key) is not None
     with pytest.raises(BadInput, match="--sync applies to directory arguments"):
         run(store, tree / "a.md", sync=True)
 
