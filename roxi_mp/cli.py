@@ -17,11 +17,11 @@ from . import backup as backup_mod
 from . import config as config_mod
 from . import keys as keys_mod
 from . import operations, service
-from .cli_format import (Bar, echo_json, print_backups, print_hits, print_ingest, print_progress, print_roles,
-                         print_status, rate_eta)
+from .cli_format import (Bar, echo_json, print_backups, print_compact, print_documents, print_hits, print_ingest,
+                         print_progress, print_roles, print_status, rate_eta)
 from .client import QueryClient
 from .embedders import BACKENDS
-from .errors import NOT_RUNNING, TARGET_NOT_REACHED, BadInput, RoxiError
+from .errors import NOT_RUNNING, TARGET_NOT_REACHED, BadInput, NotFound, RoxiError
 from .logs import follow as follow_log
 from .logs import tail
 from .reembed import reembed as run_reembed
@@ -150,23 +150,70 @@ def status(ctx: click.Context, as_json: bool) -> None:
 # --- data --------------------------------------------------------------------------
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--key", default=None, help="Store the one FILE given under this key instead of its path.")
+@click.option("--sync", is_flag=True,
+              help="Also delete the documents under each directory given whose files are gone.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.pass_context
-def ingest(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> None:
-    """Add .txt/.md files and directories (recursive) to the store.
+def ingest(ctx: click.Context, paths: tuple[Path, ...], key: str | None, sync: bool, as_json: bool) -> None:
+    """Add .txt/.md files and directories (recursive) to the store, each file a document
+    keyed by its resolved path.
 
-    Identical documents are skipped; unreadable, non-UTF-8 or missing files are reported
-    and skipped (exit 5 if any), the rest is ingested.
+    An unchanged file is skipped; a changed one replaces its old version, which answers
+    until the new one is indexed; a renamed file leaves no copy under its old path.
+    Unreadable, non-UTF-8 or missing files are reported and skipped (exit 5 if any), the
+    rest is ingested.
     """
     bar = Bar("ingesting", lazy=True, min_total=20, enabled=not as_json, show_pos=True)
     with bar:
-        report = operations.ingest(_cfg(ctx), paths, progress=bar)
+        report = operations.ingest(_cfg(ctx), paths, key=key, sync=sync, progress=bar)
     if as_json:
         echo_json(report.as_dict())
     else:
         print_ingest(report)
     if report.errors:
         ctx.exit(BadInput.exit_code)
+
+
+@main.command("rm")
+@click.argument("targets", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, targets: tuple[str, ...]) -> None:
+    """Delete documents by KEY, or by PATH (an existing file stands for its resolved path).
+    From the moment this returns, no query answers from them. Unknown keys exit 5, after
+    the others are deleted."""
+    result = operations.remove(_cfg(ctx), targets)
+    for key in result.removed:
+        click.echo(f"removed {key}")
+    if result.unknown:
+        raise NotFound(f"no document with key {', '.join(map(repr, result.unknown))}")
+
+
+@main.command()
+@click.option("--state", type=click.Choice(["live", "pending", "failed"]), default=None,
+              help="Only live versions, pending replacements, or versions with failed chunks.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True,
+              help="Documents per page (at most documents.list_max).")
+@click.option("--after", default="", help="Start after this key (the next page).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def docs(ctx: click.Context, state: str | None, limit: int, after: str, as_json: bool) -> None:
+    """Documents in key order: key, status (a pending version shows as replacing), version,
+    chunks indexed/total, failed chunks."""
+    page = operations.documents(_cfg(ctx), state=state, after=after, limit=limit)
+    if as_json:
+        echo_json(page)
+    else:
+        print_documents(page)
+
+
+@main.command()
+@click.pass_context
+def compact(ctx: click.Context) -> None:
+    """Compact the store now: rows of deleted and replaced versions are given back, while
+    queries and ingest go on (exit 3 if not running, 9 if refused)."""
+    reply = service.compact(_cfg(ctx))
+    print_compact(reply)
 
 
 @main.command()

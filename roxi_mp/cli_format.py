@@ -7,7 +7,9 @@ roxi_mp.operations); this module decides how it reads on a terminal.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,6 +51,8 @@ def print_roles(data: dict) -> None:
             building = ", building" if r.get("building") else ""
             click.echo(f"      {r['index']} index covers {r['ann_rows']:,} rows{building}"
                        f" ({r.get('builds', 0)} builds, {r.get('build_failures', 0)} failures)")
+        if r["name"] == "indexer":
+            print_compaction(r.get("compaction"), indent="      ")
         if r["state"] == "failed":
             click.echo(f"      exit code {r.get('exit_code')}; last log lines:")
             for line in r.get("log_tail", [])[-5:]:
@@ -75,13 +79,95 @@ def print_store(s: dict) -> None:
     click.echo(f"store: {s['documents']} documents, {s['chunks']} chunks, {s['indexed']} indexed "
                f"({s['percent']:.1f} %), {s['pending'] + s['leased']} pending, {s['failed']} failed; "
                f"{rate_eta(s)}{'; PROCESSING PAUSED (roxi resume)' if s.get('paused') else ''}")
+    print_rows(s)
+
+
+def print_rows(s: dict) -> None:
+    """Live and dead rows, reused vectors and replacements, once there is any of them."""
+    live, dead = s.get("live_rows", s.get("committed_rows", 0)), s.get("dead_rows", 0)
+    reused, replacing = s.get("reused", 0), s.get("replacing", 0)
+    if not (live or dead or reused or replacing):
+        return
+    click.echo(f"rows: {live} live, {dead} dead{' (`roxi compact` gives them back)' if dead else ''}; "
+               f"{reused} vectors reused, not embedded again; {replacing} documents being replaced")
+
+
+def print_compaction(c: dict | None, indent: str = "") -> None:
+    """The indexer's compaction report (DESIGN17: running, last, reclaimable_bytes, refused, count)."""
+    if not c:
+        return
+    state = "running" if c.get("running") else "idle"
+    click.echo(f"{indent}compaction: {state}, {c.get('count', 0)} done, "
+               f"{size(c.get('reclaimable_bytes') or 0)} reclaimable")
+    if c.get("last"):
+        click.echo(f"{indent}  last: {describe(c['last'])}")
+    if c.get("refused"):
+        click.echo(f"{indent}  refused: {c['refused']}")
+
+
+def describe(fields: dict) -> str:
+    """A report's scalar fields as `name value` pairs; *_bytes as sizes, *_at as ages."""
+    parts = []
+    for name, value in fields.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            parts.append(f"{name} {value}")
+        elif name.endswith("bytes") and isinstance(value, (int, float)):
+            parts.append(f"{name} {size(value)}")
+        elif name.endswith("_at") or name in ("at", "finished", "started"):
+            parts.append(f"{name} {ago(value)}")
+        elif isinstance(value, float):
+            parts.append(f"{name} {value:.2f}")
+        else:
+            parts.append(f"{name} {value}")
+    return ", ".join(parts)
+
+
+def ago(when: Any) -> str:
+    if not isinstance(when, (int, float)) or isinstance(when, bool):
+        return str(when)
+    return f"{duration(max(0.0, time.time() - when))} ago"
+
+
+def size(n: float) -> str:
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KB"
+    if n < 1 << 30:
+        return f"{n / 2**20:.1f} MB"
+    return f"{n / 2**30:.2f} GB"
 
 
 def print_ingest(report) -> None:
-    click.echo(f"added {report.added} documents ({report.chunks} chunks), {report.duplicates} "
-               f"duplicates, {report.empty} empty, {len(report.errors)} skipped")
+    click.echo(f"added {report.added} documents, {report.replaced} replaced, {report.unchanged} unchanged, "
+               f"{report.empty} empty, {len(report.removed)} removed, {len(report.errors)} skipped; "
+               f"{report.chunks} chunks to index ({report.reused} reuse a stored vector)")
+    for key in report.removed:
+        click.echo(f"removed {key}")
     for path, reason in report.errors:
         click.echo(f"skipped {path}: {reason}", err=True)
+
+
+def print_documents(page: dict) -> None:
+    rows = page["documents"]
+    if not rows:
+        click.echo("no documents")
+        return
+    width = min(max(len(r["key"]) for r in rows), 72)
+    click.echo(f"{'KEY':<{width}}  {'STATUS':<9} {'VERSION':>7}  {'INDEXED/CHUNKS':>14}  FAILED")
+    for r in rows:
+        status = "replacing" if r["status"] == "pending" else r["status"]
+        chunks = f"{r['indexed']}/{r['chunks']}"
+        click.echo(f"{r['key']:<{width}}  {status:<9} {r['version']:>7}  {chunks:>14}  {r['failed']}")
+    if page.get("after") is not None:
+        click.echo(f"(more: roxi docs --after {shlex.quote(page['after'])})")
+
+
+def print_compact(reply: dict) -> None:
+    if reply.get("started"):
+        click.echo("compaction started")
+    elif reply.get("running"):
+        click.echo("a compaction is already running")
+    else:
+        click.echo(reply.get("message") or "no compaction started")
 
 
 def print_hits(hits: list[dict]) -> None:
@@ -100,6 +186,8 @@ def print_progress(report: dict) -> None:
         click.echo(f"  failed chunk {f['chunk_id']} of {Path(f['source']).name}: {f['error']}")
     if report["failed"]:
         click.echo("  (`roxi retry-failed` puts them back)")
+    print_rows(report)
+    print_compaction(report.get("compaction"))
 
 
 def print_backups(infos: list, backup_dir: Path) -> None:

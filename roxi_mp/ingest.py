@@ -1,23 +1,35 @@
-"""Ingest: turn files and directories of .txt/.md into documents and pending chunks.
+"""Ingest: turn files and directories of .txt/.md into documents keyed by their path.
 
-Files are read twice, never loaded whole: once in binary to hash them (an identical
-document already stored is skipped before any work), once as UTF-8 lines through the
-chunker into one SQLite transaction, so a file that fails halfway (bad UTF-8, vanished)
-leaves nothing behind. Files up to CHUNK_FIRST_BYTES are chunked before the transaction
-begins (the write lock embedders claim work under is then held only for the inserts);
-larger ones stream their chunks inside it. Problems with one file are reported and counted, and the rest of
-the batch goes on: one bad file in a directory of thousands must not stop an ingest.
+A file is a document whose key is its resolved path (or `key`, for one file). Its newest
+stored version is compared by content hash before any work: an unchanged file costs one
+read to hash it. A changed file is stored as a new version through Store.put_document: it
+waits, pending, until indexed while the old version keeps answering, and its chunks whose
+text is already embedded reuse those vectors. A file whose content equals a document keyed
+by a file path that no longer exists was renamed or moved: that stale key is deleted once
+the new one is stored. With `sync`, documents keyed under a directory argument whose file is
+gone are deleted too.
+
+Files are read twice, never loaded whole: once in binary to hash them, once as UTF-8 lines
+through the chunker into one SQLite transaction, so a file that fails halfway (bad UTF-8,
+vanished) leaves nothing behind. Files up to CHUNK_FIRST_BYTES are chunked before the
+transaction begins (the write lock embedders claim work under is then held only for the
+inserts); larger ones stream their chunks inside it. Problems with one file are reported
+and counted, and the rest of the batch goes on: one bad file in a directory of thousands
+must not stop an ingest.
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .chunking import iter_chunks_from_lines
+from .errors import BadInput, NotFound
 from .store import Store
 
 #: file name endings ingested when walking a directory
@@ -30,20 +42,25 @@ CHUNK_FIRST_BYTES = 8 << 20
 
 @dataclass
 class IngestReport:
-    added: int = 0
-    duplicates: int = 0
+    """Counts of one ingest, by file outcome, plus the documents it deleted (`removed`)."""
+
+    added: int = 0  # first versions of a key
+    replaced: int = 0  # new versions of a key, pending until indexed
+    unchanged: int = 0  # same key, same content: nothing done
     empty: int = 0
-    chunks: int = 0
+    chunks: int = 0  # chunks stored
+    reused: int = 0  # of those, chunks whose vector will be copied, not embedded
+    removed: list[str] = field(default_factory=list)  # keys deleted: renamed files, `sync`
     errors: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def files(self) -> int:
-        return self.added + self.duplicates + self.empty + len(self.errors)
+        return self.added + self.replaced + self.unchanged + self.empty + len(self.errors)
 
     def as_dict(self) -> dict:
-        return {"files": self.files, "added": self.added, "duplicates": self.duplicates,
-                "empty": self.empty, "chunks": self.chunks,
-                "errors": [{"path": p, "reason": r} for p, r in self.errors]}
+        return {"files": self.files, "added": self.added, "replaced": self.replaced, "unchanged": self.unchanged,
+                "empty": self.empty, "chunks": self.chunks, "reused": self.reused, "removed": len(self.removed),
+                "removed_keys": list(self.removed), "errors": [{"path": p, "reason": r} for p, r in self.errors]}
 
 
 def expand(paths: Iterable[Path | str], report: IngestReport) -> list[Path]:
@@ -67,45 +84,77 @@ def expand(paths: Iterable[Path | str], report: IngestReport) -> list[Path]:
     return files
 
 
+def check_arguments(paths: list[Path | str], *, key: str | None, sync: bool, max_key_chars: int) -> None:
+    """BadInput for options that do not fit the paths: `key` names one file's document,
+    `sync` applies to directory arguments."""
+    if key is not None:
+        if len(paths) != 1 or Path(paths[0]).is_dir():
+            raise BadInput("--key names one document: give exactly one file")
+        if not key.strip():
+            raise BadInput("--key is empty")
+        if len(key) > max_key_chars:
+            raise BadInput(f"--key has {len(key)} characters, over documents.max_key_chars ({max_key_chars})")
+    if sync and not any(Path(p).is_dir() for p in paths):
+        raise BadInput("--sync applies to directory arguments: give at least one directory")
+
+
 def ingest_paths(store: Store, paths: Iterable[Path | str], *, chunk_words: int, chunk_overlap: int,
-                 max_document_bytes: int, on_file: Callable[[Path, str], None] | None = None,
+                 max_document_bytes: int, key: str | None = None, sync: bool = False,
+                 max_key_chars: int = 1024, on_file: Callable[[Path, str], None] | None = None,
                  progress: Callable[[int, int], None] | None = None) -> IngestReport:
-    """Ingest every file under `paths`; `on_file(path, outcome)` is called after each, and
-    `progress(done, total)` in files once before the first and after each."""
+    """Ingest every file under `paths` (one file's document under `key` if given); with
+    `sync`, then delete the documents keyed under each directory argument whose file is
+    gone. `on_file(path, outcome)` is called after each file, and `progress(done, total)` in
+    files once before the first and after each. BadInput (nothing done) for bad options."""
+    paths = list(paths)
+    check_arguments(paths, key=key, sync=sync, max_key_chars=max_key_chars)
     report = IngestReport()
     files = expand(paths, report)
     if progress is not None:
         progress(0, len(files))
     for done, path in enumerate(files, 1):
-        outcome = ingest_file(store, path, report, chunk_words=chunk_words,
+        outcome = ingest_file(store, path, report, key=key, chunk_words=chunk_words,
                               chunk_overlap=chunk_overlap, max_document_bytes=max_document_bytes)
         if on_file is not None:
             on_file(path, outcome)
         if progress is not None:
             progress(done, len(files))
+    if sync:
+        for directory in dict.fromkeys(Path(p).resolve() for p in paths if Path(p).is_dir()):
+            sync_directory(store, directory, report)
     return report
 
 
-def ingest_file(store: Store, path: Path, report: IngestReport, *, chunk_words: int,
-                chunk_overlap: int, max_document_bytes: int) -> str:
-    """Ingest one file into `report`; returns the outcome: added, duplicate, empty or error."""
+def sync_directory(store: Store, directory: Path, report: IngestReport) -> None:
+    """Delete the documents keyed by a path under `directory` whose file no longer exists."""
+    for key in store.keys_with_prefix(str(directory) + os.sep):
+        if _gone(key) and _of_file(store, key):
+            _delete(store, key, report)
+
+
+def ingest_file(store: Store, path: Path, report: IngestReport, *, chunk_words: int, chunk_overlap: int,
+                max_document_bytes: int, key: str | None = None) -> str:
+    """Ingest one file into `report` as the newest version of `key` (default: its resolved
+    path); returns the outcome: added, replaced, unchanged, empty or error."""
+    resolved = str(path.resolve())
+    key = resolved if key is None else key
     try:
         size, digest = _hash_file(path)
         if size > max_document_bytes:
             report.errors.append((str(path), f"{size} bytes exceeds store.max_document_bytes "
                                              f"({max_document_bytes})"))
             return "error"
-        if store.has_document(digest):
-            report.duplicates += 1
-            return "duplicate"
         title = _title(path)
-        chunks: Iterable[tuple[int, str, str]] = _chunk_stream(path, chunk_words, chunk_overlap)
-        if size <= CHUNK_FIRST_BYTES:
-            # Chunk before the transaction: the store's write lock, which embedders need to
-            # claim work, is then held for the inserts only. A larger file streams inside it.
-            chunks = list(chunks)
-        doc_id = store.add_document(content_hash=digest, source=str(path.resolve()), title=title,
-                                    size=size, chunks=chunks)
+        if store.newest_version(key) == (digest, title):  # before any chunking: the common re-run
+            outcome = "unchanged"
+        else:
+            chunks: Iterable[tuple[int, str, str]] = _chunk_stream(path, chunk_words, chunk_overlap)
+            if size <= CHUNK_FIRST_BYTES:
+                # Chunk before the transaction: the store's write lock, which embedders need to
+                # claim work, is then held for the inserts only. A larger file streams inside it.
+                chunks = list(chunks)
+            outcome = _put(store, report, key=key, digest=digest, source=resolved, title=title, size=size,
+                           chunks=chunks)
     except UnicodeDecodeError:
         report.errors.append((str(path), f"not valid UTF-8 (byte {_bad_utf8_offset(path)})"))
         return "error"
@@ -113,14 +162,65 @@ def ingest_file(store: Store, path: Path, report: IngestReport, *, chunk_words: 
         report.errors.append((str(path), exc.strerror or str(exc)))
         return "error"
     except _Empty:
-        report.empty += 1
-        return "empty"
-    if doc_id is None:
-        report.duplicates += 1
-        return "duplicate"
-    report.added += 1
-    report.chunks += store.conn.execute("SELECT n_chunks FROM documents WHERE id=?", (doc_id,)).fetchone()[0]
-    return "added"
+        if store.newest_version(key) is None:
+            report.empty += 1
+            return "empty"
+        # A stored document whose file now holds no text: its old text must stop answering.
+        outcome = _put(store, report, key=key, digest=digest, source=resolved, title=title, size=size, chunks=())
+    if outcome == "unchanged":
+        report.unchanged += 1
+    _remove_moved(store, key, digest, report)
+    return outcome
+
+
+def _put(store: Store, report: IngestReport, *, key: str, digest: str, source: str, title: str, size: int,
+         chunks: Iterable[tuple[int, str, str]]) -> str:
+    result = store.put_document(key=key, content_hash=digest, source=source, title=title, size=size,
+                                chunks=chunks)
+    if result.outcome == "added":
+        report.added += 1
+    elif result.outcome == "replaced":
+        report.replaced += 1
+    report.chunks += result.chunks
+    report.reused += result.reused
+    return result.outcome
+
+
+def _remove_moved(store: Store, key: str, digest: str, report: IngestReport) -> None:
+    """Delete the documents with this content whose key is the path of a file that is gone:
+    the file was renamed or moved to `key`."""
+    for other in dict.fromkeys(store.live_keys_with_hash(digest)):
+        if other != key and os.path.isabs(other) and _gone(other) and _of_file(store, other):
+            _delete(store, other, report)
+
+
+def _of_file(store: Store, key: str) -> bool:
+    """Every version of `key` was ingested from the file at that path (its source is the
+    key): a key a client chose that looks like a path is never taken for a file's."""
+    try:
+        doc = store.document(key)
+    except NotFound:
+        return False  # deleted meanwhile
+    return all(v["source"] == key for status, v in doc.items() if status != "key")
+
+
+def _gone(path: str) -> bool:
+    """No regular file at `path` any more. A path that cannot be checked (no permission,
+    an I/O error) is not gone: a document is never deleted on a doubt."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+
+
+def _delete(store: Store, key: str, report: IngestReport) -> None:
+    try:
+        store.delete_document(key)
+    except NotFound:
+        return  # deleted meanwhile by someone else: the same end
+    report.removed.append(key)
 
 
 class _Empty(Exception):

@@ -1,5 +1,5 @@
-"""What an operator runs against the store, as library calls: ingest, process to a target,
-wait for a target, progress, backups and restore.
+"""What an operator runs against the store, as library calls: ingest, remove and list
+documents, process to a target, wait for a target, progress, backups and restore.
 
 The `roxi` CLI only parses, calls these and prints; the rules (when a target counts as
 reached or can no longer be reached, that processing is paused again on every way out of
@@ -10,9 +10,11 @@ drive them without waiting.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -20,7 +22,7 @@ from . import backup as backup_mod
 from . import ingest as ingest_mod
 from . import service
 from .config import Config
-from .errors import AlreadyRunning, BadInput, NotRunning, TargetUnreachable, Timeout
+from .errors import AlreadyRunning, BadInput, NotFound, NotRunning, RoxiError, TargetUnreachable, Timeout
 from .logs import log_path
 from .store import Store
 
@@ -28,20 +30,83 @@ Stats = dict[str, Any]
 Progress = Callable[[int, int], None]
 
 
-def ingest(cfg: Config, paths: Iterable[Path | str], *, progress: Progress | None = None) -> ingest_mod.IngestReport:
-    """Add .txt/.md files and directories to the store, then wake a running system's embedders.
+def ingest(cfg: Config, paths: Iterable[Path | str], *, key: str | None = None, sync: bool = False,
+           progress: Progress | None = None) -> ingest_mod.IngestReport:
+    """Add or replace .txt/.md files and directories in the store (roxi_mp.ingest: `key`
+    for one file, `sync` to delete documents of vanished files under the directories), then
+    wake a running system's embedders.
 
     Refused while a reembed or restore rebuilds the store; `progress(done, total)` counts files.
     """
+    paths = list(paths)
+    ingest_mod.check_arguments(paths, key=key, sync=sync, max_key_chars=cfg.documents.max_key_chars)
     service.check_store_writable(cfg)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     with Store.open(cfg) as store:
         report = ingest_mod.ingest_paths(store, paths, chunk_words=cfg.store.chunk_words,
                                          chunk_overlap=cfg.store.chunk_overlap,
-                                         max_document_bytes=cfg.store.max_document_bytes, progress=progress)
-    if report.added:
+                                         max_document_bytes=cfg.store.max_document_bytes, key=key, sync=sync,
+                                         max_key_chars=cfg.documents.max_key_chars, progress=progress)
+    if report.added or report.replaced:
         service.notify_ingest(cfg)
     return report
+
+
+@dataclass
+class Removal:
+    """What `remove` did: the keys deleted, and the arguments that named no document."""
+
+    removed: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+
+def remove(cfg: Config, targets: Iterable[str]) -> Removal:
+    """Delete the documents named by keys or paths (an existing path stands for its resolved
+    path, the key ingest gave it; a path that is gone is tried as given, then resolved).
+    Every known one is deleted; the unknown ones are listed, not raised, so that one typo
+    does not keep the others. A running query server sees each delete at its next query."""
+    service.check_store_writable(cfg)
+    result = Removal()
+    if not cfg.db_path.exists():
+        result.unknown.extend(targets)
+        return result
+    with Store.open(cfg) as store:
+        for target in targets:
+            for key in _keys_for(target):
+                try:
+                    store.delete_document(key)
+                except NotFound:
+                    continue
+                result.removed.append(key)
+                break
+            else:
+                result.unknown.append(target)
+    return result
+
+
+def _keys_for(target: str) -> list[str]:
+    """The keys an argument of `roxi rm` may stand for, in the order they are tried."""
+    resolved = str(Path(target).resolve()) if target.strip() else target
+    if os.path.exists(target):
+        return [resolved]
+    return list(dict.fromkeys([target, resolved]))
+
+
+def documents(cfg: Config, *, state: str | None = None, after: str = "", limit: int = 100) -> dict[str, Any]:
+    """A page of at most `limit` documents in key order (Store.documents) and `after`, the
+    key to ask the next page after (None on the last page). The versions of one key (live
+    and pending) stay on one page. No store yet: an empty page, and none is created."""
+    limit = max(1, min(limit, cfg.documents.list_max))
+    if not cfg.db_path.exists():
+        return {"documents": [], "after": None}
+    with Store.open(cfg) as store:
+        rows = store.documents(state=state, after=after, limit=limit + 1)
+    if len(rows) <= limit:
+        return {"documents": rows, "after": None}
+    page = rows[:limit]
+    if rows[limit]["key"] == page[-1]["key"]:  # that key's other version is beyond the page
+        page = [r for r in page if r["key"] != page[-1]["key"]] or rows  # a key has at most 2
+    return {"documents": page, "after": page[-1]["key"]}
 
 
 def target_reached(stats: Stats, target: float) -> bool:
@@ -99,13 +164,27 @@ def run_hook(command: str, stats: Stats) -> int:
 
 
 def progress_report(cfg: Config, *, target: float | None = None, failures_shown: int = 5) -> Stats:
-    """Store counts plus up to `failures_shown` failed chunks; with a target, also `target`
-    and whether it is `reached`."""
+    """Store counts plus up to `failures_shown` failed chunks and the indexer's `compaction`
+    report (None when not running); with a target, also `target` and whether it is `reached`."""
     stats = service.store_stats(cfg)
-    report = {**stats, "failures": service.failures(cfg, limit=failures_shown) if stats["failed"] else []}
+    report = {**stats, "failures": service.failures(cfg, limit=failures_shown) if stats["failed"] else [],
+              "compaction": compaction_state(cfg)}
     if target is not None:
         report.update(target=target, reached=target_reached(stats, target))
     return report
+
+
+def compaction_state(cfg: Config) -> dict[str, Any] | None:
+    """The indexer's compaction report from its last heartbeat (running, last,
+    reclaimable_bytes, refused, count), through the supervisor's status, which wakes
+    nothing; None when the system is not running or the indexer reports none."""
+    if not service.is_running(cfg):
+        return None
+    with contextlib.suppress(RoxiError):  # not answering (starting, stopping): counts alone
+        for row in service.control(cfg, "status", timeout=2.0).get("roles", []):
+            if row.get("role") == "indexer" and isinstance(row.get("compaction"), dict):
+                return row["compaction"]
+    return None
 
 
 def role_log(cfg: Config, role: str) -> Path:

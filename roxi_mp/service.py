@@ -240,6 +240,13 @@ def retry_failed(cfg: Config) -> int:
     return count
 
 
+def compact(cfg: Config) -> dict[str, Any]:
+    """Ask the running system to compact the store now: {"started", "running", "message"}.
+    A compaction already running is not started twice (started false, running true); a
+    refusal (not enough disk for the new file) is a ServerError with code busy."""
+    return control(cfg, "compact")
+
+
 def failures(cfg: Config, limit: int = 20) -> list[dict[str, Any]]:
     if not cfg.db_path.exists():
         return []

@@ -45,20 +45,22 @@ def docs(tmp_path: Path) -> list[Path]:
 def test_ingest_good_files_exits_0_and_prints_counts(env: dict, docs: list[Path]) -> None:
     result = roxi(env, "ingest", *map(str, docs))
     assert result.exit_code == errors.OK, result.output
-    assert "added 2 documents (2 chunks), 0 duplicates, 0 empty, 0 skipped" in result.stdout
+    assert result.stdout == ("added 2 documents, 0 replaced, 0 unchanged, 0 empty, 0 removed, 0 skipped; "
+                             "2 chunks to index (0 reuse a stored vector)\n")
     assert result.stderr == ""
     with Store(env["data"] / "roxi.sqlite3") as store:
         assert store.stats().documents == 2
     again = roxi(env, "ingest", *map(str, docs))
     assert again.exit_code == errors.OK
-    assert "added 0 documents (0 chunks), 2 duplicates" in again.stdout
+    assert "added 0 documents, 0 replaced, 2 unchanged" in again.stdout
 
 
 def test_ingest_json_report(env: dict, docs: list[Path]) -> None:
     result = roxi(env, "ingest", "--json", str(docs[0].parent))
     assert result.exit_code == errors.OK
     report = json.loads(result.stdout)
-    assert report == {"files": 2, "added": 2, "duplicates": 0, "empty": 0, "chunks": 2, "errors": []}
+    assert report == {"files": 2, "added": 2, "replaced": 0, "unchanged": 0, "empty": 0, "chunks": 2,
+                      "reused": 0, "removed": 0, "removed_keys": [], "errors": []}
 
 
 def test_ingest_with_a_missing_path_exits_5_and_keeps_the_good_ones(env: dict, docs: list[Path],

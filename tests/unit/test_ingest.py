@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import tracemalloc
 from pathlib import Path
 from typing import Iterator
@@ -10,6 +11,7 @@ from typing import Iterator
 import pytest
 
 from roxi_mp import ingest
+from roxi_mp.errors import BadInput
 from roxi_mp.ingest import IngestReport, expand, ingest_file, ingest_paths
 from roxi_mp.store import Stats, Store
 
@@ -25,6 +27,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def run(store: Store, *paths, **overrides) -> IngestReport:
     return ingest_paths(store, list(paths), **{**PARAMS, **overrides})
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def snapshot(store: Store) -> tuple:
@@ -50,7 +56,7 @@ def tree(tmp_path: Path) -> Path:
 def test_directory_tree_ingests_only_md_and_txt_recursively(store: Store, tree: Path) -> None:
     seen: list[tuple[str, str]] = []
     report = ingest_paths(store, [tree], **PARAMS, on_file=lambda p, o: seen.append((p.name, o)))
-    assert (report.added, report.duplicates, report.empty, report.errors) == (4, 0, 0, [])
+    assert (report.added, report.unchanged, report.empty, report.errors) == (4, 0, 0, [])
     assert report.files == 4
     assert sorted(seen) == [("a.md", "added"), ("b.txt", "added"), ("c.md", "added"), ("d.TXT", "added")]
     sources = sorted(Path(r[0]).name for r in store.conn.execute("SELECT source FROM documents"))
@@ -61,25 +67,31 @@ def test_directory_tree_ingests_only_md_and_txt_recursively(store: Store, tree: 
     assert all(Path(r[0]).is_absolute() for r in store.conn.execute("SELECT source FROM documents"))
 
 
-def test_reingest_identical_counts_duplicates_and_adds_nothing(store: Store, tree: Path) -> None:
+def test_reingest_identical_counts_unchanged_and_adds_nothing(store: Store, tree: Path, monkeypatch) -> None:
     run(store, tree)
     before = snapshot(store)
+    chunked: list[Path] = []
+    real = ingest._chunk_stream
+    monkeypatch.setattr(ingest, "_chunk_stream", lambda path, *a: chunked.append(path) or real(path, *a))
     report = run(store, tree)
-    assert (report.added, report.duplicates, report.chunks) == (0, 4, 0)
+    assert (report.added, report.replaced, report.unchanged, report.chunks) == (0, 0, 4, 0)
+    assert chunked == []  # skipped on the hash, before any chunking
     assert snapshot(store) == before
-    # The same content under another name is a duplicate too.
+    # The same content under another existing name is a document of its own.
     copy = tree.parent / "copy.md"
     copy.write_bytes((tree / "a.md").read_bytes())
-    assert run(store, copy).duplicates == 1
-    assert snapshot(store) == before
+    again = run(store, copy)
+    assert (again.added, again.unchanged, again.removed) == (1, 0, [])
+    assert sorted(store.live_keys_with_hash(sha(copy))) == sorted([str(copy.resolve()),
+                                                                   str((tree / "a.md").resolve())])
 
 
-def test_identical_files_in_one_batch_are_stored_once(store: Store, tmp_path: Path) -> None:
+def test_identical_files_in_one_batch_are_two_documents(store: Store, tmp_path: Path) -> None:
     (tmp_path / "one.md").write_text("same words here\n")
     (tmp_path / "two.md").write_text("same words here\n")
     report = run(store, tmp_path / "one.md", tmp_path / "two.md")
-    assert (report.added, report.duplicates) == (1, 1)
-    assert store.stats().documents == 1
+    assert (report.added, report.unchanged) == (2, 0)
+    assert store.stats().documents == 2
 
 
 def test_expand_reports_missing_and_unsupported_paths(tmp_path: Path) -> None:
@@ -114,7 +126,7 @@ def test_bad_files_are_reported_and_the_store_keeps_previous_data(store: Store, 
     report = ingest_paths(store, [bad, bad / "doc.pdf", missing], **PARAMS,
                           on_file=lambda p, o: outcomes.update({p.name: o}))
     assert outcomes == {"latin.md": "error", "late.txt": "error", "empty.md": "empty", "blank.txt": "empty"}
-    assert (report.added, report.duplicates, report.empty, report.chunks) == (0, 0, 2, 0)
+    assert (report.added, report.unchanged, report.empty, report.chunks) == (0, 0, 2, 0)
     errors = dict(report.errors)
     assert set(errors) == {str(bad / "latin.md"), str(bad / "late.txt"), str(bad / "doc.pdf"), str(missing)}
     assert "UTF-8" in errors[str(bad / "latin.md")] and "UTF-8" in errors[str(bad / "late.txt")]
@@ -213,8 +225,9 @@ def test_ingest_file_returns_outcomes(store: Store, tmp_path: Path) -> None:
     path.write_text("one two three four five\n")
     report = IngestReport()
     assert ingest_file(store, path, report, **PARAMS) == "added"
-    assert ingest_file(store, path, report, **PARAMS) == "duplicate"
-    assert report.as_dict() == {"files": 2, "added": 1, "duplicates": 1, "empty": 0, "chunks": 1, "errors": []}
+    assert ingest_file(store, path, report, **PARAMS) == "unchanged"
+    assert report.as_dict() == {"files": 2, "added": 1, "replaced": 0, "unchanged": 1, "empty": 0, "chunks": 1,
+                                "reused": 0, "removed": 0, "removed_keys": [], "errors": []}
     assert store.stats() == Stats(documents=1, chunks=1, pending=1, leased=0, indexed=0, failed=0,
                                   committed_rows=0)
 
@@ -224,3 +237,116 @@ def test_sample_corpus_ingests(store: Store) -> None:
     report = run(store, ingest.sample_corpus_dir())
     assert report.added == len(list(ingest.sample_corpus_dir().glob("*.md"))) >= 20
     assert report.errors == [] and not ingest.is_empty_store(store)
+
+
+# --- documents that change: replace, rename, sync, --key ------------------------------
+def index_all(store: Store) -> int:
+    """Commit a row for every chunk without one (as the indexer would); returns how many."""
+    ids = [r[0] for r in store.conn.execute(
+        "SELECT id FROM chunks WHERE row IS NULL AND state IN ('pending', 'copy') ORDER BY id")]
+    start = store.committed_rows()
+    store.commit_rows(list(zip(ids, range(start, start + len(ids)))), rows=start + len(ids))
+    return len(ids)
+
+
+def versions(store: Store, key: str) -> dict[str, int]:
+    """{status: version} of a key's versions that are not dead."""
+    return {s: v for s, v in store.conn.execute(
+        "SELECT status, version FROM documents WHERE key=? AND status != 'dead'", (key,))}
+
+
+def paragraphs(*names: str) -> str:
+    return "\n\n".join(f"# {n}\n\n" + " ".join(f"{n}-word{i}." for i in range(45)) for n in names) + "\n"
+
+
+def test_changed_file_replaces_its_version_reusing_indexed_chunks(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "guideline.md"
+    path.write_text(paragraphs("alpha", "beta", "gamma"))
+    key = str(path.resolve())
+    assert run(store, path).added == 1
+    index_all(store)
+    v1_hashes = {r[0] for r in store.conn.execute("SELECT hash FROM chunks")}
+    path.write_text(paragraphs("alpha", "beta", "delta"))  # the last section revised
+    outcomes: list[str] = []
+    report = ingest_paths(store, [path], **PARAMS, on_file=lambda p, o: outcomes.append(o))
+    assert outcomes == ["replaced"] and (report.added, report.replaced, report.unchanged) == (0, 1, 0)
+    assert versions(store, key) == {"live": 1, "pending": 2}  # v1 answers until v2 is indexed
+    v2 = store.conn.execute("SELECT c.hash, c.state FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                            "WHERE d.key=? AND d.version=2", (key,)).fetchall()
+    assert report.chunks == len(v2) and report.reused == sum(h in v1_hashes for h, _ in v2) >= 1
+    assert {state for h, state in v2 if h in v1_hashes} == {"copy"}
+    assert {state for h, state in v2 if h not in v1_hashes} == {"pending"}
+    assert store.stats().replacing == 1
+    index_all(store)
+    assert versions(store, key) == {"live": 2}
+    assert run(store, path).unchanged == 1
+
+
+def test_renamed_file_leaves_no_copy_under_its_old_key(store: Store, tmp_path: Path) -> None:
+    old = tmp_path / "old-name.md"
+    old.write_text(paragraphs("renamed"))
+    run(store, old)
+    index_all(store)
+    new = tmp_path / "new-name.md"
+    old.rename(new)
+    report = run(store, new)
+    assert (report.added, report.removed) == (1, [str(old.resolve())])
+    assert store.keys_with_prefix(str(tmp_path.resolve()) + os.sep) == [str(new.resolve())]
+    assert store.conn.execute("SELECT count(*) FROM chunks WHERE state='copy'").fetchone()[0] >= 1
+    # A key a client chose that looks like a path is not a file's: kept.
+    store.put_document(key="/no/such/dir/client.md", content_hash=sha(new), source="put", title="t",
+                       size=1, chunks=[])
+    new.rename(tmp_path / "third.md")
+    assert run(store, tmp_path / "third.md").removed == [str(new.resolve())]
+    assert store.newest_version("/no/such/dir/client.md") is not None
+
+
+def test_sync_deletes_documents_of_vanished_files_under_the_directory(store: Store, tree: Path,
+                                                                      tmp_path: Path) -> None:
+    outside = tmp_path / "outside.md"
+    outside.write_text("kept: not under the synced directory\n")
+    run(store, tree, outside)
+    client_key = str(tree.resolve() / "from-a-client")  # under the directory, but no file's
+    store.put_document(key=client_key, content_hash="c", source="put", title="t", size=1, chunks=[])
+    (tree / "b.txt").unlink()
+    outside.unlink()
+    assert run(store, tree).removed == []  # without --sync nothing is deleted
+    report = run(store, tree, sync=True)
+    assert report.removed == [str((tree / "b.txt").resolve())]
+    assert report.unchanged == 3
+    keys = store.keys_with_prefix(str(tree.resolve()) + os.sep)
+    assert sorted(Path(k).name for k in keys) == ["a.md", "c.md", "d.TXT", "from-a-client"]
+    assert store.newest_version(str(outside.resolve())) is not None
+    assert store.newest_version(client_key) is not None
+    with pytest.raises(BadInput, match="--sync applies to directory arguments"):
+        run(store, tree / "a.md", sync=True)
+
+
+def test_key_names_one_files_document(store: Store, tree: Path) -> None:
+    report = run(store, tree / "a.md", key="guidelines/gout")
+    assert report.added == 1
+    assert store.document("guidelines/gout")["live"]["source"] == str((tree / "a.md").resolve())
+    assert store.newest_version(str((tree / "a.md").resolve())) is None
+    (tree / "a.md").write_text("# Gout, revised\n\nNew advice.\n")
+    assert run(store, tree / "a.md", key="guidelines/gout").replaced == 1
+    for paths in ([tree / "a.md", tree / "b.txt"], [tree]):
+        with pytest.raises(BadInput, match="exactly one file"):
+            run(store, *paths, key="k")
+    with pytest.raises(BadInput, match="max_key_chars"):
+        run(store, tree / "a.md", key="k" * 2000, max_key_chars=1024)
+    with pytest.raises(BadInput, match="empty"):
+        run(store, tree / "a.md", key=" ")
+
+
+def test_a_file_emptied_stops_its_old_text_answering(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "withdrawn.md"
+    path.write_text("A recommendation that was withdrawn.\n")
+    run(store, path)
+    index_all(store)
+    path.write_text("\n")
+    report = run(store, path)
+    assert (report.replaced, report.empty) == (1, 0)
+    live = store.document(str(path.resolve()))["live"]
+    assert live["version"] == 2 and live["chunks"] == 0  # nothing to index: live at once
+    assert store.dead_rows() == 1
+    assert run(store, path).unchanged == 1
