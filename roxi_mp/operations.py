@@ -93,19 +93,18 @@ def _keys_for(target: str) -> list[str]:
 
 
 def documents(cfg: Config, *, state: str | None = None, after: str = "", limit: int = 100) -> dict[str, Any]:
-    """A page of at most `limit` documents in key order (Store.documents) and `after`, the
-    key to ask the next page after (None on the last page). The versions of one key (live
-    and pending) stay on one page. No store yet: an empty page, and none is created."""
+    """A page of at most `limit` keys' documents in key order (Store.documents) and `after`,
+    the key to ask the next page after (None on the last page). The versions of one key
+    (live and pending) stay on one page. No store yet: an empty page, and none is created."""
     limit = max(1, min(limit, cfg.documents.list_max))
     if not cfg.db_path.exists():
         return {"documents": [], "after": None}
     with Store.open(cfg) as store:
-        rows = store.documents(state=state, after=after, limit=limit + 1)
-    if len(rows) <= limit:
+        rows = store.documents(state=state, after=after, limit=limit + 1)  # limit + 1 keys
+    keys = list(dict.fromkeys(r["key"] for r in rows))
+    if len(keys) <= limit:
         return {"documents": rows, "after": None}
-    page = rows[:limit]
-    if rows[limit]["key"] == page[-1]["key"]:  # that key's other version is beyond the page
-        page = [r for r in page if r["key"] != page[-1]["key"]] or rows  # a key has at most 2
+    page = [r for r in rows if r["key"] != keys[-1]]
     return {"documents": page, "after": page[-1]["key"]}
 
 

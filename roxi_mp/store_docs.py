@@ -210,26 +210,32 @@ class DocumentVersions:
                 "bytes": size, "chunks": n, "created": created, "chunk_states": counts}
 
     def documents(self, *, state: str | None = None, after: str = "", limit: int = 100) -> list[dict]:
-        """A page of documents in key order after `after`: key, status, version, chunks,
-        and its chunk counts. `state` filters: live, pending (a replacement being
-        embedded), failed (a version with failed chunks), or None (live and pending)."""
+        """Documents in key order after the key `after`, `limit` keys at most (a key's live
+        and pending versions always on one page): key, status, version, title, chunks, and
+        indexed and failed chunk counts. `state` filters: live, pending (a replacement
+        being embedded), failed (a version with failed chunks), or None (live and pending)."""
         if state == "failed":
-            sql = ("SELECT DISTINCT d.id, d.key, d.status, d.version, d.title, d.n_chunks FROM documents d "
-                   "JOIN chunks c ON c.doc_id = d.id AND c.state='failed' WHERE d.key > ? "
-                   "ORDER BY d.key, d.version LIMIT ?")
-            rows = self.conn.execute(sql, (after, limit)).fetchall()
+            keys = [r[0] for r in self.conn.execute(
+                "SELECT DISTINCT d.key FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                "WHERE c.state='failed' AND d.key > ? ORDER BY d.key LIMIT ?", (after, limit))]
+            states = [LIVE, PENDING_VERSION]
         else:
             states = [state] if state else [LIVE, PENDING_VERSION]
             marks = ",".join("?" * len(states))
-            rows = self.conn.execute(
-                f"SELECT id, key, status, version, title, n_chunks FROM documents WHERE status IN ({marks}) "
-                f"AND key > ? ORDER BY key, version LIMIT ?", (*states, after, limit)).fetchall()
+            keys = [r[0] for r in self.conn.execute(
+                f"SELECT DISTINCT key FROM documents WHERE status IN ({marks}) AND key > ? ORDER BY key LIMIT ?",
+                (*states, after, limit))]
         out = []
-        for doc_id, key, status, version, title, n in rows:
-            counts = dict(self.conn.execute("SELECT state, count(*) FROM chunks WHERE doc_id=? GROUP BY state",
-                                            (doc_id,)).fetchall())
-            out.append({"key": key, "status": status, "version": version, "title": title, "chunks": n,
-                        "indexed": counts.get("indexed", 0), "failed": counts.get("failed", 0)})
+        for key in keys:
+            for doc_id, status, version, title, n in self.conn.execute(
+                    f"SELECT id, status, version, title, n_chunks FROM documents WHERE key=? "
+                    f"AND status IN ({','.join('?' * len(states))}) ORDER BY version", (key, *states)):
+                counts = dict(self.conn.execute("SELECT state, count(*) FROM chunks WHERE doc_id=? GROUP BY state",
+                                                (doc_id,)).fetchall())
+                if state == "failed" and not counts.get("failed"):
+                    continue
+                out.append({"key": key, "status": status, "version": version, "title": title, "chunks": n,
+                            "indexed": counts.get("indexed", 0), "failed": counts.get("failed", 0)})
         return out
 
     def keys_with_prefix(self, prefix: str) -> list[str]:

@@ -162,7 +162,8 @@ def test_document_and_documents_describe_versions_and_page_by_key(store: Store) 
     assert got["live"]["metadata"] == {"lang": "en", "n": 1}
     assert got["pending"]["chunk_states"] == {"pending": 1}
     page = store.documents(limit=2)
-    assert [(d["key"], d["status"]) for d in page] == [("a", "live"), ("b", "live")]
+    # Pages are of keys: a key's live and pending versions are never split.
+    assert [(d["key"], d["status"]) for d in page] == [("a", "live"), ("b", "live"), ("b", "pending")]
     rest = store.documents(after="b", limit=10)
     assert [d["key"] for d in rest] == ["c"]
     assert [d["key"] for d in store.documents(state="pending")] == ["b"]
