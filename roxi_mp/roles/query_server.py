@@ -7,8 +7,8 @@ float32 copy). Deep sleep drops the faiss object (the only holder of the mapping
 file is unmapped and its pages go back to the OS), the query model, the result cache and
 the SQLite connection, then collects garbage and trims the heap. The next query, or
 `wake`, maps it all again. The server learns of commits from the indexer's PUB events,
-also while asleep (a number, nothing mapped), and while awake also polls `committed_rows`
-in case an event was missed. Status and admin calls (`stats`, `ping`) never wake it.
+also while asleep (a number, nothing mapped), and while awake also polls the store's rows
+and epoch in case an event was missed (a compaction's event has fewer rows). Status and admin calls (`stats`, `ping`) never wake it.
 With a network backend (`Embedder.remote`) a text query is embedded off the loop and
 answered when its vector comes or its deadline passes (roxi_mp.query_embed).
 
