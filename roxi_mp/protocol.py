@@ -20,6 +20,12 @@ A client is a REQ or a DEALER socket; the server replies with the envelope it re
 Ops of the query server (roxi_mp.roles.query_server, QueryServer.OPS):
     query  {"text", "k"?, "with_text"?}, or {"dtype", "shape": [1, d], "k"?, "with_text"?}
            plus one float32/float16 vector frame            -> {"hits", "rows", "took_ms"}
+           each hit: {"rank", "score", "row", "chunk_id", "doc_id", "key", "version",
+           "position", "title", "source", "text" (unless with_text is false)}: `key` and
+           `version` name the document version the chunk belongs to, always a live one (a
+           delete or a replacement's promotion is seen by the next query, cached answers
+           included); `rank` counts from 1, best first; `row` is the vector's row in the
+           current vectors file (renumbered by a compaction: not a stable id)
            (with a remote embedding service a text query's reply may come after later
            requests' replies, within query.embed_timeout_seconds: match replies by id)
     stats  -> the server's counters        ping  -> {"pong": true}

@@ -4,7 +4,8 @@ Exact search reads every row. With an approximate index over the first B rows
 (`vectors.ann`, see roxi_mp.ann) the Searcher maps it zero-copy, searches the tail [B, N)
 exactly, and merges the two top-k lists by score, so a committed row is findable at once,
 whatever the index. An index that does not fit the vectors file is not used: search is
-exact until the indexer rebuilds it.
+exact until the indexer rebuilds it. The vectors file is the one the caller names (after a
+compaction, the store's current epoch: Config.vectors_file), the first one by default.
 
 Hidden rows (dead or not yet live document versions; `Searcher.set_hidden`) are filtered
 inside faiss's search through a selector, not after it, so k hits asked are k visible hits
@@ -35,8 +36,10 @@ class Searcher:
     Holds every mapping the query server has; dropping the Searcher unmaps them all.
     """
 
-    def __init__(self, cfg: Config, *, rows: int, willneed: bool = False) -> None:
+    def __init__(self, cfg: Config, *, rows: int, willneed: bool = False,
+                 vectors_path: Path | None = None) -> None:
         self.cfg = cfg
+        self.vectors_path = cfg.vectors_path if vectors_path is None else Path(vectors_path)
         self.willneed = willneed
         self.kind = "exact"
         self.ann: Any = None
@@ -57,7 +60,7 @@ class Searcher:
         return self.rows
 
     def _open_ann(self, rows: int) -> None:
-        path, vpath = self.cfg.ann_path, self.cfg.vectors_path
+        path, vpath = self.cfg.ann_path, self.vectors_path
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -92,7 +95,7 @@ class Searcher:
     def follow(self, rows: int) -> None:
         """Cover `rows` committed rows: remap the exactly searched part [ann_rows, rows)."""
         self.tail = None  # unmap the old view before mapping the new one
-        self.tail = vectors.open_index(self.cfg.vectors_path, rows=rows, start=self.ann_rows,
+        self.tail = vectors.open_index(self.vectors_path, rows=rows, start=self.ann_rows,
                                        willneed=self.willneed)
         self.rows = self.ann_rows + self.tail.ntotal
         self.tail_hidden = self.hidden.count(self.ann_rows, self.rows) if self.hidden else 0
@@ -205,24 +208,28 @@ def _ann_params(kind: str, sel: Any, cfg: Config) -> Any:
     return faiss.SearchParametersIVF(sel=sel, nprobe=cfg.query.ivf_nprobe)
 
 
-def find_hits(searcher: Searcher, store: Any, vector: np.ndarray, k: int, *, with_text: bool) -> list[dict]:
-    """The best `k` committed rows for `vector` as hit maps, best first (the query reply's
-    `hits`); `store` (a Store) supplies each row's chunk and document, never all texts."""
+def find_hits(searcher: Searcher, store: Any, vector: np.ndarray, k: int, *,
+              with_text: bool) -> tuple[list[dict], int]:
+    """The best `k` visible rows for `vector` as hit maps, best first (the query reply's
+    `hits`), and how many rows the search found were dropped as not live. `store` (a Store,
+    in the same read snapshot as the searcher's hidden rows) supplies each row's chunk and
+    document, never all texts; it leaves out a row whose chunk or document is not live,
+    which the hidden rows make impossible: the count is a last line of defence."""
     scores, rows = searcher.search(vector, k)
     found = [(int(r), float(s)) for r, s in zip(rows, scores)]
     meta = store.hits([r for r, _ in found], with_text=with_text)
     hits = []
-    for rank, (row, score) in enumerate(found, start=1):
+    for row, score in found:
         hit = meta.get(row)
         if hit is None:
-            continue  # cannot happen for committed rows; never invent a hit
-        item = {"rank": rank, "score": score, "row": row, "chunk_id": hit.chunk_id,
-                "doc_id": hit.doc_id, "position": hit.position, "title": hit.title,
-                "source": hit.source}
+            continue  # not live (or no chunk at all): never served, never invented
+        item = {"rank": len(hits) + 1, "score": score, "row": row, "chunk_id": hit.chunk_id,
+                "doc_id": hit.doc_id, "key": hit.key, "version": hit.version,
+                "position": hit.position, "title": hit.title, "source": hit.source}
         if with_text:
             item["text"] = hit.text
         hits.append(item)
-    return hits
+    return hits, len(found) - len(hits)
 
 
 def _map(path: Path, h: AnnHeader, head: Any, *, willneed: bool) -> Any:

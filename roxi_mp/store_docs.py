@@ -284,9 +284,11 @@ class DocumentVersions:
     def changed_rows(self, since_seq: int, below: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows now hidden, rows now visible) below `below`, of the documents whose status
         changed after visibility sequence `since_seq`."""
+        # CROSS JOIN keeps documents outer (through documents_changed): left to itself the
+        # planner walks every chunk by its row range, O(rows) per change (13 ms at 100k rows).
         found = self.conn.execute(
             "SELECT c.row, d.status = 'live' AND c.state != 'dropped' FROM documents d "
-            "JOIN chunks c ON c.doc_id = d.id WHERE d.changed_seq > ? AND c.row IS NOT NULL AND c.row < ?",
+            "CROSS JOIN chunks c ON c.doc_id = d.id WHERE d.changed_seq > ? AND c.row IS NOT NULL AND c.row < ?",
             (since_seq, below)).fetchall()
         rows = np.array([r[0] for r in found], dtype=np.int64)
         shown = np.array([bool(r[1]) for r in found], dtype=bool)

@@ -1,19 +1,30 @@
 """The query side of the store: the chunk and document fields of the rows a search found.
 
 This runs inside every query, right after a scan of the vectors has flushed the CPU
-caches, so it does as little as it can: one indexed lookup per row on the chunks table,
-and document titles and sources from a bounded per-connection cache (documents never
-change once stored) instead of a join. `HitLookup` is a part of `Store` (a mixin over its
-connection), kept in its own module because only the query server uses it.
+caches, so it does as little as it can: one indexed lookup per row on the chunks table
+joined to its document's status, and document keys, versions, titles and sources from a
+bounded per-connection cache instead of reading them each time. A document row never
+changes once stored except its status, which is why the status is read every time and the
+rest may be cached.
+
+The query server hides the rows of dead and pending versions inside the search, within
+the same read snapshot as this lookup, so every row reaching it should be live. As a last
+line of defence a row whose chunk is not indexed or whose document is not live is left
+out (and logged): a superseded recommendation is never served, even through a bug.
+`HitLookup` is a part of `Store` (a mixin over its connection), kept in its own module
+because only the query server uses it.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from typing import Sequence
 
-#: document titles and sources a connection keeps for `hits`
+log = logging.getLogger("roxi.query")
+
+#: documents whose key, version, title and source a connection keeps for `hits`
 DOC_CACHE_ENTRIES = 10_000
 
 
@@ -22,6 +33,8 @@ class Hit:
     row: int
     chunk_id: int
     doc_id: int
+    key: str
+    version: int
     position: int
     title: str
     source: str
@@ -33,31 +46,40 @@ class HitLookup:
 
     # provided by Store (which creates the cache empty, once per connection)
     conn: sqlite3.Connection
-    _doc_cache: dict[int, tuple[str, str]]
+    _doc_cache: dict[int, tuple[str, int, str, str]]
 
     def hits(self, rows: Sequence[int], *, with_text: bool = True) -> dict[int, Hit]:
-        """Chunk and document fields for the given vector rows (only what a reply needs)."""
+        """Chunk and document fields of the given vector rows that are live (only what a
+        reply needs); a row of a dropped chunk or of a version not live is left out."""
         out: dict[int, Hit] = {}
         if not rows:
             return out
         marks = ",".join("?" * len(rows))
         found = self.conn.execute(
-            f"SELECT row, id, doc_id, position{', text' if with_text else ''} FROM chunks WHERE row IN ({marks})",
-            [int(r) for r in rows]).fetchall()
-        docs = self._documents({r[2] for r in found})
+            f"SELECT c.row, c.id, c.doc_id, c.position, c.state = 'indexed' AND d.status = 'live'"
+            f"{', c.text' if with_text else ''} FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            f"WHERE c.row IN ({marks})", [int(r) for r in rows]).fetchall()
+        stale = [r[0] for r in found if not r[4]]
+        if stale:
+            log.warning("dropped %d hits that are not live (rows %s): the hidden rows were stale",
+                        len(stale), stale[:10])
+        docs = self._documents({r[2] for r in found if r[4]})
         for r in found:
-            if r[2] in docs:
-                out[r[0]] = Hit(r[0], r[1], r[2], r[3], *docs[r[2]], r[4] if with_text else "")
+            if r[4] and r[2] in docs:
+                key, version, title, source = docs[r[2]]
+                out[r[0]] = Hit(row=r[0], chunk_id=r[1], doc_id=r[2], key=key, version=version, position=r[3],
+                                title=title, source=source, text=r[5] if with_text else "")
         return out
 
-    def _documents(self, ids: set[int]) -> dict[int, tuple[str, str]]:
-        """(title, source) of documents, cached (bounded) for the life of this connection."""
+    def _documents(self, ids: set[int]) -> dict[int, tuple[str, int, str, str]]:
+        """(key, version, title, source) of documents, cached (bounded) for the life of this
+        connection: none of them ever changes."""
         missing = [i for i in ids if i not in self._doc_cache]
         if missing:
             if len(self._doc_cache) + len(missing) > DOC_CACHE_ENTRIES:
                 self._doc_cache.clear()
             marks = ",".join("?" * len(missing))
-            for doc_id, title, source in self.conn.execute(
-                    f"SELECT id, title, source FROM documents WHERE id IN ({marks})", missing):
-                self._doc_cache[doc_id] = (title, source)
+            for doc_id, key, version, title, source in self.conn.execute(
+                    f"SELECT id, key, version, title, source FROM documents WHERE id IN ({marks})", missing):
+                self._doc_cache[doc_id] = (key, version, title, source)
         return {i: self._doc_cache[i] for i in ids if i in self._doc_cache}

@@ -7,10 +7,15 @@ float32 copy). Deep sleep drops the faiss object (the only holder of the mapping
 file is unmapped and its pages go back to the OS), the query model, the result cache and
 the SQLite connection, then collects garbage and trims the heap. The next query, or
 `wake`, maps it all again. The server learns of commits from the indexer's PUB events,
-also while asleep (a number, nothing mapped), and while awake also polls `committed_rows`
-in case an event was missed. Status and admin calls (`stats`, `ping`) never wake it.
+also while asleep (a number, nothing mapped), and while awake also polls the store's rows
+and epoch in case an event was missed (a compaction's event has fewer rows). Status and admin calls (`stats`, `ping`) never wake it.
 With a network backend (`Embedder.remote`) a text query is embedded off the loop and
 answered when its vector comes or its deadline passes (roxi_mp.query_embed).
+
+Deletes and replacements take effect the moment they commit: each query reads, in one
+read snapshot of the store, which vectors file, rows and visibility sequence are current,
+brings the mapping, the hidden rows and the result cache up to them (roxi_mp.query_view),
+then searches and looks its hits up in that same snapshot.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from typing import Callable, TypeVar
 
 import faiss
 import numpy as np
@@ -31,11 +37,14 @@ from ..model_process import ModelProcess
 from ..errors import E_INTERNAL, BadInput, ModelMismatch, RoxiError, UpstreamUnavailable
 from ..protocol import ProtocolError
 from ..query_embed import Parked, QueryEmbeds
+from ..query_view import RowView
 from ..store import Store
+from ..store_docs import Visibility
 from ..search import Searcher, find_hits
 from .base import Role, run
 
 log = logging.getLogger("roxi.query")
+T = TypeVar("T")
 
 #: requests handled per loop step before heartbeats and follow-ups get a turn
 MAX_REQUESTS_PER_STEP = 256
@@ -64,12 +73,13 @@ class QueryServer(Role):
         self.sub: zmq.Socket | None = None  # generation events from the indexer
         self.auth = None  # the CURVE authenticator, when keys are required
         self.poller: zmq.Poller | None = None
-        self.searcher: Searcher | None = None  # None while asleep: nothing mapped
+        self.view = RowView(cfg, willneed=cfg.query.prewarm)  # maps nothing while asleep
         self.model_checked = False  # the store's model matches ours (until the store closes)
-        self.index_rows = 0  # rows the searcher maps
-        self.known_rows = 0  # committed rows, from events and the store
+        # The store's vectors epoch, visibility sequence and committed rows as last heard:
+        # read from the store, the rows also from the indexer's events.
+        self.known = Visibility(0, 0, 0)
         self.last_query = self.last_follow = self.last_trim = 0.0
-        self.served = self.errors = self.dropped = self.sleeps = 0
+        self.served = self.errors = self.dropped = self.sleeps = self.stale_dropped = 0
 
     def initialize(self) -> None:
         qcfg, lim = self.cfg.query, self.cfg.limits
@@ -95,10 +105,18 @@ class QueryServer(Role):
             self.embeds = QueryEmbeds(self.model, timeout_seconds=qcfg.embed_timeout_seconds,
                                       max_waiting=qcfg.embed_max_waiting)
             self.poller.register(self.embeds.fileno(), zmq.POLLIN)  # its wake pipe: an embedding is done
-        self.known_rows = self.db().committed_rows()
+        self.known = self.db().visibility()
         self.last_query = self.last_follow = self.last_trim = time.monotonic()
         self.close_db()  # start as deep asleep as after a sleep: nothing held until asked
         self.state = QState.ASLEEP
+
+    @property
+    def searcher(self) -> Searcher | None:
+        return self.view.searcher  # None while asleep: nothing mapped
+
+    @property
+    def known_rows(self) -> int:
+        return self.known.rows
 
     def db(self) -> Store:
         """The SQLite connection, opened on demand (closed in deep sleep: its page cache goes too)."""
@@ -142,7 +160,7 @@ class QueryServer(Role):
         now = time.monotonic()
         if self.state is QState.AWAKE:
             if now - self.last_follow >= self.cfg.query.follow_poll_seconds:
-                self.known_rows = max(self.known_rows, self.db().committed_rows())
+                self.known = self.db().visibility()
                 self.last_follow = now
                 if self.searcher is not None and self.searcher.ann_changed():
                     self.reload()
@@ -160,8 +178,12 @@ class QueryServer(Role):
                 return
             except ProtocolError:
                 continue
-            if event.rows > self.known_rows:
-                self.known_rows = event.rows
+            if event.rows < self.known.rows and self.state is QState.AWAKE:
+                # A compaction (a new epoch), or an event older than our last read of the
+                # store: only the store tells which. Asleep, events come in order.
+                self.known = self.db().visibility()
+            else:
+                self.known = self.known._replace(rows=event.rows)
             if self.searcher is not None and self.searcher.ann_changed():
                 self.reload()  # a new approximate index (it comes with an event)
 
@@ -234,20 +256,35 @@ class QueryServer(Role):
         return self.answer(vector, k, with_text, started)
 
     def answer(self, vector: np.ndarray, k: int, with_text: bool, started: float) -> dict:
-        """The reply fields of a query with this vector (from the cache when it has them)."""
+        """The reply fields of a query with this vector, as of one read snapshot of the
+        store (from the cache when it has them for that snapshot's visibility)."""
         key = (vector.tobytes(), k, with_text)
-        hits = self.cache.get(key)
-        if hits is None:
-            hits = self.search(vector, k, with_text=with_text)
-            self.cache.put(key, hits)
+
+        def read() -> list[dict]:
+            hits = self.cache.get(key)
+            if hits is None:
+                hits = self.search(vector, k, with_text=with_text)
+                self.cache.put(key, hits)
+            return hits
+
+        hits = self.in_snapshot(read)
         self.served += 1
-        return {"hits": hits, "rows": self.index_rows,
+        return {"hits": hits, "rows": self.view.mapped_rows,
                 "took_ms": round((time.perf_counter() - started) * 1000, 3)}
 
+    def in_snapshot(self, read: Callable[[], T]) -> T:
+        """`read()` inside one read snapshot of the store, once the mapping, the hidden rows
+        and the result cache (invalidated before any lookup) are brought up to it."""
+        self.known, out = self.view.read(self.db(), read, on_change=self.cache.invalidate)
+        return out
+
     def search(self, vector: np.ndarray, k: int, *, with_text: bool) -> list[dict]:
+        """Hits of the mapped rows; call inside the snapshot the view was synced to."""
         if self.searcher is None or self.searcher.ntotal == 0:
             return []
-        return find_hits(self.searcher, self.db(), vector, k, with_text=with_text)
+        hits, stale = find_hits(self.searcher, self.db(), vector, k, with_text=with_text)
+        self.stale_dropped += stale
+        return hits
 
     def _parse_query(self, msg: dict, extra: list[bytes]) -> tuple[str | None, np.ndarray | None]:
         """Validate a query: (text, None) or (None, float32 vector of shape (1, d))."""
@@ -303,34 +340,26 @@ class QueryServer(Role):
 
     # --- sleep and wake ----------------------------------------------------------
     def wake(self) -> None:
-        """Map the committed rows: on the first query after sleep, or for a newer generation."""
+        """After sleep (on the first query or `wake`): map the committed rows, hide the
+        rows of dead and pending versions. A query syncs them again in its own snapshot."""
         if self.state is QState.ASLEEP:
             self.model.load()
-            self.known_rows = max(self.known_rows, self.db().committed_rows())
             self.last_follow = self.last_trim = time.monotonic()
             self.state = QState.AWAKE
-            log.info("awake: %d rows", self.known_rows)
-        if self.searcher is None or self.index_rows != self.known_rows:
-            self.cache.invalidate()  # a new generation may change any answer
-            if self.known_rows == 0 or not self.cfg.vectors_path.exists():
-                self.searcher, self.index_rows = None, 0
-            elif self.searcher is None:
-                self.searcher = Searcher(self.cfg, rows=self.known_rows, willneed=self.cfg.query.prewarm)
-            else:
-                self.searcher.follow(self.known_rows)  # remaps only the exactly searched rows
-            self.index_rows = self.searcher.ntotal if self.searcher is not None else 0
+            self.in_snapshot(lambda: None)
+            log.info("awake: %d rows", self.known.rows)
 
     def reload(self) -> None:
         """Map everything afresh (a new approximate index was installed)."""
-        self.searcher = None  # unmap the old index before mapping the new one
+        self.view.drop()  # unmap the old index before mapping the new one
+        self.cache.invalidate()
         if self.state is QState.AWAKE:
-            self.wake()
+            self.in_snapshot(lambda: None)
 
     def sleep(self) -> None:
         """Deep sleep: drop every reference to the mapping and every cache, give memory back."""
         was_awake = self.state is QState.AWAKE
-        self.searcher = None  # the only holder of the mappings: this unmaps the files
-        self.index_rows = 0
+        self.view.drop()  # the mappings and the hidden rows
         self.cache.invalidate()
         self.model.unload()
         if self.embeds is not None:
@@ -351,7 +380,9 @@ class QueryServer(Role):
             self.wake()
 
     def stats(self) -> dict:
-        return {"state": self.state.value, "rows": self.index_rows, "known_rows": self.known_rows,
+        return {"state": self.state.value, "rows": self.view.mapped_rows, "known_rows": self.known.rows,
+                "epoch": self.known.epoch, "visibility_seq": self.known.seq, "hidden_rows": 0,
+                "stale_dropped": self.stale_dropped,
                 "served": self.served, "errors": self.errors, "dropped": self.dropped,
                 "sleeps": self.sleeps, "cache_entries": len(self.cache), "cache_hits": self.cache.hits,
                 "model_loaded": self.model.loaded,
@@ -370,7 +401,7 @@ class QueryServer(Role):
         return {**self.stats(), "state": state}
 
     def shutdown(self) -> None:
-        self.searcher = None
+        self.view.drop()
         if self.embeds is not None:
             for parked in self.embeds.close():  # a client waiting for one hears why now
                 self.answer_parked(parked, None, UpstreamUnavailable("the query server is stopping"))

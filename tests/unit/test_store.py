@@ -311,12 +311,13 @@ def test_hits_returns_document_and_chunk_fields_for_rows(store: Store) -> None:
     store.commit_rows([(3, 0), (1, 1)], rows=2)
     hits = store.hits([0, 1, 5])
     assert set(hits) == {0, 1}
-    assert hits[0] == Hit(row=0, chunk_id=3, doc_id=2, position=0, title="Beta Title",
-                          source="/src/beta.md", text="beta chunk 0")
+    assert hits[0] == Hit(row=0, chunk_id=3, doc_id=2, key="/src/beta.md", version=1, position=0,
+                          title="Beta Title", source="/src/beta.md", text="beta chunk 0")
     assert (hits[1].title, hits[1].text, hits[1].position) == ("Alpha Title", "alpha chunk 0", 0)
     assert store.hits([]) == {}
-    assert store.hits([0], with_text=False)[0] == Hit(row=0, chunk_id=3, doc_id=2, position=0, title="Beta Title",
-                                                      source="/src/beta.md", text="")
+    assert store.hits([0], with_text=False)[0] == Hit(row=0, chunk_id=3, doc_id=2, key="/src/beta.md", version=1,
+                                                      position=0, title="Beta Title", source="/src/beta.md",
+                                                      text="")
 
 
 def test_hits_document_cache_stays_bounded(store: Store, monkeypatch) -> None:
