@@ -142,7 +142,8 @@ class DocumentsClient(Client):
         for name, value in (("content_type", content_type), ("title", title), ("metadata", metadata)):
             if value is not None:
                 fields[name] = value
-        return self.call("put", timeout=timeout, **fields)
+        reply = self.call("put", timeout=timeout, **fields)
+        return {name: reply[name] for name in ("outcome", "key", "version", "chunks", "reused", "superseded")}
 
     def delete(self, key: str) -> int:
         """Make every version of `key` dead; returns how many there were (ServerError not_found if none)."""

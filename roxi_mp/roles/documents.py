@@ -138,7 +138,7 @@ class DocumentsRole(Role):
                 if not self.router.get(zmq.EVENTS) & zmq.POLLIN or time.monotonic() >= budget:
                     break
                 self.handle(self.router.recv_multipart(zmq.NOBLOCK), time.monotonic())
-        now = time.monotonic()
+        # `now` is the step's start: a request handled in this step is never "idle" yet.
         if self.state is DState.AWAKE and now - self.last_request >= self.cfg.embedder.idle_seconds:
             self.sleep()
 
