@@ -51,8 +51,8 @@ DEFAULT_LIST_LIMIT = 100
 
 class DState(enum.Enum):
     STARTING = "starting"
-    ASLEEP = "asleep"  # no SQLite connection held
-    AWAKE = "awake"
+    ASLEEP = "asleep"  # idle: no SQLite connection held
+    AWAKE = "awake"  # the connection is opened by the first request that needs it
 
 
 class DocumentsRole(Role):
@@ -84,9 +84,10 @@ class DocumentsRole(Role):
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.db()  # a store this roxi cannot use is a boot error, not a reply to every put
-        self.close_db()  # then as asleep as after idling: nothing held until asked
+        self.close_db()  # reopened by the first request that needs it
+        # Running, then asleep once idle, as the indexer: a fresh system reads "running".
         self.last_request = time.monotonic()
-        self.state = DState.ASLEEP
+        self.state = DState.AWAKE
 
     def max_request_bytes(self) -> int:
         d = self.cfg.documents

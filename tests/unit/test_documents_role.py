@@ -309,16 +309,18 @@ def test_idle_role_sleeps_and_closes_its_connection_stats_and_ping_wake_nothing(
     dealer = protocol.configure(zctx.socket(zmq.DEALER), hwm=10)
     dealer.connect(cfg.endpoint("documents"))
     try:
-        assert role.state_name() == "asleep" and role.store is None  # nothing held after boot
+        assert role.state_name() == "running" and role.store is None  # nothing held after boot
+        role.loop(time.monotonic() + 31.0)  # idle for embedder.idle_seconds, as the indexer
+        assert role.state_name() == "asleep" and role.sleeps == 1
         assert exchange(role, dealer, "stats")["state"] == "asleep"
-        assert exchange(role, dealer, "ping")["pong"] and role.store is None
+        assert exchange(role, dealer, "ping")["pong"] and role.store is None and role.state_name() == "asleep"
         assert exchange(role, dealer, "put", key="k", content="some words")["outcome"] == "added"
         assert role.state_name() == "running" and role.store is not None
         started = time.monotonic()
         role.loop(started + 29.0)
         assert role.state_name() == "running"
-        role.loop(started + 31.0)  # idle for embedder.idle_seconds, as the indexer
-        assert role.state_name() == "asleep" and role.store is None and role.sleeps == 1
+        role.loop(started + 31.0)
+        assert role.state_name() == "asleep" and role.store is None and role.sleeps == 2
         assert exchange(role, dealer, "get", key="k")["live"]["version"] == 1  # reopens on demand
         role.command({"op": "sleep"}, time.monotonic())  # `roxi sleep`
         assert role.state_name() == "asleep" and role.store is None
@@ -345,7 +347,11 @@ def test_the_heartbeat_carries_counters_and_the_work_to_announce(cfg_factory, zc
         assert runner.boot() == 0
         runner.step(time.monotonic())
         ready = beat()
-        assert (ready["role"], ready["state"], ready["work"]) == ("documents", "asleep", 0)
+        assert (ready["role"], ready["state"], ready["work"]) == ("documents", "running", 0)
+        runner.step(time.monotonic() + 60.0)  # a beat fell due (running), then idle: asleep ...
+        assert beat()["state"] == "running"
+        runner.step(time.monotonic() + 60.0)  # ... told at the next step
+        assert beat()["state"] == "asleep"
         dealer.send_multipart([b"", protocol.pack(protocol.request("put", 1, key="k", content=GOUT))])
         wait_until(lambda: runner.step(time.monotonic()) and dealer.poll(0), timeout=PATIENCE, what="the put's reply")
         runner.step(time.monotonic())  # the role is awake now: that is told at once, not at the next beat
