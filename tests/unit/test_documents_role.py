@@ -5,6 +5,7 @@ to it at once), and DocumentsClient or a raw DEALER on the other side."""
 from __future__ import annotations
 
 import random
+import socket
 import sqlite3
 import threading
 import time
@@ -13,11 +14,11 @@ from typing import Callable, Iterator
 import pytest
 import zmq
 
-from roxi_mp import protocol
-from roxi_mp.client import DocumentsClient
+from roxi_mp import keys, protocol
+from roxi_mp.client import Client, DocumentsClient
 from roxi_mp.config import Config
 from roxi_mp.documents import chunk_rows
-from roxi_mp.errors import ServerError, Timeout
+from roxi_mp.errors import ConfigError, ServerError, Timeout
 from roxi_mp.roles.base import Runner
 from roxi_mp.roles.documents import DocumentsRole, DState
 from roxi_mp.store import Store
@@ -393,6 +394,31 @@ def test_a_client_gets_a_timeout_when_nothing_answers(cfg_factory, zctx) -> None
                 c.ping()
     finally:
         role.shutdown()
+
+
+def test_a_tcp_endpoint_needs_curve_keys_and_admits_only_keyed_clients(cfg_factory, zctx) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = cfg_factory(network__documents_endpoint=f"tcp://127.0.0.1:{port}")
+    assert keys.needs_keys(cfg, "documents") and not keys.needs_keys(cfg, "query")
+    with pytest.raises(ValueError):
+        keys.needs_keys(cfg, "control")  # not an endpoint for clients
+    role = DocumentsRole(cfg, zctx)
+    with pytest.raises(ConfigError, match="documents endpoint tcp://.*roxi keys generate"):
+        role.initialize()  # no keys: a boot error, never an open tcp port
+    role.shutdown()
+    keys.generate(cfg)
+    ep = Endpoint(cfg, zctx)
+    try:
+        with DocumentsClient.for_config(cfg, ctx=zctx, timeout=PATIENCE) as client:  # the default client key
+            assert client.curve is not None and client.put("k", "over curve")["outcome"] == "added"
+        for curve in (None, (*zmq.curve_keypair(), keys.client_keys(cfg)[2])):  # unkeyed, unknown key
+            with Client(cfg.endpoint("documents"), ctx=zctx, timeout=1.0, curve=curve) as stranger:
+                with pytest.raises(Timeout):
+                    stranger.call("ping")
+    finally:
+        ep.close()
 
 
 # --- many clients at once ---------------------------------------------------------------------
