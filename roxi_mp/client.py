@@ -71,15 +71,23 @@ class Client:
         """Send one request; return (reply map, extra frames). Raises ServerError/Timeout."""
         sock = self._socket()
         request_id = self._prefix + str(next(self._ids))
-        sock.send_multipart([b"", protocol.pack(protocol.request(op, request_id, **fields)), *frames],
-                            copy=False)
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        # A DEALER's send blocks while no peer can take the message (the server is not up,
+        # or refused our CURVE keys in the handshake): the send has the same deadline.
+        try:
+            if not sock.poll(int(wait * 1000), zmq.POLLOUT):
+                raise zmq.Again()
+            sock.send_multipart([b"", protocol.pack(protocol.request(op, request_id, **fields)), *frames],
+                                zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.close()
+            raise Timeout(f"could not send to {self.endpoint} within {wait:g} s") from None
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self._poller.poll(int(left * 1000)):
                 self.close()  # a late reply must not reach the next request
-                raise Timeout(f"no reply from {self.endpoint} within "
-                              f"{self.timeout if timeout is None else timeout:g} s")
+                raise Timeout(f"no reply from {self.endpoint} within {wait:g} s")
             reply_frames = sock.recv_multipart()
             body = reply_frames[1:] if reply_frames[:1] == [b""] else reply_frames
             if not body:

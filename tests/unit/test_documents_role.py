@@ -20,7 +20,7 @@ from roxi_mp.config import Config
 from roxi_mp.documents import chunk_rows
 from roxi_mp.errors import ConfigError, ServerError, Timeout
 from roxi_mp.roles.base import Runner
-from roxi_mp.roles.documents import DocumentsRole, DState
+from roxi_mp.roles.documents import DocumentsRole
 from roxi_mp.store import Store
 from tests.conftest import PATIENCE, wait_until
 
