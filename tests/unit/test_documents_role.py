@@ -421,6 +421,11 @@ def test_a_tcp_endpoint_needs_curve_keys_and_admits_only_keyed_clients(cfg_facto
         ep.close()
 
 
+def test_restart_policy_of_the_documents_role_can_be_overridden(make_config) -> None:
+    cfg = make_config(restart__documents__flap_count=2, restart__flap_count=7)
+    assert cfg.restart_for("documents").flap_count == 2 and cfg.restart_for("query").flap_count == 7
+
+
 # --- many clients at once ---------------------------------------------------------------------
 PARAGRAPHS = [" ".join(f"p{p}w{i}." for i in range(20)) for p in range(6)]
 
