@@ -43,6 +43,9 @@ MAX_REQUESTS_PER_STEP = 64
 #: room in a request for everything but the content, bytes (on top of the limits of key,
 #: title and metadata, which are counted in characters or JSON bytes)
 HEADROOM_BYTES = 64 * 1024
+#: bytes of requests the socket may queue per client before zmq pushes back on the sender
+#: (256 MiB): a queue of 1000 (limits.socket_hwm) 16 MiB documents would be 16 GB
+QUEUE_BUDGET_BYTES = 256 << 20
 #: list states a client may ask for; None lists live and pending versions
 LIST_STATES = ("live", "pending", "failed")
 #: page size of a list that names none (at most documents.list_max)
@@ -77,7 +80,8 @@ class DocumentsRole(Role):
         lim = self.cfg.limits
         # The socket's hard cap is twice the request limit: a document between the two gets
         # a too_large error reply, only a grossly oversized one is dropped by zmq unanswered.
-        self.router = protocol.configure(self.ctx.socket(zmq.ROUTER), hwm=lim.socket_hwm,
+        hwm = max(4, min(lim.socket_hwm, QUEUE_BUDGET_BYTES // self.max_request_bytes()))
+        self.router = protocol.configure(self.ctx.socket(zmq.ROUTER), hwm=hwm,
                                          max_message_bytes=2 * self.max_request_bytes())
         self.auth = keys.secure_if_needed(self.cfg, self.ctx, self.router, "documents")
         self.router.bind(self.cfg.endpoint("documents"))
