@@ -1,6 +1,6 @@
-"""Python clients for the query server and the supervisor's control socket.
+"""Python clients for the query server, the documents endpoint and the supervisor's control socket.
 
-Both are request/reply over a DEALER socket (see roxi_mp.protocol for the frames). Each
+All are request/reply over a DEALER socket (see roxi_mp.protocol for the frames). Each
 request carries a fresh id and the client discards replies with another id: a late answer
 to a request that already timed out must never be taken for the answer to the next one
 (the ZeroMQ guide's lazy-pirate lesson). After a timeout the socket is closed with
@@ -71,15 +71,23 @@ class Client:
         """Send one request; return (reply map, extra frames). Raises ServerError/Timeout."""
         sock = self._socket()
         request_id = self._prefix + str(next(self._ids))
-        sock.send_multipart([b"", protocol.pack(protocol.request(op, request_id, **fields)), *frames],
-                            copy=False)
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        # A DEALER's send blocks while no peer can take the message (the server is not up,
+        # or refused our CURVE keys in the handshake): the send has the same deadline.
+        try:
+            if not sock.poll(int(wait * 1000), zmq.POLLOUT):
+                raise zmq.Again()
+            sock.send_multipart([b"", protocol.pack(protocol.request(op, request_id, **fields)), *frames],
+                                zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.close()
+            raise Timeout(f"could not send to {self.endpoint} within {wait:g} s") from None
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self._poller.poll(int(left * 1000)):
                 self.close()  # a late reply must not reach the next request
-                raise Timeout(f"no reply from {self.endpoint} within "
-                              f"{self.timeout if timeout is None else timeout:g} s")
+                raise Timeout(f"no reply from {self.endpoint} within {wait:g} s")
             reply_frames = sock.recv_multipart()
             body = reply_frames[1:] if reply_frames[:1] == [b""] else reply_frames
             if not body:
@@ -101,7 +109,7 @@ class QueryClient(Client):
     @classmethod
     def for_config(cls, cfg: Config, **kwargs: Any) -> "QueryClient":
         kwargs.setdefault("timeout", cfg.limits.request_timeout_seconds)
-        if keys.needs_keys(cfg) and "curve" not in kwargs:
+        if keys.needs_keys(cfg, "query") and "curve" not in kwargs:
             kwargs["curve"] = keys.client_keys(cfg)
         return cls(cfg.endpoint("query"), **kwargs)
 
@@ -112,6 +120,54 @@ class QueryClient(Client):
         meta, buf = protocol.encode_array(np.asarray(vector, dtype=np.float32))
         reply, _ = self.call_raw("query", frames=[buf], k=k, with_text=with_text, **meta)
         return reply["hits"]
+
+    def stats(self) -> dict:
+        return self.call("stats")
+
+    def ping(self) -> bool:
+        return bool(self.call("ping").get("pong"))
+
+
+class DocumentsClient(Client):
+    """Client of the documents endpoint: `DocumentsClient.for_config(cfg).put("k", "text")`.
+
+    A put answers once the document is stored (its chunks pending), not once it is
+    searchable: `get(key)` shows its chunks' states. Error replies raise ServerError with
+    the reply's code (not_found, bad_request, too_large, busy, ...)."""
+
+    @classmethod
+    def for_config(cls, cfg: Config, **kwargs: Any) -> "DocumentsClient":
+        kwargs.setdefault("timeout", cfg.limits.request_timeout_seconds)
+        if keys.needs_keys(cfg, "documents") and "curve" not in kwargs:
+            kwargs["curve"] = keys.client_keys(cfg)
+        return cls(cfg.endpoint("documents"), **kwargs)
+
+    def put(self, key: str, content: str | bytes, *, content_type: str | None = None, title: str | None = None,
+            metadata: dict[str, Any] | None = None, timeout: float | None = None) -> dict:
+        """Store `content` as the newest version of `key`: {"outcome": added|replaced|unchanged,
+        "key", "version", "chunks", "reused", "superseded"}."""
+        fields: dict[str, Any] = {"key": key, "content": content}
+        for name, value in (("content_type", content_type), ("title", title), ("metadata", metadata)):
+            if value is not None:
+                fields[name] = value
+        reply = self.call("put", timeout=timeout, **fields)
+        return {name: reply[name] for name in ("outcome", "key", "version", "chunks", "reused", "superseded")}
+
+    def delete(self, key: str) -> int:
+        """Make every version of `key` dead; returns how many there were (ServerError not_found if none)."""
+        return self.call("delete", key=key)["deleted"]
+
+    def get(self, key: str) -> dict:
+        """{"key", "live"?: {...}, "pending"?: {...}}, each version with its chunk counts by state."""
+        reply = self.call("get", key=key)
+        return {name: reply[name] for name in ("key", "live", "pending") if name in reply}
+
+    def list(self, *, state: str | None = None, after: str | None = None, limit: int | None = None) -> dict:
+        """One page: {"documents": [...], "next": the `after` of the next page, or None}."""
+        fields = {name: value for name, value in (("state", state), ("after", after), ("limit", limit))
+                  if value is not None}
+        reply = self.call("list", **fields)
+        return {"documents": reply["documents"], "next": reply["next"]}
 
     def stats(self) -> dict:
         return self.call("stats")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 #: role kinds, as used in [restart.<role>], `roxi stop ROLE` and status
-ROLE_KINDS = ("embedder", "indexer", "query")
+ROLE_KINDS = ("embedder", "indexer", "query", "documents")
 #: longest ipc:// socket path we allow (sun_path is 108 bytes on Linux, with its NUL)
 MAX_IPC_PATH = 100
 

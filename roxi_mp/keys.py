@@ -1,16 +1,18 @@
-"""CURVE keys: what lets a `tcp://` query endpoint exist at all.
+"""CURVE keys: what lets a `tcp://` client endpoint exist at all.
 
 By default every socket is an ipc socket in a 0700 run directory, so only the owner can
-connect. A `tcp://` query endpoint is reachable by anyone who can route to it, so it only
-starts with CurveZMQ (encryption and authentication, via pyzmq's zmq.auth): the query
-server holds the server key pair, and only clients whose public key is in
-`<keys_dir>/clients/` are let in; any other client is dropped during the handshake and
-never reaches a handler. `roxi keys generate` makes the server key pair (once) and a
-client key pair; hand a client its `<name>.key_secret` and `server.key` files. Clients
-added later are accepted after `roxi restart query`.
+connect. A `tcp://` endpoint for clients (the query socket, the documents socket) is
+reachable by anyone who can route to it, so it only starts with CurveZMQ (encryption and
+authentication, via pyzmq's zmq.auth): the server holds the server key pair, and only
+clients whose public key is in `<keys_dir>/clients/` are let in; any other client is
+dropped during the handshake and never reaches a handler. Both endpoints follow the same
+rule with the same keys (`needs_keys(cfg, name)`, `secure_server(..., name=)`).
+`roxi keys generate` makes the server key pair (once) and a client key pair; hand a
+client its `<name>.key_secret` and `server.key` files. Clients added later are accepted
+after `roxi restart query` (and `roxi restart documents`).
 
 Layout of `<data_dir>/keys` (0700; secret files 0600):
-  server.key, server.key_secret      the query server's key pair
+  server.key, server.key_secret      the servers' key pair (query and documents)
   <name>.key, <name>.key_secret      a client's key pair
   clients/<name>.key                 public keys allowed to connect
 """
@@ -29,7 +31,10 @@ from .config import Config
 from .errors import BadInput, ConfigError
 
 SERVER = "server"
-#: the client key `roxi query` and QueryClient.for_config use unless ROXI_CLIENT_KEY names another
+#: endpoints clients connect to: a tcp:// one needs CURVE keys
+CLIENT_ENDPOINTS = ("query", "documents")
+#: the client key `roxi query` and the clients' for_config (QueryClient, DocumentsClient) use
+#: unless ROXI_CLIENT_KEY names another
 DEFAULT_CLIENT = "client"
 ENV_CLIENT_KEY = "ROXI_CLIENT_KEY"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -43,8 +48,11 @@ def clients_dir(cfg: Config) -> Path:
     return keys_dir(cfg) / "clients"
 
 
-def needs_keys(cfg: Config) -> bool:
-    return cfg.endpoint("query").startswith("tcp://")
+def needs_keys(cfg: Config, name: str = "query") -> bool:
+    """Whether the client endpoint `name` ("query" or "documents") is tcp://, so CURVE."""
+    if name not in CLIENT_ENDPOINTS:
+        raise ValueError(f"no client endpoint {name!r} (known: {', '.join(CLIENT_ENDPOINTS)})")
+    return cfg.endpoint(name).startswith("tcp://")
 
 
 def generate(cfg: Config, client: str = DEFAULT_CLIENT) -> dict[str, Path]:
@@ -80,11 +88,12 @@ def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
     return public, secret_key
 
 
-def server_keys(cfg: Config) -> tuple[bytes, bytes]:
-    """The query server's key pair; ConfigError saying how to make one if there is none."""
+def server_keys(cfg: Config, name: str = "query") -> tuple[bytes, bytes]:
+    """The servers' key pair; ConfigError saying how to make one if there is none (`name`:
+    the endpoint that asks, for the message)."""
     path = keys_dir(cfg) / f"{SERVER}.key_secret"
     if not path.exists():
-        raise ConfigError(f"query endpoint {cfg.endpoint('query')} is tcp:// and needs CURVE keys; "
+        raise ConfigError(f"{name} endpoint {cfg.endpoint(name)} is tcp:// and needs CURVE keys; "
                           f"run `roxi keys generate` (none in {keys_dir(cfg)})")
     public, secret = _load(path, secret=True)
     if not any(clients_dir(cfg).glob("*.key")):
@@ -102,12 +111,12 @@ def client_keys(cfg: Config, secret_file: Path | None = None) -> tuple[bytes, by
     return public, secret, server_public  # type: ignore[return-value]
 
 
-def secure_server(cfg: Config, ctx: zmq.Context, sock: zmq.Socket):
-    """Make `sock` a CURVE server admitting the allowed clients; returns the authenticator
-    (stop it when the socket closes). Call before bind."""
+def secure_server(cfg: Config, ctx: zmq.Context, sock: zmq.Socket, *, name: str = "query"):
+    """Make `sock` (the `name` endpoint's) a CURVE server admitting the allowed clients;
+    returns the authenticator (stop it when the socket closes). Call before bind."""
     from zmq.auth.thread import ThreadAuthenticator
 
-    public, secret = server_keys(cfg)
+    public, secret = server_keys(cfg, name)
     auth = ThreadAuthenticator(ctx)
     auth.start()
     auth.configure_curve(domain="*", location=str(clients_dir(cfg)))
@@ -115,6 +124,11 @@ def secure_server(cfg: Config, ctx: zmq.Context, sock: zmq.Socket):
     sock.curve_publickey = public
     sock.curve_server = True
     return auth
+
+
+def secure_if_needed(cfg: Config, ctx: zmq.Context, sock: zmq.Socket, name: str):
+    """`secure_server` when the `name` endpoint is tcp://, else nothing: the authenticator or None."""
+    return secure_server(cfg, ctx, sock, name=name) if needs_keys(cfg, name) else None
 
 
 def secure_client(sock: zmq.Socket, keys: tuple[bytes, bytes, bytes]) -> None:

@@ -7,7 +7,8 @@ is built and parsed here (function names on the right): a builder returns what g
 the socket, a parser takes what came off it and raises ProtocolError, with an error code,
 for anything that breaks the protocol.
 
-Request/reply sockets (query server, supervisor control, query model process) are ROUTERs.
+Request/reply sockets (query server, documents endpoint, supervisor control, query model
+process) are ROUTERs.
 A client is a REQ or a DEALER socket; the server replies with the envelope it received:
 
     client -> server:  [ b"" ] [ request map ] [ vector bytes ]?      (REQ adds the b"" itself)
@@ -30,6 +31,15 @@ Ops of the query server (roxi_mp.roles.query_server, QueryServer.OPS):
            requests' replies, within query.embed_timeout_seconds: match replies by id)
     stats  -> the server's counters        ping  -> {"pong": true}
     sleep  -> stats, after a deep sleep    wake  -> stats, after mapping the vectors
+Ops of the documents endpoint (roxi_mp.roles.documents, DocumentsRole.OPS; one frame, the
+map; its own size limit, documents.max_document_bytes plus room for the other fields):
+    put    {"key", "content" (str, or bytes), "content_type"?, "title"?, "metadata"?}
+           -> {"outcome": "added" | "replaced" | "unchanged", "key", "version", "chunks",
+               "reused", "superseded"}          (roxi_mp.documents checks every field)
+    delete {"key"} -> {"deleted": versions}, or not_found
+    get    {"key"} -> {"key", "live"?, "pending"?}, or not_found
+    list   {"state"?, "after"?, "limit"?} -> {"documents", "next"}
+    stats  -> the role's counters        ping  -> {"pong": true}
 Ops of the supervisor's control socket (supervisor/commands/*.py, one module each):
     notify {"event": "work" | "pause" | "resume"}   ping   status   restart {"role"}
     stop {"role"?}   sleep {"role"?}   wake {"role"?}
@@ -45,10 +55,13 @@ Pipeline sockets, inside the system only:
                                                               generation_event(), parse_generation_event()
     child PUSH -> supervisor PULL    [ {"v", "type": "heartbeat", "role", "name", "pid", "seq",
                                          "state", ...role counters} ]   heartbeat(), parse_heartbeat()
+        (a growing "served" of the query server makes the supervisor publish `queries`, a
+        growing "work" of the documents role publishes `work` to embedders and indexer)
     supervisor PUB -> child SUB      [ b"<target>\\0" ] [ {"v", "op"} ]  role_command(), parse_role_command()
         target: "all", a role kind ("embedder") or a name ("embedder-2")
         op (ROLE_OPS): sleep, wake (to any role); work, pause, resume (notify: `roxi ingest`,
-        `pause`, `resume`); queries (query traffic flows: embedders yield for a while)
+        a put on the documents endpoint, `pause`, `resume`); queries (query traffic flows:
+        embedders yield for a while)
 
 Error codes (the "code" of an error reply; one table, in roxi_mp.errors, re-exported here):
     bad_request, bad_version, unknown_op, too_large (the request), model_mismatch, config,

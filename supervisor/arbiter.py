@@ -42,8 +42,9 @@ log = logging.getLogger("roxi.supervisor")
 
 #: how long the loop waits for events when nothing is due, seconds
 LOOP_TIMEOUT = 0.25
-#: stop order: embedders first (stop producing), then the indexer (flushes), then queries
-STOP_ORDER = ("embedder", "indexer", "query")
+#: stop order: the documents endpoint first (no put lands after the indexer flushed), then
+#: embedders (stop producing), then the indexer (flushes), then queries
+STOP_ORDER = ("documents", "embedder", "indexer", "query")
 #: signals the arbiter handles (queued by the handler, dispatched by the loop)
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
 
@@ -61,6 +62,7 @@ class Arbiter:
         self.started = clock()
         self.exit_code = 0
         self.query_served = 0
+        self.documents_work = 0  # the documents role's `work` counter, as last heard
         self.store: Store | None = None
         self.backups: BackupScheduler | None = None
         self.ctx: zmq.Context | None = None
@@ -172,7 +174,8 @@ class Arbiter:
     def spawn_children(self, now: float) -> None:
         cfg = self.cfg
         self.children = [Child("indexer", "indexer", cfg.restart_for("indexer")),
-                         Child("query", "query", cfg.restart_for("query"))]
+                         Child("query", "query", cfg.restart_for("query")),
+                         Child("documents", "documents", cfg.restart_for("documents"))]
         self.children += [Child("embedder", f"embedder-{i}", cfg.restart_for("embedder"))
                           for i in range(1, cfg.embedder.count + 1)]
         for child in self.children:
@@ -277,11 +280,22 @@ class Arbiter:
                 continue  # a beat from a previous incarnation
             if child.beat(beat, self.clock()):  # the first beat is the READY handshake
                 log.info("%s ready", child.name)
-            if child.kind == "query":
-                served = beat.get("served", 0)
-                if isinstance(served, int) and served > self.query_served:
-                    self.publish("embedder", "queries")  # embedders yield while queries flow
-                self.query_served = served if isinstance(served, int) else 0
+            self.follow_counters(child, beat)
+
+    def follow_counters(self, child: Child, beat: dict[str, Any]) -> None:
+        """Turn a heartbeat's counters into commands: queries served make the embedders
+        yield; puts that left chunks (the documents role's `work`) make them look at once.
+        A restarted role counts from 0 again, so the last value heard is kept, not the most."""
+        if child.kind == "query":
+            served = beat.get("served", 0)
+            if isinstance(served, int) and served > self.query_served:
+                self.publish("embedder", "queries")  # embedders yield while queries flow
+            self.query_served = served if isinstance(served, int) else 0
+        elif child.kind == "documents":
+            work = beat.get("work", 0)
+            if isinstance(work, int) and work > self.documents_work:
+                self.publish_work()
+            self.documents_work = work if isinstance(work, int) else 0
 
     def child(self, name: Any) -> Child | None:
         return next((c for c in self.children if c.name == name), None)
@@ -298,6 +312,11 @@ class Arbiter:
         """A command to roles: "all", a kind or a name (see protocol.command_topic)."""
         with contextlib.suppress(zmq.Again):  # commands are hints; roles also poll the store
             self.commands.send_multipart(protocol.role_command(target, op), zmq.NOBLOCK)
+
+    def publish_work(self) -> None:
+        """New chunks are pending: embedders look at once, the indexer for vectors to copy."""
+        self.publish("embedder", "work")
+        self.publish("indexer", "work")
 
     def sleep_roles(self, target: str | None, *, wake: bool) -> list[str]:
         chosen = self.select(target) if target else self.children

@@ -52,12 +52,12 @@ LIVE_STATES = (ChildState.RUNNING, ChildState.ASLEEP)
 
 
 #: module under roxi_mp.roles of each role kind
-MODULES = {"embedder": "embedder", "indexer": "indexer", "query": "query_server"}
+MODULES = {"embedder": "embedder", "indexer": "indexer", "query": "query_server", "documents": "documents"}
 
 
 @dataclass
 class Child:
-    kind: str  # role kind: "embedder", "indexer" or "query"
+    kind: str  # role kind: "embedder", "indexer", "query" or "documents"
     name: str  # unique: "indexer", "query", "embedder-1", ...
     settings: RestartSettings
     state: ChildState = ChildState.STOPPED

@@ -1,5 +1,6 @@
-"""notify: tell the embedders something changed: new work (`roxi ingest`), or that
-processing was paused or resumed (the flag itself lives in the store)."""
+"""notify: tell the embedders something changed: new work (`roxi ingest`; the indexer
+hears of it too, for chunks whose vectors it copies), or that processing was paused or
+resumed (the flag itself lives in the store)."""
 
 from roxi_mp.errors import BadInput
 
@@ -14,5 +15,8 @@ def execute(arbiter, msg: dict) -> dict:
     event = msg.get("event", "work")
     if event not in EVENTS:
         raise BadInput(f"notify takes one of {', '.join(EVENTS)}, not {event!r}")
-    arbiter.publish("embedder", event)
+    if event == "work":
+        arbiter.publish_work()  # the indexer too: chunks it copies rather than an embedder buys
+    else:
+        arbiter.publish("embedder", event)
     return {"notified": event}

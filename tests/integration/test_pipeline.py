@@ -63,7 +63,7 @@ def test_sample_corpus_start_query_status_stop(make_config):
             return status if all(r["state"] == "running" for r in status["roles"]) else None
 
         status = wait_until(all_running, timeout=PATIENCE, what="every role running")
-        assert sorted(r["name"] for r in status["roles"]) == ["embedder-1", "indexer", "query"]
+        assert sorted(r["name"] for r in status["roles"]) == ["documents", "embedder-1", "indexer", "query"]
         assert status["store"]["percent"] == 100.0
         text = roxi(cfg, "query", "uric acid crystals in the big toe", "-k", "3")
         assert "Gout" in text.stdout.splitlines()[0]

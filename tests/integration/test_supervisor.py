@@ -193,13 +193,13 @@ def test_roxi_stop_is_ordered_within_grace_and_leaves_nothing(system):
     assert roxi_processes(s.cfg.data_dir) == []
     records = log_records(s.cfg.log_dir / "supervisor.log")
     stops = [re.match(r"(\S+) exited with (-?\d+) -> stopped$", m) for _, m in records]
-    assert [m[1] for m in stops if m] == ["embedder-1", "indexer", "query"]
+    assert [m[1] for m in stops if m] == ["documents", "embedder-1", "indexer", "query"]
     # Within the grace: every role exited by itself on its SIGTERM (one still there at the
     # end of its grace is SIGKILLed: -9), and the whole stop, timed by the supervisor's own
     # records (the test's wall time would add the `roxi` command's Python start), took
     # less than the grace and a second (~0.6 s with two CPU hogs; each role is one turn of
     # its loop, at most 0.5 s, from its exit).
-    assert [m[2] for m in stops if m] == ["0", "0", "0"]
+    assert [m[2] for m in stops if m] == ["0", "0", "0", "0"]
     began, _ = record(s, r"stopping \(stop command\)$")
     ended, _ = record(s, "supervisor stopped$", after=began)
     assert ended - began < grace + 1.0, f"stopped in {ended - began:.2f} s"

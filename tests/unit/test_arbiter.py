@@ -17,7 +17,7 @@ import pytest
 
 from roxi_mp.errors import BadInput
 from roxi_mp.store import Stats
-from supervisor.arbiter import LOOP_TIMEOUT, Arbiter
+from supervisor.arbiter import LOOP_TIMEOUT, STOP_ORDER, Arbiter
 from supervisor.child import ChildState
 
 #: pids above the kernel's pid_max: psutil finds no such process, so status rows stay empty
@@ -189,9 +189,10 @@ def rig(make_config):
 
 def test_all_roles_spawn_and_become_ready(rig):
     r = rig()
-    assert [c.name for c in r.arbiter.children] == ["indexer", "query", "embedder-1", "embedder-2"]
+    assert [c.name for c in r.arbiter.children] == ["indexer", "query", "documents", "embedder-1", "embedder-2"]
     assert all(c.state is ChildState.RUNNING for c in r.arbiter.children)
     assert r.proc("query").argv[1:3] == ["-m", "roxi_mp.roles.query_server"]
+    assert r.proc("documents").argv[1:3] == ["-m", "roxi_mp.roles.documents"]
     r.proc("indexer").say(b"indexer ready\n")
     r.arbiter.drain_output(r.child("indexer"))  # what the loop's wait does when the pipe is readable
     assert "indexer ready" in r.child("indexer").sink.path.read_text()
@@ -352,12 +353,17 @@ def test_a_child_that_never_gets_ready_is_terminated(rig):
     assert r.proc("embedder-2").signals == [signal.SIGTERM]
 
 
-def test_shutdown_stops_embedders_then_the_indexer_then_queries(rig):
+def test_shutdown_stops_documents_then_embedders_then_the_indexer_then_queries(rig):
     r = rig()
     r.arbiter.sig_queue.append(signal.SIGTERM)  # what the signal handler does
     r.run(0.25)
     assert r.arbiter.status()["supervisor"]["state"] == "stopping"
-    assert [(n, s) for n, s, _ in r.popen.journal] == [("embedder-1", "SIGTERM"), ("embedder-2", "SIGTERM")]
+    # The documents endpoint first: no put lands after the indexer flushed.
+    assert [(n, s) for n, s, _ in r.popen.journal] == [("documents", "SIGTERM")]
+    assert r.proc("embedder-1").signals == []
+    r.proc("documents").exit(0)
+    r.run(0.25)
+    assert [(n, s) for n, s, _ in r.popen.journal][1:] == [("embedder-1", "SIGTERM"), ("embedder-2", "SIGTERM")]
     assert [r.row(n)["state"] for n in ("embedder-1", "indexer", "query")] == ["stopping", "running", "running"]
     r.proc("embedder-1").exit(-signal.SIGTERM)
     r.run(2.0)  # embedder-2 ignores SIGTERM: the indexer waits for it
@@ -371,12 +377,12 @@ def test_shutdown_stops_embedders_then_the_indexer_then_queries(rig):
     r.run(0.25)
     assert r.arbiter.finished()
     assert [(n, s) for n, s, _ in r.popen.journal] == [
-        ("embedder-1", "SIGTERM"), ("embedder-2", "SIGTERM"), ("embedder-2", "SIGKILL"),
+        ("documents", "SIGTERM"), ("embedder-1", "SIGTERM"), ("embedder-2", "SIGTERM"), ("embedder-2", "SIGKILL"),
         ("indexer", "SIGTERM"), ("query", "SIGTERM")]
     kill_at = next(t for n, s, t in r.popen.journal if s == "SIGKILL")
     assert kill_at == next(t for n, s, t in r.popen.journal if n == "embedder-2") + 3.0
     assert all(c.state is ChildState.STOPPED for c in r.arbiter.children)
-    assert len(r.popen.spawned) == 4, "a child was respawned during the shutdown"
+    assert len(r.popen.spawned) == 5, "a child was respawned during the shutdown"
 
 
 def test_the_shutdown_ends_after_a_running_backup(rig):
@@ -387,7 +393,7 @@ def test_the_shutdown_ends_after_a_running_backup(rig):
         proc.exit(0)
     r.run(2.0)
     assert r.arbiter.backups.stopping_seen  # told to stop its job
-    assert not r.arbiter.finished() and r.arbiter.shutdown_phase == 3
+    assert not r.arbiter.finished() and r.arbiter.shutdown_phase == len(STOP_ORDER)
     r.arbiter.backups.job_running = False
     assert r.arbiter.finished()
 
@@ -397,9 +403,9 @@ def test_shutdown_leaves_a_failed_child_failed_and_does_not_wait_for_it(rig):
     r.crash("indexer")
     r.arbiter.begin_shutdown("test")
     r.run(0.25)
-    for name in ("embedder-1", "embedder-2"):
+    for name in ("documents", "embedder-1", "embedder-2"):
         r.proc(name).exit(0)
-    r.run(0.5)
+    r.run(0.75)  # a loop turn for each phase: documents, embedders, the (failed) indexer
     assert r.row("indexer")["state"] == "failed"
     assert r.proc("query").signals == [signal.SIGTERM]
 
@@ -415,10 +421,10 @@ def test_a_crash_during_shutdown_is_not_respawned(rig):
 
 def test_a_child_in_backoff_when_the_shutdown_begins_is_not_respawned(rig):
     r = rig()
-    r.crash("query")  # due again in 1 s, while the embedders take their 3 s grace
+    r.crash("query")  # due again in 1 s, while the documents role and embedders take their 3 s grace
     assert r.child("query").state is ChildState.BACKOFF
     r.arbiter.begin_shutdown("test")
-    r.run(10.0)
+    r.run(13.0)
     assert r.row("query")["state"] == "stopped" and len(r.popen.of("query")) == 1
     assert r.arbiter.finished()
 

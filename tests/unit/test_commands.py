@@ -53,7 +53,7 @@ def test_status_rows_and_cached_store_counts(r):
     assert answer["supervisor"]["pid"] == os.getpid() and answer["supervisor"]["state"] == "running"
     assert answer["supervisor"]["uptime"] == 0.5  # the rig ran 0.5 s on its clock
     rows = {row["name"]: row for row in answer["roles"]}
-    assert list(rows) == ["indexer", "query", "embedder-1", "embedder-2"]
+    assert list(rows) == ["indexer", "query", "documents", "embedder-1", "embedder-2"]
     assert {row["state"] for row in rows.values()} == {"running"}
     assert rows["query"]["pid"] == r.proc("query").pid and rows["query"]["restarts"] == 0
     assert answer["store"]["chunks"] == 10 and answer["store"]["percent"] == 50.0
@@ -89,7 +89,7 @@ def test_stop_everything_answers_at_once(r):
     assert r.arbiter.shutdown_phase is not None
     assert r.arbiter.store.counted == 0  # answering it counted nothing
     r.run(0.25)
-    assert r.proc("embedder-1").signals == [signal.SIGTERM] and r.proc("query").signals == []
+    assert r.proc("documents").signals == [signal.SIGTERM] and r.proc("query").signals == []
 
 
 def test_stop_an_unknown_role_is_bad_input(r):
@@ -124,7 +124,7 @@ def test_restart_while_stopping_is_bad_input(r):
 
 @pytest.mark.parametrize("op", ["sleep", "wake"])
 def test_sleep_and_wake_ask_each_chosen_role(r, op):
-    names = ["indexer", "query", *EMBEDDERS]
+    names = ["indexer", "query", "documents", *EMBEDDERS]
     assert run(r, op) == {"asked": names}
     assert r.published == [(name, op) for name in names]
     r.published.clear()
@@ -134,15 +134,31 @@ def test_sleep_and_wake_ask_each_chosen_role(r, op):
         run(r, op, role="nobody")
 
 
-@pytest.mark.parametrize("event", ["work", "pause", "resume"])
+@pytest.mark.parametrize("event", ["pause", "resume"])
 def test_notify_tells_the_embedders(r, event):
     assert run(r, "notify", event=event) == {"notified": event}
     assert r.published == [("embedder", event)]
 
 
-def test_notify_defaults_to_new_work(r):
+def test_notify_defaults_to_new_work_for_the_embedders_and_the_indexer(r):
     assert run(r, "notify") == {"notified": "work"}
-    assert r.published == [("embedder", "work")]
+    assert r.published == [("embedder", "work"), ("indexer", "work")]  # the indexer copies reused vectors
+
+
+def test_the_documents_roles_work_counter_becomes_a_work_command(r):
+    documents = r.child("documents")
+    beat = lambda work: r.arbiter.follow_counters(documents, {"state": "running", "work": work})  # noqa: E731
+    beat(0)
+    assert r.published == []
+    beat(2)  # puts left chunks since the last heartbeat
+    assert r.published == [("embedder", "work"), ("indexer", "work")]
+    beat(2)  # nothing new
+    beat(0)  # a restarted role counts from 0 again ...
+    assert len(r.published) == 2
+    beat(1)  # ... and its first put is news
+    assert r.published[2:] == [("embedder", "work"), ("indexer", "work")]
+    beat("garbage")
+    assert len(r.published) == 4
 
 
 @pytest.mark.parametrize("event", ["explode", "", 7, None])

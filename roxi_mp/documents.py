@@ -1,0 +1,230 @@
+"""Documents from clients: what a put may carry, checked, and turned into chunk rows.
+
+The documents endpoint (roxi_mp.roles.documents) takes a key, content, a content type, a
+title and a metadata map from anyone allowed on its socket; this module checks each
+against the [documents] limits and turns the content into what `Store.put_document` takes,
+so a bad field is a `bad_request` naming it, and never half a document. Content becomes
+text through a small table of content types (`CONTENT_TYPES`: text/plain and text/markdown
+now; PDF, HTML or DOCX extractors are one entry each), and text becomes chunk rows
+(position, text, sha256 of the text) through `chunk_rows`, the same chunking `roxi ingest`
+does, so a document cuts into the same chunks whichever way it came in (and identical
+chunks reuse their vectors). Nothing here touches the store or a socket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+from .chunking import iter_chunks_from_lines
+from .config_sections import DocumentsSettings
+from .errors import E_TOO_LARGE, BadInput
+
+#: content type of a put that names none
+DEFAULT_CONTENT_TYPE = "text/plain"
+#: lines searched for a default title, as `roxi ingest` does (50)
+TITLE_LINES = 50
+#: longest default title, characters, as `roxi ingest` makes them (200)
+TITLE_CHARS = 200
+#: the `source` column of a document that came over the endpoint (a file's is its path)
+SOURCE = "put"
+#: metadata values a map may hold (bool is an int in Python: listed for the message only)
+SCALARS = (str, int, float, bool, type(None))
+
+# C0 controls (NUL, newline, tab, ...), DEL and C1 controls: a key is one printable line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class TooLarge(BadInput):
+    """Content over documents.max_document_bytes: the error reply's code is too_large."""
+
+    code = E_TOO_LARGE
+
+
+@dataclass(frozen=True)
+class ContentType:
+    """How one content type becomes text: `extract(bytes) -> str`; `text` types may also
+    arrive as a string (taken as is), others only as bytes."""
+
+    name: str
+    text: bool
+    extract: Callable[[bytes], str]
+
+
+def decode_utf8(data: bytes) -> str:
+    """Strict UTF-8, or a BadInput naming the offset of the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"content is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
+
+
+#: content type -> its extractor; issue 18 adds PDF, HTML and DOCX here
+CONTENT_TYPES: dict[str, ContentType] = {t.name: t for t in (
+    ContentType("text/plain", True, decode_utf8),
+    ContentType("text/markdown", True, decode_utf8),
+)}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A checked put, ready for `Store.put_document(**upload.store_fields())`."""
+
+    key: str
+    title: str
+    content_type: str
+    metadata: dict[str, Any] | None
+    content_hash: str  # sha256 of the content's bytes, as ingest hashes a file
+    size: int  # bytes of content
+    chunks: list[tuple[int, str, str]]  # (position, text, sha256 of the text)
+
+    def store_fields(self) -> dict[str, Any]:
+        return {"key": self.key, "content_hash": self.content_hash, "source": SOURCE, "title": self.title,
+                "size": self.size, "chunks": self.chunks, "content_type": self.content_type,
+                "metadata": self.metadata}
+
+
+def prepare(key: Any, content: Any, *, content_type: Any = None, title: Any = None, metadata: Any = None,
+            limits: DocumentsSettings, chunk_words: int, chunk_overlap: int) -> Upload:
+    """Check every field of a put and chunk its content; BadInput (TooLarge for content over
+    the limit) on the first field that is wrong. Cheap checks come before the content is
+    decoded or chunked, so a bad key costs nothing whatever the document's size."""
+    key = check_key(key, max_chars=limits.max_key_chars)
+    ctype = lookup_content_type(content_type)
+    meta = check_metadata(metadata, max_entries=limits.max_metadata_entries, max_bytes=limits.max_metadata_bytes)
+    title = check_title(title, max_chars=limits.max_title_chars)
+    text, raw = extract(content, ctype, max_bytes=limits.max_document_bytes)
+    chunks = chunk_rows(text, words=chunk_words, overlap=chunk_overlap)
+    if not chunks:
+        raise BadInput("content holds no text (empty or only whitespace)")
+    title = title or default_title(text, fallback=key, limit=min(TITLE_CHARS, limits.max_title_chars))
+    return Upload(key=key, title=title, content_type=ctype.name, metadata=meta,
+                  content_hash=hashlib.sha256(raw).hexdigest(), size=len(raw), chunks=chunks)
+
+
+# --- the fields --------------------------------------------------------------------------
+def check_key(key: Any, *, max_chars: int) -> str:
+    if not isinstance(key, str):
+        raise BadInput(f"key must be a string, got {type(key).__name__}")
+    if not key:
+        raise BadInput("key is empty")
+    if len(key) > max_chars:
+        raise BadInput(f"key of {len(key)} characters exceeds documents.max_key_chars ({max_chars})")
+    if (bad := _CONTROL.search(key)) is not None:
+        raise BadInput(f"key holds a control character (U+{ord(bad.group()):04X} at {bad.start()})")
+    return key
+
+
+def lookup_content_type(value: Any) -> ContentType:
+    """The table's entry for `value` ("text/markdown; charset=utf-8" is text/markdown)."""
+    if value is None:
+        return CONTENT_TYPES[DEFAULT_CONTENT_TYPE]
+    if not isinstance(value, str):
+        raise BadInput(f"content_type must be a string, got {type(value).__name__}")
+    name, *params = (part.strip().lower() for part in value.split(";"))
+    known = CONTENT_TYPES.get(name)
+    if known is None:
+        raise BadInput(f"unknown content_type {value!r} (known: {', '.join(CONTENT_TYPES)})")
+    for param in params:
+        if param.startswith("charset=") and param[8:].strip('"') not in ("utf-8", "utf8", "us-ascii"):
+            raise BadInput(f"content_type {value!r}: text is taken as UTF-8 only")
+    return known
+
+
+def check_title(title: Any, *, max_chars: int) -> str | None:
+    """The title as given, stripped; None (make one from the text) when absent or blank."""
+    if title is None:
+        return None
+    if not isinstance(title, str):
+        raise BadInput(f"title must be a string, got {type(title).__name__}")
+    if len(title) > max_chars:
+        raise BadInput(f"title of {len(title)} characters exceeds documents.max_title_chars ({max_chars})")
+    return title.strip() or None
+
+
+def check_metadata(metadata: Any, *, max_entries: int, max_bytes: int) -> dict[str, Any] | None:
+    """A flat map of string keys to str, int, float, bool or None; None when empty."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise BadInput(f"metadata must be a map, got {type(metadata).__name__}")
+    if len(metadata) > max_entries:
+        raise BadInput(f"metadata has {len(metadata)} entries, over documents.max_metadata_entries ({max_entries})")
+    for name, value in metadata.items():
+        if not isinstance(name, str):
+            raise BadInput(f"metadata keys must be strings, got {type(name).__name__}")
+        if not isinstance(value, SCALARS):
+            raise BadInput(f"metadata {name!r}: values must be str, int, float, bool or null "
+                           f"(a flat map), got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadInput(f"metadata {name!r}: {value} is not a finite number")
+    size = len(json.dumps(metadata, sort_keys=True, separators=(",", ":")))  # as the store keeps it
+    if size > max_bytes:
+        raise BadInput(f"metadata of {size} bytes as JSON exceeds documents.max_metadata_bytes ({max_bytes})")
+    return metadata or None
+
+
+def extract(content: Any, ctype: ContentType, *, max_bytes: int) -> tuple[str, bytes]:
+    """(text, the content's bytes): the size is checked before anything is decoded."""
+    if isinstance(content, str):
+        if not ctype.text:
+            raise BadInput(f"content_type {ctype.name} takes bytes, not a string")
+        try:
+            raw = content.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: only a local caller can send one
+            raise BadInput(f"content is not valid Unicode (character {exc.start})") from None
+        _check_size(len(raw), max_bytes)
+        return content, raw
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        raw = bytes(content)
+        _check_size(len(raw), max_bytes)
+        return ctype.extract(raw), raw
+    if content is None:
+        raise BadInput("put needs 'content' (a string, or bytes with a content_type)")
+    raise BadInput(f"content must be a string or bytes, got {type(content).__name__}")
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise TooLarge(f"content of {size} bytes exceeds documents.max_document_bytes ({max_bytes})")
+
+
+# --- text to chunks ------------------------------------------------------------------------
+def chunk_rows(text: str, *, words: int, overlap: int) -> list[tuple[int, str, str]]:
+    """(position, text, sha256) of every chunk of `text`, as `roxi ingest` cuts a file:
+    line ends are normalised first as a text-mode file read does (\\r\\n and \\r to \\n)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return list(iter_chunk_rows(_lines(text), words=words, overlap=overlap))
+
+
+def iter_chunk_rows(lines: Iterable[str], *, words: int, overlap: int) -> Iterator[tuple[int, str, str]]:
+    """(position, text, sha256) of the chunks of a document given as lines (an open file)."""
+    for chunk in iter_chunks_from_lines(lines, size=words, overlap=overlap):
+        yield chunk.position, chunk.text, hashlib.sha256(chunk.text.encode()).hexdigest()
+
+
+def default_title(text: str, *, fallback: str, limit: int = TITLE_CHARS) -> str:
+    """The first Markdown heading or first non-empty line (of the first TITLE_LINES), else
+    `fallback`: what `roxi ingest` takes from a file."""
+    for _, line in zip(range(TITLE_LINES), _lines(text)):
+        found = line.strip().lstrip("#").strip()
+        if found:
+            return found[:limit]
+    return fallback[:limit]
+
+
+def _lines(text: str) -> Iterator[str]:
+    # Lazy, unlike str.splitlines: a 16 MiB text is not held twice.
+    pos, length = 0, len(text)
+    while pos < length:
+        end = text.find("\n", pos)
+        if end < 0:
+            yield text[pos:]
+            return
+        yield text[pos:end]
+        pos = end + 1
