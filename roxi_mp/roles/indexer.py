@@ -32,6 +32,8 @@ log = logging.getLogger("roxi.indexer")
 
 #: received messages buffered from all embedders together
 VECTORS_HWM = 64
+#: seconds between looks for chunks whose vector is to be copied (awake, asleep)
+COPY_CHECK_SECONDS = (0.5, 1.0)
 #: seconds before a failed commit is retried, doubling up to the maximum
 COMMIT_RETRY_INITIAL = 0.5
 COMMIT_RETRY_MAX = 30.0
@@ -57,10 +59,12 @@ class Indexer(Role):
         self.pub: zmq.Socket | None = None  # generation events to the query server
         self.model_id, self.dim = "", 0
         self.pending: dict[int, np.ndarray] = {}  # chunk id -> float16 row, insertion ordered
+        self.copies: set[int] = set()  # those of `pending` copied from a row, not embedded
+        self.next_copy_check = 0.0  # when to look for chunks to copy (0: at once)
         self.deadline: float | None = None  # when the pending rows are committed
         self.generation = 0
         self.commits = self.rows_committed = self.duplicates = self.rejected = 0
-        self.commit_failures = 0
+        self.commit_failures = self.copied = 0
         self.last_error: str | None = None
         self.last_activity = 0.0  # last time vectors arrived
 
@@ -110,6 +114,8 @@ class Indexer(Role):
                     break
                 self._receive([f.buffer for f in frames])
         now = time.monotonic()
+        if now >= self.next_copy_check and not self.commit_failures:
+            self._take_copies(now)
         if self.pending and self.deadline is None:
             self.deadline = now + self.cfg.indexer.commit_max_ms / 1000
         due = len(self.pending) >= self.cfg.indexer.commit_max_rows or now >= (self.deadline or now)
@@ -123,6 +129,25 @@ class Indexer(Role):
             # supervisor slow down once every role is idle.
             self.state = IState.ASLEEP
             memory.release()
+
+    def _take_copies(self, now: float) -> None:
+        """Chunks whose text was embedded before get that row's vector: read here, committed
+        with the received ones, no embedder asked (store_docs: "vectors are never bought twice")."""
+        self.next_copy_check = now + COPY_CHECK_SECONDS[self.state is IState.ASLEEP]
+        room = self.cfg.indexer.commit_max_rows - len(self.pending)
+        if room <= 0 or not self.store.has_copies():
+            return
+        found = [(cid, row) for cid, row in self.store.claim_copies(room + len(self.copies))
+                 if cid not in self.pending][:room]
+        if not found:
+            return
+        matrix = self.writer.read_rows(np.array([row for _, row in found], dtype=np.int64))
+        for i, (cid, _) in enumerate(found):
+            self.pending[cid] = matrix[i]
+            self.copies.add(cid)
+        self.last_activity = time.monotonic()
+        if self.state is IState.ASLEEP:
+            self.state = IState.AWAKE
 
     def _receive(self, frames: list[memoryview]) -> None:
         try:
@@ -150,12 +175,15 @@ class Indexer(Role):
             stale = [cid for cid in self.pending if cid not in fresh]
             for cid in stale:
                 del self.pending[cid]
+                self.copies.discard(cid)
             self.duplicates += len(stale)
             if self.pending:
                 ids = list(self.pending)
-                self.generation = commit(self.store, self.writer, ids, np.stack([self.pending[cid] for cid in ids]))
+                self.generation = commit(self.store, self.writer, ids, np.stack([self.pending[cid] for cid in ids]),
+                                         reused=len(self.copies))
                 self.commits += 1
                 self.rows_committed += len(ids)
+                self.copied += len(self.copies)
                 self._publish()
         except (OSError, sqlite3.Error, StoreError) as exc:
             self.commit_failures += 1
@@ -169,6 +197,7 @@ class Indexer(Role):
             log.info("commit succeeded after %d failed attempts", self.commit_failures)
         self.commit_failures, self.last_error = 0, None
         self.pending.clear()
+        self.copies.clear()
         self.deadline = None
 
     def _publish(self) -> None:
@@ -186,8 +215,12 @@ class Indexer(Role):
             return {"state": state}
         return {"state": state, "rows": self.writer.rows, "generation": self.generation,
                 "commits": self.commits, "duplicates": self.duplicates, "rejected": self.rejected,
-                "commit_failures": self.commit_failures, "last_error": self.last_error,
+                "commit_failures": self.commit_failures, "last_error": self.last_error, "copied": self.copied,
                 **self.builds.info()}
+
+    def command(self, msg: dict, now: float) -> None:
+        if msg.get("op") == "work":  # new documents: some of their chunks may be copies
+            self.next_copy_check = 0.0
 
     def shutdown(self) -> None:
         if self.pull is not None:
