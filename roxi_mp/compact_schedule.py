@@ -107,8 +107,9 @@ class Compactions:
         if self.phase is Phase.COPYING:
             self._reap(now, store)
         elif self.phase is Phase.CLEANING:
-            if not self.cleanup.step(store):
-                self.phase, self.cleanup, self.seen = Phase.IDLE, None, None
+            if not self.cleanup.step(store):  # done: count the dead rows (tombstones kept) again
+                self.phase, self.cleanup = Phase.IDLE, None
+                self.seen, self.dead = tuple(store.visibility()), store.dead_rows()
         elif self.phase is Phase.IDLE and now >= self.next_check:
             self._check(store, now)
 

@@ -170,6 +170,7 @@ class Cleanup:
     def __init__(self, cfg: Config, epoch: int) -> None:
         self.cfg, self.epoch = cfg, epoch
         self.phase = 0
+        self.free = -1  # free pages after the last vacuum step
         self.deleted_chunks = self.deleted_documents = 0
 
     def step(self, store: Store) -> bool:
@@ -193,10 +194,14 @@ class Cleanup:
             self.deleted_documents += n
             self.phase += n < CLEANUP_BATCH
         elif self.phase == 3:
-            store.conn.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+            if store.conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2: INCREMENTAL
+                self.phase = 4  # a store created before: its free pages are reused, not given back
+                return True
+            # executescript steps the pragma to its end; execute() would free one page.
+            store.conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
             free = store.conn.execute("PRAGMA freelist_count").fetchone()[0]
-            auto = store.conn.execute("PRAGMA auto_vacuum").fetchone()[0]
-            self.phase += free == 0 or auto != 2  # 2: INCREMENTAL (stores created before it: reused, not freed)
+            self.phase += free == 0 or free == self.free  # done, or stuck (never loop forever)
+            self.free = free
         else:
             store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             log.info("compaction cleanup: %d chunks and %d dead documents deleted", self.deleted_chunks,

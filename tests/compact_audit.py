@@ -23,10 +23,26 @@ from roxi_mp.store import Store
 from roxi_mp.vectors import HEADER_BYTES, VectorWriter, read_header
 
 
+Embed = Callable[[list[str]], np.ndarray]
+
+
 def vec(text: str, dim: int) -> np.ndarray:
     seed = int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
     x = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
     return (x / np.linalg.norm(x)).astype(np.float16)
+
+
+def distinct_vectors(dim: int) -> Embed:
+    """A distinct vector per text, fast (unit tests, benchmarks)."""
+    return lambda texts: np.stack([vec(t, dim) for t in texts]) if texts else np.zeros((0, dim), np.float16)
+
+
+def hashing_vectors(dim: int) -> Embed:
+    """What a running system's hashing embedder makes of each text (integration tests)."""
+    from roxi_mp.embedders import HashingEmbedder
+
+    model = HashingEmbedder(dim=dim)
+    return lambda texts: model.encode(texts).astype(np.float16)
 
 
 def digest(text: str) -> str:
@@ -43,8 +59,9 @@ def texts_of(key: str, n: int, version: int = 1) -> list[str]:
     return [f"{key} v{version} chunk {i}: some words about {key}" for i in range(n)]
 
 
-def commit_pending(cfg: Config, *, model_id: str, dim: int, batch: int = 50_000) -> int:
+def commit_pending(cfg: Config, *, model_id: str, dim: int, batch: int = 50_000, embed: Embed | None = None) -> int:
     """Commit a vector for every pending or copy chunk (what embedders and the indexer do)."""
+    embed = embed or distinct_vectors(dim)
     done = 0
     with Store(cfg.db_path) as store:
         path = cfg.vectors_file(store.vectors_epoch())
@@ -55,8 +72,7 @@ def commit_pending(cfg: Config, *, model_id: str, dim: int, batch: int = 50_000)
                                           "('pending', 'copy') ORDER BY id LIMIT ?", (batch,)).fetchall()
                 if not rows:
                     return done
-                matrix = np.stack([vec(t, dim) for _, t in rows])
-                commit(store, w, [r[0] for r in rows], matrix)
+                commit(store, w, [r[0] for r in rows], embed([t for _, t in rows]))
                 done += len(rows)
 
 
@@ -64,8 +80,9 @@ def vectors_files(data_dir: Path) -> list[str]:
     return sorted(p.name for p in data_dir.iterdir() if is_vectors_file(p.name))
 
 
-def audit(cfg: Config, *, dim: int, strays_allowed: bool = False) -> dict:
+def audit(cfg: Config, *, dim: int, strays_allowed: bool = False, embed: Embed | None = None) -> dict:
     """Raise AssertionError on any inconsistency; return a few facts for further checks."""
+    embed = embed or distinct_vectors(dim)
     with Store(cfg.db_path) as store:
         epoch, rows = store.vectors_epoch(), store.committed_rows()
         found = store.conn.execute("SELECT row, text, state FROM chunks WHERE row IS NOT NULL ORDER BY row").fetchall()
@@ -79,7 +96,7 @@ def audit(cfg: Config, *, dim: int, strays_allowed: bool = False) -> dict:
     data = np.memmap(path, dtype="<f2", mode="r", offset=HEADER_BYTES, shape=(rows, dim)) if rows else np.zeros((0, dim))
     for start in range(0, rows, 20_000):
         part = found[start:start + 20_000]
-        want = np.stack([vec(t, dim) for _, t, _ in part])
+        want = embed([t for _, t, _ in part])
         bad = np.flatnonzero(~(np.asarray(data[start:start + len(part)]) == want).all(axis=1))
         assert not len(bad), f"row {start + bad[0]} does not hold its chunk's vector"
     return {"epoch": epoch, "rows": rows, "dead": dead, "path": path}

@@ -199,7 +199,7 @@ class FakeArbiter:
 def arbiter(cfg: Config):
     build(cfg)
     store = Store(cfg.db_path)
-    indexer = SimpleNamespace(kind="indexer", state=ChildState.RUNNING,
+    indexer = SimpleNamespace(kind="indexer", state=ChildState.RUNNING, pid=4321,
                               info={"compaction": {"running": False, "count": 0}})
     clock = FakeClock()
     made = FakeArbiter()
@@ -220,6 +220,11 @@ def test_compact_asks_the_indexer_once(arbiter, monkeypatch) -> None:
     assert compact_command.execute(arbiter, {"op": "compact"})["started"] is False
     arbiter.children[0].info = {"compaction": {"running": False, "count": 1}}  # it finished
     assert compact_command.execute(arbiter, {"op": "compact"})["started"] is True
+    arbiter.children[0].info = {"compaction": {"running": False, "count": 1, "error": "child exited with -9"}}
+    assert compact_command.execute(arbiter, {"op": "compact"})["started"] is True  # it failed: ask again
+    arbiter.children[0].pid = 4322  # the indexer restarted: whatever it was doing is gone
+    assert compact_command.execute(arbiter, {"op": "compact"})["started"] is True
+    assert compact_command.execute(arbiter, {"op": "compact"})["started"] is False
     assert "compact" in protocol.ROLE_OPS
 
 
