@@ -165,7 +165,7 @@ def run(cfg: Config, epoch: int) -> Result:
     _write_durably(rows_path(cfg, epoch), lambda f: np.save(f, kept, allow_pickle=False))
     result = Result(epoch, rows, len(kept), round(time.monotonic() - started, 3))
     _write_durably(result_path(cfg, epoch), lambda f: f.write(json.dumps(asdict(result)).encode()))
-    log.info("compaction to epoch %d: kept %d of %d rows in %.1f s", epoch, len(kept), rows, result.seconds)
+    log.info("compaction to epoch %d: kept %d of %d rows in %.3f s", epoch, len(kept), rows, result.seconds)
     return result
 
 

@@ -171,6 +171,7 @@ class Cleanup:
         self.cfg, self.epoch = cfg, epoch
         self.phase = 0
         self.free = -1  # free pages after the last vacuum step
+        self.started = time.monotonic()
         self.deleted_chunks = self.deleted_documents = 0
 
     def step(self, store: Store) -> bool:
@@ -204,7 +205,7 @@ class Cleanup:
             self.free = free
         else:
             store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            log.info("compaction cleanup: %d chunks and %d dead documents deleted", self.deleted_chunks,
-                     self.deleted_documents)
+            log.info("compaction cleanup: %d chunks and %d dead documents deleted, space given back, in %.1f s",
+                     self.deleted_chunks, self.deleted_documents, time.monotonic() - self.started)
             return False
         return True
