@@ -94,6 +94,7 @@ def test_compact_op_shrinks_the_file_while_queries_answer(system, make_config) -
     assert vectors_files(cfg.data_dir) == ["vectors.1.faiss"]
     assert cfg.vectors_file(1).stat().st_size == HEADER_BYTES + 150 * 2 * DIM
     assert not queries.errors, queries.errors[:3]
+    assert s.role("query")["mapped_bytes"] > 0  # status finds the mapping of whichever epoch's file
     with s.control() as c:  # nothing left to reclaim
         assert c.command("compact")["started"] is False
     s.stop()
