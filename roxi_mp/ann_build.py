@@ -160,21 +160,34 @@ def _write(index: Any, header: AnnHeader, ann_path: Path, *, skip_storage: bool)
     fsync_path(ann_path.parent)
 
 
+def _current_vectors(cfg: Config) -> Path:
+    """The vectors file the store's meta names (a compaction moves it to the next epoch)."""
+    from .store import Store
+
+    if not cfg.db_path.exists():  # vectors without a store (tests, tools): the first epoch's file
+        return cfg.vectors_path
+    with Store.open(cfg, migrate=False) as store:
+        return cfg.vectors_file(store.vectors_epoch())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m roxi_mp.ann_build --rows N [--data-dir D] [--config C]`: one build, then exit."""
+    """`python -m roxi_mp.ann_build --rows N [--vectors PATH] [--data-dir D] [--config C]`: one
+    build over the vectors file PATH (by default the store's current one), then exit."""
     from . import config as config_mod
     from .process import child_parser, die_with_parent
     from .roles.base import setup_logging
 
     parser = child_parser("roxi_mp.ann_build")
     parser.add_argument("--rows", type=int, required=True)
+    parser.add_argument("--vectors", default=None, help="the vectors file (default: the current epoch's)")
     args = parser.parse_args(argv)
     die_with_parent()  # an indexer killed mid-build takes its build with it
     os.nice(10)  # a background build gives way to queries and embedding
     setup_logging("ann-build")
     try:
         cfg = config_mod.load(args.config, data_dir=args.data_dir)
-        build(cfg.vectors_path, cfg.ann_path, BuildParams.from_config(cfg), rows=args.rows)
+        build(Path(args.vectors) if args.vectors else _current_vectors(cfg), cfg.ann_path,
+              BuildParams.from_config(cfg), rows=args.rows)
     except ConfigError as exc:
         print(f"roxi: index build: {exc}", file=sys.stderr)
         return BOOT_ERROR

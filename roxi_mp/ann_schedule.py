@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -33,9 +34,11 @@ class Builds:
     """
 
     def __init__(self, cfg: Config, *, covered: int = 0, spawn: Any = None,
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic, vectors_path: Path | None = None) -> None:
         self.cfg = cfg
         self.covered = covered
+        # The current epoch's file (a compaction moves it on: `reset`); the build maps it.
+        self.vectors_path = vectors_path or cfg.vectors_path
         self.spawn = spawn or self._spawn
         self.clock = clock
         self.proc: Any = None
@@ -57,8 +60,9 @@ class Builds:
         return (self.covered == 0 or new >= max(i.ann_update_rows, UPDATE_FRACTION * self.covered)
                 or now - self.last_end >= i.ann_update_seconds)
 
-    def step(self, rows: int) -> bool:
-        """Reap a finished build or start a due one; True when a new index was installed."""
+    def step(self, rows: int, *, hold: bool = False) -> bool:
+        """Reap a finished build or start a due one (none while `hold`: a compaction is
+        about to renumber the rows); True when a new index was installed."""
         now = self.clock()
         if self.proc is not None:
             code = self.proc.poll()
@@ -76,15 +80,20 @@ class Builds:
             self.retry_at = now + delay
             log.error("index build exited with %s; retrying in %.0f s", code, delay)
             return False
-        if self.due(rows, now):
+        if not hold and self.due(rows, now):
             self.target, self.started = rows, now
             self.proc = self.spawn(rows)
             log.info("building the %s index over %d rows", self.cfg.indexer.index, rows)
         return False
 
     def _spawn(self, rows: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "roxi_mp.ann_build", *self.cfg.to_argv(), "--rows", str(rows)],
-                                stdin=subprocess.DEVNULL, close_fds=True)
+        return subprocess.Popen([sys.executable, "-m", "roxi_mp.ann_build", *self.cfg.to_argv(), "--rows", str(rows),
+                                 "--vectors", str(self.vectors_path)], stdin=subprocess.DEVNULL, close_fds=True)
+
+    def reset(self, vectors_path: Path) -> None:
+        """A compaction switched to `vectors_path` (and removed the index): build anew."""
+        self.stop()
+        self.vectors_path, self.covered, self.retry_at = vectors_path, 0, 0.0
 
     def stop(self, timeout: float = 5.0) -> None:
         """End a running build (its .tmp file is removed at the next start)."""

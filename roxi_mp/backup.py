@@ -10,24 +10,31 @@ crash never leaves a listed half backup. A store that never recorded a model is 
 as its database alone (no model, dim or `vectors.faiss` in the manifest); restoring it
 stages the header-only vectors file the indexer would create for the configured model, so
 the swap (roxi_mp.staging, crash-safe, under the data dir's lock) always installs both.
+
+The vectors file copied is the one the database copy names (its meta vectors_epoch: a
+compaction moves the store to a new file); in the backup it is always `vectors.faiss`,
+and the copy's epoch is set to 0 to match, so a restore installs a consistent pair. If a
+compaction switched files between the database copy and the file's opening, the old file
+is gone: the backup is taken again, once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from . import migrations
+from .backup_manifest import FORMAT_VERSION, KINDS, BackupError, Manifest
+from .compact import is_vectors_file
 from .config import Config
 from .embedders import make_embedder
 from .errors import BadInput, StoreError
@@ -38,10 +45,6 @@ from .vectors import HEADER_BYTES, VectorWriter, model_tag, read_header
 
 log = logging.getLogger("roxi.backup")
 
-#: version of the backup layout and manifest; verify refuses any other
-FORMAT_VERSION = 1
-#: what may start a backup
-KINDS = ("manual", "scheduled", "milestone")
 #: file names inside a backup directory (the store's two keep their data-dir names)
 DB, VECTORS, MANIFEST = "roxi.sqlite3", "vectors.faiss", "manifest.json"
 #: suffix of a backup being written (or deleted); never listed
@@ -61,63 +64,8 @@ Progress = Callable[[int, int], None]
 Meter = Callable[[int], None]
 
 
-class BackupError(StoreError):
-    """A backup cannot be made or trusted; the message names the offending file."""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    format_version: int
-    created: str
-    kind: str
-    model_id: str | None
-    dim: int | None
-    rows: int
-    chunks: int
-    indexed: int
-    documents: int
-    files: dict[str, dict]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str, *, path: Path) -> "Manifest":
-        """Parse strictly: anything unexpected is a BackupError naming `path`."""
-        try:
-            raw = json.loads(text)
-        except ValueError as exc:
-            raise BackupError(f"{path}: manifest is not valid JSON ({exc})") from None
-        version = raw.get("format_version") if isinstance(raw, dict) else None
-        if type(version) is not int or version != FORMAT_VERSION:
-            raise BackupError(f"{path}: unsupported backup format_version {version!r} "
-                              f"(this roxi-mp reads {FORMAT_VERSION})")
-        types = {f.name: (int,) for f in fields(cls)} | {"created": (str,), "kind": (str,), "files": (dict,),
-                                                         "model_id": (str, type(None)), "dim": (int, type(None))}
-        if set(raw) != set(types):
-            raise BackupError(f"{path}: manifest fields differ from the format: missing "
-                              f"{sorted(set(types) - set(raw))}, unknown {sorted(set(raw) - set(types))}")
-        for name, allowed in sorted(types.items()):
-            if type(raw[name]) not in allowed or (type(raw[name]) is int and raw[name] < 0):
-                raise BackupError(f"{path}: manifest field {name!r} has a wrong value {raw[name]!r}")
-        if raw["kind"] not in KINDS:
-            raise BackupError(f"{path}: manifest kind {raw['kind']!r} is not one of {', '.join(KINDS)}")
-        if (raw["model_id"] is None) != (raw["dim"] is None) or raw["dim"] == 0:
-            raise BackupError(f"{path}: manifest model_id and dim must both be set (dim > 0) or both null")
-        try:
-            datetime.fromisoformat(raw["created"])
-        except ValueError:
-            raise BackupError(f"{path}: manifest created {raw['created']!r} is not ISO 8601") from None
-        for name, entry in raw["files"].items():
-            # Restore joins these names to directories: only plain names may pass.
-            if not name or any(bad in name for bad in ("/", "\\", "\0", "..")):
-                raise BackupError(f"{path}: manifest names a file {name!r} that is not a plain file name")
-            if (not isinstance(entry, dict) or set(entry) != {"bytes", "sha256"}
-                    or type(entry["bytes"]) is not int or entry["bytes"] < 0
-                    or not isinstance(entry["sha256"], str) or len(entry["sha256"]) != 64
-                    or set(entry["sha256"]) - set("0123456789abcdef")):
-                raise BackupError(f"{path}: manifest entry for {name!r} is malformed: {entry!r}")
-        return cls(**raw)
+class _Vanished(BackupError):
+    """The snapshot's vectors file is gone (a compaction switched meanwhile): take it again."""
 
 
 @dataclass(frozen=True)
@@ -135,20 +83,14 @@ def create(cfg: Config, root: Path, *, kind: str = "manual", progress: Progress 
         raise BackupError(f"{cfg.db_path}: no store to back up")
     now, partial = _start_partial(Path(root))
     try:
-        with Store.open(cfg, migrate=False) as live:
-            live.backup_to(partial / DB)
-        checkpoint(partial / DB)  # one self-contained file, readable with no -wal or -shm beside it
-        facts = _db_facts(partial / DB, integrity=False)  # the copy, not the live db: it is the snapshot
-        _check_facts(facts, cfg.db_path)
+        try:
+            facts, files = _snapshot(cfg, partial, progress)
+        except _Vanished as exc:
+            log.info("%s; taking the backup again", exc)
+            for entry in partial.iterdir():
+                entry.unlink()
+            facts, files = _snapshot(cfg, partial, progress)
         rows, model_id, dim = facts["rows"], facts["model_id"], facts["dim"]
-        vectors_bytes = HEADER_BYTES + rows * 2 * dim if model_id is not None else 0
-        meter = _meter(progress, 2 * vectors_bytes + (partial / DB).stat().st_size)
-        if model_id is not None:
-            _copy_vectors(cfg.vectors_path, partial / VECTORS, rows=rows, dim=dim, model_id=model_id,
-                          meter=meter)
-        fsync_path(partial / DB)
-        files = {name: {"bytes": (partial / name).stat().st_size, "sha256": _stream(partial / name, meter)}
-                 for name in FILES[model_id is not None]}
         manifest = Manifest(format_version=FORMAT_VERSION, created=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                             kind=kind, model_id=model_id, dim=dim, rows=rows, chunks=facts["chunks"],
                             indexed=facts["indexed"], documents=facts["documents"], files=files)
@@ -163,6 +105,38 @@ def create(cfg: Config, root: Path, *, kind: str = "manual", progress: Progress 
         raise
     log.info("backup %s: %d rows, %d chunks (%s)", final, rows, facts["chunks"], kind)
     return final
+
+
+def _snapshot(cfg: Config, partial: Path, progress: Progress | None) -> tuple[dict, dict]:
+    """The database copy and its vectors into `partial`: (the copy's facts, the files' entries)."""
+    with Store.open(cfg, migrate=False) as live:
+        live.backup_to(partial / DB)
+    epoch = _reset_epoch(partial / DB)  # the file is vectors.faiss in the backup: epoch 0
+    checkpoint(partial / DB)  # one self-contained file, readable with no -wal or -shm beside it
+    facts = _db_facts(partial / DB, integrity=False)  # the copy, not the live db: it is the snapshot
+    _check_facts(facts, cfg.db_path)
+    rows, model_id, dim = facts["rows"], facts["model_id"], facts["dim"]
+    vectors_bytes = HEADER_BYTES + rows * 2 * dim if model_id is not None else 0
+    meter = _meter(progress, 2 * vectors_bytes + (partial / DB).stat().st_size)
+    if model_id is not None:
+        _copy_vectors(cfg.vectors_file(epoch), partial / VECTORS, rows=rows, dim=dim, model_id=model_id,
+                      meter=meter)
+    fsync_path(partial / DB)
+    files = {name: {"bytes": (partial / name).stat().st_size, "sha256": _stream(partial / name, meter)}
+             for name in FILES[model_id is not None]}
+    return facts, files
+
+
+def _reset_epoch(db: Path) -> int:
+    """Set a database copy's vectors epoch to 0 (its file is vectors.faiss); return the old one."""
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='vectors_epoch'").fetchone()
+        if row is not None and row[0] != "0":
+            conn.execute("UPDATE meta SET value='0' WHERE key='vectors_epoch'")
+        return int(row[0]) if row is not None else 0
+    finally:
+        conn.close()
 
 
 def list_backups(root: Path) -> list[BackupInfo]:
@@ -252,11 +226,15 @@ def restore(cfg: Config, path: Path, *, progress: Progress | None = None) -> Man
             if manifest.model_id is None:
                 model = make_embedder(cfg)  # cheap: only its id and dim, no weights
                 VectorWriter(stage / VECTORS, dim=model.dim, model_id=model.model_id).close()
+            _reset_epoch(stage / DB)  # installed as vectors.faiss (a backup's own copy says 0 already)
             fsync_path(stage)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
-        swap_in(cfg, stage)
+        previous = swap_in(cfg, stage)
+        for entry in cfg.data_dir.glob("vectors.*.faiss"):  # the replaced store's compacted file
+            if is_vectors_file(entry.name):
+                os.replace(entry, previous / entry.name)
     finally:
         lock.release()
     log.info("restored %s (%d rows, %d chunks) into %s", path, manifest.rows, manifest.chunks, cfg.data_dir)
@@ -342,7 +320,8 @@ def _check_facts(facts: dict, db: Path) -> None:
         raise BackupError(f"{db}: {rows} committed rows under model {facts['model_id']!r}, "
                           f"dim {facts['dim']!r}")
     shape = (facts["with_row"], facts["distinct_rows"], facts["min_row"], facts["max_row"])
-    if facts["indexed"] != rows or shape != ((rows, rows, 0, rows - 1) if rows else (0, 0, None, None)):
+    # Rows of dropped chunks (dead versions) are tombstones until a compaction: they hold rows too.
+    if facts["indexed"] > rows or shape != ((rows, rows, 0, rows - 1) if rows else (0, 0, None, None)):
         raise BackupError(f"{db}: inconsistent rows: committed_rows {rows}, {facts['indexed']} chunks "
                           f"indexed, {shape[0]} with a row ({shape[1]} distinct, {shape[2]}..{shape[3]})")
 
@@ -367,10 +346,13 @@ def _copy_vectors(live: Path, copy: Path, *, rows: int, dim: int, model_id: str,
     if not live.exists() and rows == 0:
         VectorWriter(copy, dim=dim, model_id=model_id).close()  # what the indexer would create
         return meter(HEADER_BYTES)
-    if not live.exists():
-        raise BackupError(f"{live}: missing, but the store committed {rows} rows")
-    _check_vectors(live, rows=rows, dim=dim, model_id=model_id, exact=False)
-    _stream(live, meter, copy_to=copy, limit=HEADER_BYTES + rows * 2 * dim)
+    try:
+        _check_vectors(live, rows=rows, dim=dim, model_id=model_id, exact=False)
+        _stream(live, meter, copy_to=copy, limit=HEADER_BYTES + rows * 2 * dim)
+    except (FileNotFoundError, BackupError):
+        if not live.exists():  # a compaction switched files after the database copy
+            raise _Vanished(f"{live}: missing, but the store committed {rows} rows") from None
+        raise
     # The copied header may count rows past the snapshot (or fewer, not yet published).
     with VectorWriter(copy, dim=dim, model_id=model_id) as writer:
         writer.recover(rows)  # exactly `rows` in the header and the file, fsynced

@@ -22,8 +22,10 @@ from .store import Store
 from .vectors import VectorWriter
 
 
-def commit(store: Store, writer: VectorWriter, chunk_ids: Sequence[int], matrix: np.ndarray) -> int:
-    """Commit rows for chunks that have none yet; returns the new generation."""
+def commit(store: Store, writer: VectorWriter, chunk_ids: Sequence[int], matrix: np.ndarray, *,
+           reused: int = 0) -> int:
+    """Commit rows for chunks that have none yet; returns the new generation. `reused` of
+    them are vectors copied from an identical chunk's row (counted in the store's meta)."""
     start = store.committed_rows()
     try:
         first = writer.append(matrix)  # a full disk may fail it halfway
@@ -31,7 +33,7 @@ def commit(store: Store, writer: VectorWriter, chunk_ids: Sequence[int], matrix:
             raise StoreError(f"vectors file has {first} rows, the store committed {start}")
         writer.sync()
         rows = first + len(chunk_ids)
-        generation = store.commit_rows(list(zip(chunk_ids, range(first, rows))), rows=rows)
+        generation = store.commit_rows(list(zip(chunk_ids, range(first, rows))), rows=rows, reused=reused)
     except Exception:
         writer.recover(store.committed_rows())  # take back what the failed commit appended
         raise

@@ -43,6 +43,8 @@ map; its own size limit, documents.max_document_bytes plus room for the other fi
 Ops of the supervisor's control socket (supervisor/commands/*.py, one module each):
     notify {"event": "work" | "pause" | "resume"}   ping   status   restart {"role"}
     stop {"role"?}   sleep {"role"?}   wake {"role"?}
+    compact -> {"started", "running", "message"} (never a second one while one runs; not
+           enough disk for the new vectors file: error code busy with the reason)
 Ops of the query model process (roxi_mp.model_process, a ROUTER in the run directory):
     ping -> {"pong": true}       encode {"texts"} -> {"dtype", "shape"} plus a float32 frame
 
@@ -61,7 +63,8 @@ Pipeline sockets, inside the system only:
         target: "all", a role kind ("embedder") or a name ("embedder-2")
         op (ROLE_OPS): sleep, wake (to any role); work, pause, resume (notify: `roxi ingest`,
         a put on the documents endpoint, `pause`, `resume`); queries (query traffic flows:
-        embedders yield for a while)
+        embedders yield for a while); compact (to the indexer: `roxi compact`, start a
+        compaction now)
 
 Error codes (the "code" of an error reply; one table, in roxi_mp.errors, re-exported here):
     bad_request, bad_version, unknown_op, too_large (the request), model_mismatch, config,
@@ -111,7 +114,7 @@ EVENT_BYTES = 4096
 VECTORS_HEADER_BYTES = 1 << 20
 
 #: ops the supervisor publishes to roles; a role ignores those it has no use for
-ROLE_OPS = ("sleep", "wake", "work", "pause", "resume", "queries")
+ROLE_OPS = ("sleep", "wake", "work", "pause", "resume", "queries", "compact")
 
 #: dtypes a vector frame may carry (little-endian on the wire)
 VECTOR_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}

@@ -6,7 +6,9 @@ pending under the new model id, and the chunks are embedded and committed into a
 vectors file through the same commit protocol the indexer uses. Interrupted (Ctrl-C,
 kill -9, power loss), it resumes where it stopped on the next run. Only when every chunk
 has a vector is the staged store swapped in (roxi_mp.staging, crash-safe), the old one
-kept in `previous/`. It runs with the system stopped and holds the data directory's lock
+kept in `previous/` (with the vectors file of the live store's epoch: the staged store
+starts again at epoch 0, `vectors.faiss`, without the dead versions' chunks a compaction
+would have removed). It runs with the system stopped and holds the data directory's lock
 meanwhile, so neither a supervisor nor `roxi ingest` can change the store under it.
 """
 
@@ -14,18 +16,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from .commit import commit
+from .compact import is_vectors_file
 from .config import Config
 from .embedders import EmbedError, make_embedder
 from .errors import BadInput, StoreError
 from .lock import DataDirLock
 from .staging import complete_swap, stage_dir, swap_in
-from .store import FAILED, Store
+from .store import DROPPED, FAILED, Store
 from .vectors import VectorWriter
 
 log = logging.getLogger("roxi.reembed")
@@ -55,7 +59,10 @@ def reembed(cfg: Config, backend: str, *, batch_size: int | None = None,
         model.load()
         stage = _prepare(cfg, model.model_id, model.dim)
         result = _embed(stage, model, batch_size or cfg.embedder.batch_size, progress)
-        swap_in(cfg, stage)
+        previous = swap_in(cfg, stage)
+        for entry in cfg.data_dir.glob("vectors.*.faiss"):  # the replaced store's compacted file
+            if is_vectors_file(entry.name):
+                os.replace(entry, previous / entry.name)
         log.info("store now embedded with %s (dim %d)", result.model_id, result.dim)
         return result
     finally:
@@ -77,8 +84,20 @@ def _prepare(cfg: Config, model_id: str, dim: int):
             live.backup_to(stage / "roxi.sqlite3")
         with Store(stage / "roxi.sqlite3") as staged:
             staged.reset_for_model(model_id, dim)
+            _forget_dead(staged)
         plan.write_text(json.dumps({"model_id": model_id, "dim": dim}))  # written last: the copy is whole
     return stage
+
+
+def _forget_dead(staged: Store) -> None:
+    """No row survives a reembed, so the dead versions' chunks (tombstones until a compaction)
+    can go, and the epoch restarts at 0: the staged vectors file is `vectors.faiss`."""
+    with staged.transaction() as conn:
+        conn.execute("DELETE FROM chunks WHERE state='dropped'")
+        conn.execute("DELETE FROM documents WHERE status='dead' AND NOT EXISTS "
+                     "(SELECT 1 FROM chunks c WHERE c.doc_id = documents.id) AND version < "
+                     "(SELECT max(o.version) FROM documents o WHERE o.key = documents.key)")
+        conn.execute("UPDATE meta SET value='0' WHERE key='vectors_epoch'")
 
 
 def _embed(stage, model, batch_size: int, progress: Callable[[int, int], None] | None) -> Result:
@@ -89,8 +108,8 @@ def _embed(stage, model, batch_size: int, progress: Callable[[int, int], None] |
         total = staged.stats().chunks
         embedded = failed = 0
         while True:
-            rows = staged.conn.execute("SELECT id, text FROM chunks WHERE row IS NULL AND state != ? "
-                                       "ORDER BY id LIMIT ?", (FAILED, batch_size)).fetchall()
+            rows = staged.conn.execute("SELECT id, text FROM chunks WHERE row IS NULL AND state NOT IN (?, ?) "
+                                       "ORDER BY id LIMIT ?", (FAILED, DROPPED, batch_size)).fetchall()
             if not rows:
                 break
             ids, texts = [r[0] for r in rows], [r[1] for r in rows]

@@ -195,6 +195,20 @@ class VectorWriter:
         self._rows += len(codes)
         return first
 
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The float16 vectors of `rows` (each below `self.rows`), as an (n, dim) matrix:
+        the indexer copies a vector it already holds instead of embedding its text again."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self._rows):
+            raise StoreError(f"{self.path}: rows {rows.min()}..{rows.max()} are not all among its {self._rows}")
+        out = np.empty((len(rows), self.dim), dtype="<f2")
+        for i, row in enumerate(rows.tolist()):
+            raw = os.pread(self._fd, self._code_size, HEADER_BYTES + row * self._code_size)
+            if len(raw) != self._code_size:
+                raise StoreError(f"{self.path}: short read of row {row}")
+            out[i] = np.frombuffer(raw, dtype="<f2")
+        return out
+
     def sync(self) -> None:
         """Make appended rows durable: the commit protocol's point before SQLite commits."""
         os.fsync(self._fd)

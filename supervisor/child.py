@@ -18,16 +18,19 @@ from __future__ import annotations
 import contextlib
 import collections
 import enum
+import os
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
 
+from roxi_mp.compact import is_vectors_file
 from roxi_mp.config import RestartSettings
 from roxi_mp.errors import BOOT_ERROR
 from roxi_mp.logs import RotatingLog, tail
-from roxi_mp.memory import mapped
+from roxi_mp.memory import Mapped
 
 
 class ChildState(enum.Enum):
@@ -49,6 +52,30 @@ class ChildState(enum.Enum):
 
 #: states in which a child is up and answering its heartbeat
 LIVE_STATES = (ChildState.RUNNING, ChildState.ASLEEP)
+
+
+def mapped_vectors(pid: int, data_dir: Path) -> Mapped:
+    """How much of the vectors files of `data_dir` process `pid` maps, from /proc/PID/smaps:
+    vectors.faiss and every vectors.<epoch>.faiss (a compaction moves to the next one; the
+    old one, deleted, stays mapped until the query server remaps). Zero if none or unknown."""
+    prefix = os.path.realpath(data_dir) + "/"  # /proc names the resolved path
+    size = rss = 0
+    current = False
+    try:
+        with open(f"/proc/{pid}/smaps") as fh:
+            for line in fh:
+                head = line.split(None, 1)[0]
+                if not head.endswith(":") or "-" in head:  # a mapping's header line
+                    fields = line.rstrip("\n").split(None, 5)
+                    path = fields[5].removesuffix(" (deleted)") if len(fields) == 6 else ""
+                    current = path.startswith(prefix) and is_vectors_file(path[len(prefix):])
+                elif current and head == "Size:":
+                    size += int(line.split()[1]) * 1024
+                elif current and head == "Rss:":
+                    rss += int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return Mapped(0, 0)
+    return Mapped(size, rss)
 
 
 #: module under roxi_mp.roles of each role kind
@@ -158,7 +185,7 @@ class Child:
             self._set_state(ChildState.ASLEEP if info.get("state") == "asleep" else ChildState.RUNNING)
         return ready
 
-    def status(self, now: float, *, vectors_path: Any = None) -> dict[str, Any]:
+    def status(self, now: float, *, vectors_dir: Path | None = None) -> dict[str, Any]:
         row: dict[str, Any] = {
             "name": self.name, "role": self.kind, "state": self.state.shown, "pid": self.pid,
             "uptime": round(now - self.started, 1) if self.proc is not None else None,
@@ -172,10 +199,10 @@ class Child:
                     self._ps = psutil.Process(self.proc.pid)
                 row["rss"] = self._ps.memory_info().rss
                 row["cpu_percent"] = self._ps.cpu_percent(None)
-            if vectors_path is not None:  # read from /proc: asks the child nothing
+            if vectors_dir is not None:  # read from /proc: asks the child nothing
                 # smaps walks the page tables of a mapping (ms for 1M rows): at most once a second
                 if self._mapped is None or self._mapped[0] != self.proc.pid or now - self._mapped[1] >= 1.0:
-                    self._mapped = (self.proc.pid, now, mapped(self.proc.pid, vectors_path))
+                    self._mapped = (self.proc.pid, now, mapped_vectors(self.proc.pid, vectors_dir))
                 held = self._mapped[2]
                 row["mapped_bytes"], row["mapped_rss"] = held.size, held.rss
         if self.state is ChildState.BACKOFF:

@@ -39,7 +39,7 @@ def build_status(arbiter: "Arbiter", now: float) -> dict[str, Any]:
     return {"supervisor": {"pid": os.getpid(), "uptime": round(now - arbiter.started, 1),
                            "state": "stopping" if stopping else "running",
                            "data_dir": str(cfg.data_dir)},
-            "roles": [c.status(now, vectors_path=cfg.vectors_path if c.kind == "query" else None)
+            "roles": [c.status(now, vectors_dir=cfg.data_dir if c.kind == "query" else None)
                       for c in arbiter.children],
             "backups": arbiter.backups.status(),
             "store": arbiter.store_counts.get(arbiter.store, now)}

@@ -19,8 +19,10 @@ import time
 import numpy as np
 import zmq
 
-from .. import ann, ann_schedule, memory, protocol
+from .. import ann, ann_schedule, compact, memory, protocol
 from ..commit import commit
+from ..compact_schedule import Compactions, Phase
+from ..compact_swap import Switched
 from ..config import Config
 from ..embedders import make_embedder
 from ..errors import StoreError
@@ -32,9 +34,13 @@ log = logging.getLogger("roxi.indexer")
 
 #: received messages buffered from all embedders together
 VECTORS_HWM = 64
+#: seconds between looks for chunks whose vector is to be copied (awake, asleep)
+COPY_CHECK_SECONDS = (0.5, 1.0)
 #: seconds before a failed commit is retried, doubling up to the maximum
 COMMIT_RETRY_INITIAL = 0.5
 COMMIT_RETRY_MAX = 30.0
+#: longest poll, seconds, while a compaction's switch runs (its end is looked for between polls)
+SWITCH_POLL_SECONDS = 0.05
 
 
 class IState(enum.Enum):
@@ -53,14 +59,17 @@ class Indexer(Role):
         self.store: Store | None = None
         self.writer: VectorWriter | None = None
         self.builds = None  # the background approximate-index builds
+        self.compactions: Compactions | None = None  # the background compactions
         self.pull: zmq.Socket | None = None  # vectors from the embedders
         self.pub: zmq.Socket | None = None  # generation events to the query server
         self.model_id, self.dim = "", 0
         self.pending: dict[int, np.ndarray] = {}  # chunk id -> float16 row, insertion ordered
+        self.copies: set[int] = set()  # those of `pending` copied from a row, not embedded
+        self.next_copy_check = 0.0  # when to look for chunks to copy (0: at once)
         self.deadline: float | None = None  # when the pending rows are committed
         self.generation = 0
         self.commits = self.rows_committed = self.duplicates = self.rejected = 0
-        self.commit_failures = 0
+        self.commit_failures = self.copied = 0
         self.last_error: str | None = None
         self.last_activity = 0.0  # last time vectors arrived
 
@@ -70,16 +79,21 @@ class Indexer(Role):
         model = make_embedder(self.cfg)
         self.model_id, self.dim = model.model_id, model.dim
         self.store.ensure_model(self.model_id, self.dim)
-        self.writer = VectorWriter(self.cfg.vectors_path, dim=self.dim, model_id=self.model_id)
+        # SQLite names the current vectors file; any other is what an interrupted compaction
+        # left (before its switch: the new file; after it: the old one).
+        path = self.cfg.vectors_file(self.store.vectors_epoch())
+        for stray in compact.remove_strays(self.cfg, self.store.vectors_epoch()):
+            log.warning("removed %s, left by an interrupted compaction", stray.name)
+        self.writer = VectorWriter(path, dim=self.dim, model_id=self.model_id)
         dropped = self.writer.recover(self.store.committed_rows())
         if dropped:
             log.warning("dropped %d uncommitted rows left by an interrupted commit", dropped)
-        stale = ann.remove_stale(self.cfg.ann_path, self.cfg.vectors_path, kind=self.cfg.indexer.index,
-                                 rows=self.writer.rows)
+        stale = ann.remove_stale(self.cfg.ann_path, path, kind=self.cfg.indexer.index, rows=self.writer.rows)
         if stale:
             log.warning("removed an approximate index that no longer fits: %s", stale)
         covered = ann.read_header(self.cfg.ann_path).rows if self.cfg.ann_path.exists() else 0
-        self.builds = ann_schedule.Builds(self.cfg, covered=covered)
+        self.builds = ann_schedule.Builds(self.cfg, covered=covered, vectors_path=path)
+        self.compactions = Compactions(self.cfg, self.store, dim=self.dim)
         self.pull = protocol.configure(self.ctx.socket(zmq.PULL), hwm=VECTORS_HWM,
                                        max_message_bytes=self._max_batch_bytes())
         self.pull.bind(self.cfg.endpoint("vectors"))
@@ -95,8 +109,9 @@ class Indexer(Role):
         return rows * self.dim * 2 + rows * 16 + 64 * 1024
 
     def loop(self, now: float) -> None:
-        timeout = self.poll_timeout()
-        if self.deadline is not None:
+        switching = self.compactions.phase is Phase.SWITCHING
+        timeout = SWITCH_POLL_SECONDS if switching else self.poll_timeout()
+        if self.deadline is not None and not switching:
             timeout = max(0.0, min(timeout, self.deadline - now))
         if self.pull.poll(int(timeout * 1000), zmq.POLLIN):
             self.last_activity = time.monotonic()
@@ -110,19 +125,70 @@ class Indexer(Role):
                     break
                 self._receive([f.buffer for f in frames])
         now = time.monotonic()
+        if switching:  # nothing commits until the switch thread is done
+            if (switched := self.compactions.switched(self.store)) is not None:
+                self._install(switched)
+            return
+        if now >= self.next_copy_check and not self.commit_failures:
+            self._take_copies(now)
         if self.pending and self.deadline is None:
             self.deadline = now + self.cfg.indexer.commit_max_ms / 1000
         due = len(self.pending) >= self.cfg.indexer.commit_max_rows or now >= (self.deadline or now)
         if self.pending and due and not (self.commit_failures and now < (self.deadline or now)):
             self.commit()
-        if self.builds.step(self.writer.rows):
+        self._compact(now)
+        if self.builds.step(self.writer.rows, hold=self.compactions.running):
             self._publish()  # the query server maps the new index at once
         elif (not self.pending and self.state is IState.AWAKE and self.builds.proc is None
+              and not self.compactions.running
               and now - self.last_activity >= self.cfg.embedder.idle_seconds):
             # Nothing to unload (no model, no mapping), but reporting sleep lets the
             # supervisor slow down once every role is idle.
             self.state = IState.ASLEEP
             memory.release()
+
+    def _compact(self, now: float) -> None:
+        """Drive the compactions; when one is ready to switch, switch between two commits."""
+        self.compactions.step(self.store)
+        if self.compactions.running and self.state is IState.ASLEEP:
+            self.state, self.last_activity = IState.AWAKE, now  # status shows the work
+        if self.compactions.phase is not Phase.READY or self.commit_failures:
+            return
+        # Take the copies first: a copy's source may be a dead row the compaction leaves out.
+        self._take_copies(now)
+        if self.pending:
+            self.commit()
+        if not self.commit_failures:
+            self.builds.stop()  # an index over the old numbering is of no use any more
+            self.compactions.begin_switch(self.writer.rows)
+            self.state, self.last_activity = IState.AWAKE, now
+
+    def _install(self, switched: Switched) -> None:
+        """The switch committed: write into the new epoch's file from now on."""
+        self.writer.close()
+        self.writer = switched.writer
+        self.generation = switched.generation
+        self.builds.reset(self.writer.path)
+        self._publish()  # rows may go down: the query server remaps on the new epoch
+
+    def _take_copies(self, now: float) -> None:
+        """Chunks whose text was embedded before get that row's vector: read here, committed
+        with the received ones, no embedder asked (store_docs: "vectors are never bought twice")."""
+        self.next_copy_check = now + COPY_CHECK_SECONDS[self.state is IState.ASLEEP]
+        room = self.cfg.indexer.commit_max_rows - len(self.pending)
+        if room <= 0 or not self.store.has_copies():
+            return
+        found = [(cid, row) for cid, row in self.store.claim_copies(room + len(self.copies))
+                 if cid not in self.pending][:room]
+        if not found:
+            return
+        matrix = self.writer.read_rows(np.array([row for _, row in found], dtype=np.int64))
+        for i, (cid, _) in enumerate(found):
+            self.pending[cid] = matrix[i]
+            self.copies.add(cid)
+        self.last_activity = time.monotonic()
+        if self.state is IState.ASLEEP:
+            self.state = IState.AWAKE
 
     def _receive(self, frames: list[memoryview]) -> None:
         try:
@@ -150,12 +216,15 @@ class Indexer(Role):
             stale = [cid for cid in self.pending if cid not in fresh]
             for cid in stale:
                 del self.pending[cid]
+                self.copies.discard(cid)
             self.duplicates += len(stale)
             if self.pending:
                 ids = list(self.pending)
-                self.generation = commit(self.store, self.writer, ids, np.stack([self.pending[cid] for cid in ids]))
+                self.generation = commit(self.store, self.writer, ids, np.stack([self.pending[cid] for cid in ids]),
+                                         reused=len(self.copies))
                 self.commits += 1
                 self.rows_committed += len(ids)
+                self.copied += len(self.copies)
                 self._publish()
         except (OSError, sqlite3.Error, StoreError) as exc:
             self.commit_failures += 1
@@ -169,6 +238,7 @@ class Indexer(Role):
             log.info("commit succeeded after %d failed attempts", self.commit_failures)
         self.commit_failures, self.last_error = 0, None
         self.pending.clear()
+        self.copies.clear()
         self.deadline = None
 
     def _publish(self) -> None:
@@ -186,8 +256,14 @@ class Indexer(Role):
             return {"state": state}
         return {"state": state, "rows": self.writer.rows, "generation": self.generation,
                 "commits": self.commits, "duplicates": self.duplicates, "rejected": self.rejected,
-                "commit_failures": self.commit_failures, "last_error": self.last_error,
-                **self.builds.info()}
+                "commit_failures": self.commit_failures, "last_error": self.last_error, "copied": self.copied,
+                **self.builds.info(), "compaction": self.compactions.info()}
+
+    def command(self, msg: dict, now: float) -> None:
+        if msg.get("op") == "work":  # new documents: some of their chunks may be copies
+            self.next_copy_check = 0.0
+        elif msg.get("op") == "compact" and self.compactions is not None:  # `roxi compact`
+            self.compactions.request()
 
     def shutdown(self) -> None:
         if self.pull is not None:
@@ -199,6 +275,8 @@ class Indexer(Role):
                 except zmq.Again:
                     break
                 self._receive([f.buffer for f in frames])
+        if self.compactions is not None and (switched := self.compactions.stop(self.store)) is not None:
+            self._install(switched)
         if self.pending:
             self.commit()
         if self.builds is not None:

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from roxi_mp.errors import E_UNKNOWN_OP, RoxiError
 
-from . import notify, ping, restart, sleep, status, stop, wake
+from . import compact, notify, ping, restart, sleep, status, stop, wake
 
 if TYPE_CHECKING:
     from ..arbiter import Arbiter
 
-COMMANDS: dict[str, ModuleType] = {m.NAME: m for m in (notify, ping, restart, sleep, status, stop, wake)}
+COMMANDS: dict[str, ModuleType] = {m.NAME: m for m in (compact, notify, ping, restart, sleep, status, stop, wake)}
 
 
 class UnknownCommand(RoxiError):

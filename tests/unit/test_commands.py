@@ -33,7 +33,7 @@ def run(r, op: str, **fields):
 
 
 def test_every_command_module_is_registered():
-    assert sorted(commands.COMMANDS) == ["notify", "ping", "restart", "sleep", "status", "stop", "wake"]
+    assert sorted(commands.COMMANDS) == ["compact", "notify", "ping", "restart", "sleep", "status", "stop", "wake"]
     assert all(m.HELP for m in commands.COMMANDS.values())
 
 

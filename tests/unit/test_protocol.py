@@ -255,7 +255,7 @@ def test_role_command_round_trip(op: str) -> None:
 def test_role_ops_are_the_ones_the_supervisor_sends() -> None:
     from supervisor.commands import notify
 
-    assert set(protocol.ROLE_OPS) == {"sleep", "wake", "queries", *notify.EVENTS}
+    assert set(protocol.ROLE_OPS) == {"sleep", "wake", "queries", "compact", *notify.EVENTS}
 
 
 def test_role_command_builder_refuses_an_unknown_op() -> None:

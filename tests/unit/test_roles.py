@@ -175,8 +175,10 @@ def test_indexer_commits_received_vectors(indexer_setup) -> None:
     np.testing.assert_array_equal(file_rows(cfg), matrix[[2, 0, 1]])
     assert indexer.info() == {"state": "running", "rows": 3, "generation": 1, "commits": 1,
                               "duplicates": 0, "rejected": 0, "commit_failures": 0, "last_error": None,
-                              "index": "exact", "ann_rows": 0,
-                              "building": False, "builds": 0, "build_failures": 0, "last_build_seconds": None}
+                              "copied": 0, "index": "exact", "ann_rows": 0,
+                              "building": False, "builds": 0, "build_failures": 0, "last_build_seconds": None,
+                              "compaction": {"running": False, "last": None, "reclaimable_bytes": 0,
+                                             "refused": None, "count": 0, "error": None}}
 
 
 @pytest.mark.parametrize("fault", ["disk full", "sqlite full"])
