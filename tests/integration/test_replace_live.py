@@ -49,7 +49,7 @@ QUERY = "gout allopurinol febuxostat colchicine urate lowering therapy"
 
 def embedded(s) -> int:
     """Texts the embedders have embedded, from their heartbeats."""
-    return sum(r.get("embedded", 0) for r in s.status()["roles"] if r["kind"] == "embedder")
+    return sum(r.get("embedded", 0) for r in s.status()["roles"] if r["role"] == "embedder")
 
 
 def live_version(client: DocumentsClient) -> tuple[int | None, bool]:
