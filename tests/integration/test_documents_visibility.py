@@ -2,18 +2,23 @@
 acceptance 2), through the real system: supervisor, embedder, indexer and query server
 processes, the hashing backend, files ingested as they are by `roxi ingest`.
 
-The delete is Store.delete_document in the test process (what `roxi rm` and the documents
-endpoint call); the query server learns of it from nothing but its own per-query read of
+The delete is `roxi rm`, the documents endpoint's delete op, or Store.delete_document in
+the test process (what both call); the query server learns of it from nothing but its own per-query read of
 the store: no event is published and its follow poll is off.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from roxi_mp import operations
+from roxi_mp.client import DocumentsClient
 from roxi_mp.store import Store
 
+from ..conftest import clean_env
 from ..corpus import write_corpus
 
 pytestmark = pytest.mark.integration
@@ -30,7 +35,22 @@ def visible_rows(store: Store) -> int:
                               "WHERE c.state = 'indexed' AND d.status = 'live'").fetchone()[0]
 
 
-def test_after_a_delete_returns_no_answer_holds_the_document(system, make_config, tmp_path):
+def delete(how: str, cfg, key: str) -> None:
+    """Delete `key` the way a user would: `roxi rm`, the documents endpoint, or the store."""
+    if how == "rm":
+        done = subprocess.run([sys.executable, "-m", "roxi_mp.cli", *cfg.to_argv(), "rm", key],
+                              capture_output=True, text=True, timeout=PATIENCE, env=clean_env())
+        assert done.returncode == 0, done.stderr
+    elif how == "endpoint":
+        with DocumentsClient.for_config(cfg, timeout=PATIENCE) as docs:
+            assert docs.delete(key) == 1
+    else:
+        with Store(cfg.db_path) as store:
+            assert store.delete_document(key) == 1
+
+
+@pytest.mark.parametrize("how", ["store", "rm", "endpoint"])
+def test_after_a_delete_returns_no_answer_holds_the_document(system, make_config, tmp_path, how):
     cfg = make_config(store__chunk_words=30, store__chunk_overlap=0, query__follow_poll_seconds=3600.0)
     paths = write_corpus(tmp_path / "docs", docs=12, words=80)
     s = system(cfg)
@@ -51,8 +71,8 @@ def test_after_a_delete_returns_no_answer_holds_the_document(system, make_config
         assert before[0]["key"] == key and before[0]["version"] == 1 and before[0]["doc_id"] == doc_id
         for text in texts:  # every one cached before the delete
             assert len(client.query(text, k=K)) == K
+        delete(how, cfg, key)
         with Store(cfg.db_path) as store:
-            assert store.delete_document(key) == 1
             live = visible_rows(store)
         assert live >= K
         for i in range(QUERIES):
