@@ -34,8 +34,10 @@ log = logging.getLogger("roxi.indexer")
 
 #: received messages buffered from all embedders together
 VECTORS_HWM = 64
-#: seconds between looks for chunks whose vector is to be copied (awake, asleep)
-COPY_CHECK_SECONDS = (0.5, 1.0)
+#: seconds between looks for chunks whose vector is to be copied while awake; asleep it is
+#: embedder.wake_check_seconds, as the embedders' look for work (a put or `roxi ingest`
+#: sends `work`, which looks at once): a sleeping system must cost next to no CPU
+COPY_CHECK_SECONDS = 0.5
 #: seconds before a failed commit is retried, doubling up to the maximum
 COMMIT_RETRY_INITIAL = 0.5
 COMMIT_RETRY_MAX = 30.0
@@ -174,7 +176,8 @@ class Indexer(Role):
     def _take_copies(self, now: float) -> None:
         """Chunks whose text was embedded before get that row's vector: read here, committed
         with the received ones, no embedder asked (store_docs: "vectors are never bought twice")."""
-        self.next_copy_check = now + COPY_CHECK_SECONDS[self.state is IState.ASLEEP]
+        asleep = self.state is IState.ASLEEP
+        self.next_copy_check = now + (self.cfg.embedder.wake_check_seconds if asleep else COPY_CHECK_SECONDS)
         room = self.cfg.indexer.commit_max_rows - len(self.pending)
         if room <= 0 or not self.store.has_copies():
             return
