@@ -55,7 +55,11 @@ class Queries(threading.Thread):
         with self.s.query_client(timeout=30) as client:
             i = 0
             while not self.stop.is_set():
-                text = self.texts[i % len(self.texts)]
+                # Read before asking: the main thread changes both only around a delete (see
+                # test_answers_stay_right_across_compactions), so a query asked before the
+                # delete returned is judged by what was true then.
+                texts, dead = self.texts, set(self.dead)
+                text = texts[i % len(texts)]
                 i += 1
                 try:
                     hits = client.query(text, k=5)
@@ -63,7 +67,7 @@ class Queries(threading.Thread):
                     self.errors.append(str(exc))
                     continue
                 self.answers += 1
-                if not hits or hits[0]["text"] != text or any(h["title"] in self.dead for h in hits):
+                if not hits or hits[0]["text"] != text or any(h["title"] in dead for h in hits):
                     self.wrong.append((text, [h.get("text") for h in hits]))
 
     dead: set[str] = set()
@@ -114,10 +118,14 @@ def test_answers_stay_right_across_compactions(system, make_config) -> None:
     try:
         for round_ in (1, 2):
             if round_ == 2:  # a second epoch: more deleted, compacted again
+                # Stop asking for doc30's texts, let the queries in flight come back, then
+                # delete it: from the moment the delete returns no answer may hold it.
+                queries.texts = [t for t in live if not t.startswith("doc30 ")]
+                asked = queries.answers
+                s.wait_for(lambda: queries.answers > asked + 2, timeout=PATIENCE, what="queries in flight")
                 with Store(cfg.db_path) as store:
                     store.delete_document("doc30")
                 queries.dead.add("doc30")
-                queries.texts = [t for t in live if not t.startswith("doc30 ")]
             s.wait_for(lambda: queries.answers > 10 * round_, timeout=PATIENCE, what="queries before")
             with s.control() as c:
                 assert c.command("compact")["started"]
