@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .process import end_child
+
 if TYPE_CHECKING:
     from .config import Config
 
@@ -99,13 +101,7 @@ class Builds:
         """End a running build (its .tmp file is removed at the next start)."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
+        end_child(self.proc, timeout=timeout)
         self.proc = None
 
     def info(self) -> dict:

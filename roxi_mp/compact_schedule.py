@@ -28,6 +28,7 @@ from . import compact
 from .compact_swap import Cleanup, Switched, finish, history
 from .errors import StoreError
 from .logs import log_path
+from .process import end_child
 from .vectors import HEADER_BYTES
 
 if TYPE_CHECKING:
@@ -205,13 +206,8 @@ class Compactions:
                                     stderr=subprocess.STDOUT, close_fds=True)
 
     def _end_child(self, timeout: float = 5.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
+        if self.proc is not None:
+            end_child(self.proc, timeout=timeout)
 
     def stop(self, store: Store) -> Switched | None:
         """On shutdown: end a running child (its files are removed at the next start), let

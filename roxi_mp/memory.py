@@ -14,6 +14,7 @@ import gc
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 _libc = None
 
@@ -46,6 +47,12 @@ class Mapped:
 def mapped(pid: int, path: Path | str) -> Mapped:
     """How much of `path` process `pid` maps, from /proc/PID/smaps (zero if none or unknown)."""
     target = str(path)
+    return mapped_where(pid, lambda name: name == target)
+
+
+def mapped_where(pid: int, match: Callable[[str], bool]) -> Mapped:
+    """How much of the files whose path `match`es process `pid` maps, from /proc/PID/smaps
+    (a deleted file counts under its old path; zero if none or unknown)."""
     size = rss = 0
     current = False
     try:
@@ -53,8 +60,8 @@ def mapped(pid: int, path: Path | str) -> Mapped:
             for line in fh:
                 head = line.split(None, 1)[0]
                 if not head.endswith(":") or "-" in head:  # a mapping's header line
-                    current = line.rstrip("\n").endswith(" " + target) or line.rstrip("\n").endswith(
-                        target + " (deleted)")
+                    fields = line.rstrip("\n").split(None, 5)
+                    current = len(fields) == 6 and match(fields[5].removesuffix(" (deleted)"))
                 elif current and head == "Size:":
                     size += int(line.split()[1]) * 1024
                 elif current and head == "Rss:":

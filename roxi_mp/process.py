@@ -12,6 +12,7 @@ import argparse
 import ctypes
 import ctypes.util
 import signal
+import subprocess
 import sys
 
 #: prctl option: the signal the kernel sends this process when its parent exits
@@ -33,3 +34,15 @@ def child_parser(module: str) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--config", default=None)
     return parser
+
+
+def end_child(proc: subprocess.Popen, *, timeout: float = 5.0) -> None:
+    """Stop a child process still running: SIGTERM, then SIGKILL after `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)

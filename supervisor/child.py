@@ -30,7 +30,7 @@ from roxi_mp.compact import is_vectors_file
 from roxi_mp.config import RestartSettings
 from roxi_mp.errors import BOOT_ERROR
 from roxi_mp.logs import RotatingLog, tail
-from roxi_mp.memory import Mapped
+from roxi_mp.memory import Mapped, mapped_where
 
 
 class ChildState(enum.Enum):
@@ -59,23 +59,7 @@ def mapped_vectors(pid: int, data_dir: Path) -> Mapped:
     vectors.faiss and every vectors.<epoch>.faiss (a compaction moves to the next one; the
     old one, deleted, stays mapped until the query server remaps). Zero if none or unknown."""
     prefix = os.path.realpath(data_dir) + "/"  # /proc names the resolved path
-    size = rss = 0
-    current = False
-    try:
-        with open(f"/proc/{pid}/smaps") as fh:
-            for line in fh:
-                head = line.split(None, 1)[0]
-                if not head.endswith(":") or "-" in head:  # a mapping's header line
-                    fields = line.rstrip("\n").split(None, 5)
-                    path = fields[5].removesuffix(" (deleted)") if len(fields) == 6 else ""
-                    current = path.startswith(prefix) and is_vectors_file(path[len(prefix):])
-                elif current and head == "Size:":
-                    size += int(line.split()[1]) * 1024
-                elif current and head == "Rss:":
-                    rss += int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return Mapped(0, 0)
-    return Mapped(size, rss)
+    return mapped_where(pid, lambda path: path.startswith(prefix) and is_vectors_file(path[len(prefix):]))
 
 
 #: module under roxi_mp.roles of each role kind
