@@ -145,6 +145,8 @@ def check_supervisor(cfg: Config) -> None:
     _require(sv.heartbeat_seconds > 0, "supervisor.heartbeat_seconds", "> 0", sv.heartbeat_seconds)
     _require(sv.liveness_seconds > sv.heartbeat_seconds, "supervisor.liveness_seconds",
              "> heartbeat_seconds", sv.liveness_seconds)
+    _require(sv.sleep_heartbeat_seconds >= sv.heartbeat_seconds, "supervisor.sleep_heartbeat_seconds",
+             ">= heartbeat_seconds", sv.sleep_heartbeat_seconds)
     _require(sv.grace_seconds > 0, "supervisor.grace_seconds", "> 0", sv.grace_seconds)
     _require(sv.start_timeout_seconds > 0, "supervisor.start_timeout_seconds", "> 0",
              sv.start_timeout_seconds)

@@ -138,7 +138,8 @@ class SupervisorSettings:
     grace_seconds: float = 10.0
     start_timeout_seconds: float = 30.0
     ingest_sample_on_empty: bool = True
-    sleep_poll_seconds: float = 1.0
+    sleep_poll_seconds: float = 5.0
+    sleep_heartbeat_seconds: float = 10.0
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
 

@@ -1,0 +1,3 @@
+class Extractor:
+    def __init__(self, settings):
+        raise NotImplementedError("scratch stub")
