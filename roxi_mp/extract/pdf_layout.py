@@ -257,10 +257,15 @@ def _aligned(line: Line, other: Line) -> float:
     return hits / len(inner)
 
 
+#: a list item's marker: a bullet, "1.", "iv)", "(a)"; set off from its text like a cell,
+#: but a bulleted list is not a table
+_LIST_MARK = re.compile(r"[•◦▪▫‣⁃∙·●○■□*–—-]|\(?(\d{1,3}|[ivxlc]{1,5}|[a-z])[.)]", re.IGNORECASE)
+
+
 def _table_rows(lines: list[Line]) -> list[bool]:
     flags = []
     for i, line in enumerate(lines):
-        if len(line.cells) < 2:
+        if len(line.cells) < 2 or (len(line.cells) == 2 and _LIST_MARK.fullmatch(line.texts()[0])):
             flags.append(False)
             continue
         near = [lines[j] for j in (i - 1, i + 1) if 0 <= j < len(lines)]
