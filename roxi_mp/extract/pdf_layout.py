@@ -32,9 +32,11 @@ TABLE_ALIGN = 0.5
 ALIGN_TOL = 3.0
 #: the part of the text width, from its left edge, where a column gutter may lie
 GUTTER_SPAN = (0.2, 0.8)
-#: narrowest gutter (points) and fewest rows with text on both sides of it
-GUTTER_MIN_WIDTH = 5.0
+#: narrowest gutter (points; a space between words is 2-4) and fewest lines it must part
+GUTTER_MIN_WIDTH = 6.0
 GUTTER_MIN_ROWS = 3
+#: the narrower column is at least this part of the wider one's width
+GUTTER_BALANCE = 0.6
 #: running headers and footers: among the first or last MARGIN_ROWS rows of a page, in its
 #: top or bottom MARGIN_PART, and on at least RUNNING_PART of the pages (and two)
 MARGIN_ROWS = 3
@@ -121,45 +123,56 @@ def make_line(words: list[Word], ruled: bool = False) -> Line:
 def find_gutter(rows: list[list[Word]]) -> tuple[float, float] | None:
     """The empty vertical strip between two columns, as (x0, x1), or None.
 
-    For each 1-point slice of the text width, count rows that have text on both sides of
-    it but none on it ("open") and rows with a word over it ("covered"). A gutter is a run
-    of slices in the middle of the page, at least GUTTER_MIN_WIDTH wide, open in at least
-    GUTTER_MIN_ROWS rows and in at least half as many rows as cover it (full-width titles
-    and tables cover it in a minority of rows; in one-column text word gaps never line
-    up that well). Each side must also hold some wide lines, so a two-cell table on a
-    one-column page is not taken for two columns."""
+    For each 1-point slice of the text width, count the page's strips (`_strips`) where
+    it lies in a gap between words at least GUTTER_MIN_WIDTH wide ("open": a space between
+    words is narrower) and the words over it ("covered"). A gutter is a run of slices in
+    the middle of the page, at least GUTTER_MIN_WIDTH wide, open in at least
+    GUTTER_MIN_ROWS strips and in at least half as many as there are words over it
+    (full-width titles and tables cross it in a minority of lines; in one-column text wide
+    gaps do not line up). The columns must be of like widths (GUTTER_BALANCE) and each
+    must hold some wide lines, so that a list of options and their descriptions or a
+    two-cell table on a one-column page is not taken for two columns."""
     words = [w for row in rows for w in row]
     if len(rows) < GUTTER_MIN_ROWS or not words:
         return None
     left, right = min(w.x0 for w in words), max(w.x1 for w in words)
     n = int(right - left) + 2
-    inside, cover = [0] * (n + 1), [0] * (n + 1)
-    for row in rows:
-        a, b = int(row[0].x0 - left) + 1, int(row[-1].x1 - left)
-        if a < b:
-            inside[a] += 1
-            inside[b] -= 1
-        for w in row:
+    gaps, cover = [0] * (n + 1), [0] * (n + 1)
+    for strip in _strips(words):
+        reach = strip[0].x1
+        for w in strip:
+            if w.x0 - reach >= GUTTER_MIN_WIDTH:  # a wide gap, not a space between words
+                gaps[int(reach - left) + 1] += 1
+                gaps[int(w.x0 - left)] -= 1
+            reach = max(reach, w.x1)
             cover[max(int(w.x0 - left), 0)] += 1
             cover[min(int(w.x1 - left) + 1, n)] -= 1
-    opened, covered = _prefix(inside), _prefix(cover)
-    open_rows = [o - c for o, c in zip(opened, covered)]
+    open_rows, covered = _prefix(gaps), _prefix(cover)
     lo, hi = int(GUTTER_SPAN[0] * n), int(GUTTER_SPAN[1] * n)
     ok = [lo <= x <= hi and open_rows[x] >= max(GUTTER_MIN_ROWS, 0.5 * covered[x])
           for x in range(n)]
     runs = [(max(open_rows[a:b]), a, b) for a, b in _runs(ok) if b - a >= GUTTER_MIN_WIDTH]
     if not runs:
         return None
-    _, a, b = max(runs)  # the run most rows leave open
-    # the gutter proper: the widest stretch of the run that the fewest words cover (what
-    # a full-width title or table row crosses; a column line ending in the run does not)
-    least = min(covered[a:b])
-    start, end = max(_runs([a <= x < b and covered[x] == least for x in range(n)]),
-                     key=lambda r: r[1] - r[0])
-    g0, g1 = left + start, left + end
-    if not (_wide_lines(rows, left, g0, True) and _wide_lines(rows, g1, right, False)):
+    _, a, b = max(runs)  # the run most lines leave open
+    g0, g1 = left + a, left + b
+    if min(g0 - left, right - g1) < GUTTER_BALANCE * max(g0 - left, right - g1):
+        return None
+    split = [row for row in rows if not _spans(row, (g0 + g1) / 2)]
+    if not (_wide_lines(split, left, g0, True) and _wide_lines(split, g1, right, False)):
         return None
     return g0, g1
+
+
+def _strips(words: list[Word]) -> list[list[Word]]:
+    """Words in horizontal strips of 3/4 of a line's height, by their centres, each left
+    to right. Unlike rows, a strip holds both columns' lines even where the columns'
+    baselines do not line up (a heading or a figure shifts one column's lines)."""
+    height = 0.75 * median(w.bottom - w.top for w in words)
+    strips: dict[int, list[Word]] = {}
+    for w in words:
+        strips.setdefault(int((w.top + w.bottom) / 2 / height), []).append(w)
+    return [sorted(strip, key=lambda w: w.x0) for strip in strips.values()]
 
 
 def _runs(flags: list[bool]) -> list[tuple[int, int]]:
@@ -225,7 +238,7 @@ def order_blocks(rows: list[list[Word]], gutter: tuple[float, float] | None,
     for row in rows:
         centre = (min(w.top for w in row) + max(w.bottom for w in row)) / 2
         ruled = any(r.top <= centre <= r.bottom for r in regions)
-        if ruled or any(w.x0 < g1 and w.x1 > g0 for w in row):
+        if ruled or _spans(row, middle):
             blocks += [b for b in (left, right) if b]
             left, right = [], []
             span.append(make_line(row, ruled))
@@ -241,6 +254,16 @@ def order_blocks(rows: list[list[Word]], gutter: tuple[float, float] | None,
             right.append(make_line(side_r))
     blocks += [b for b in (left, right, span) if b]
     return blocks
+
+
+def _spans(row: list[Word], middle: float) -> bool:
+    """Whether a row reads across the gutter: a word over its middle, or words on both
+    sides of it closer than a gutter (a title's space between words fell there)."""
+    before = [w.x1 for w in row if w.x1 <= middle]
+    after = [w.x0 for w in row if w.x0 >= middle]
+    if len(before) + len(after) < len(row):
+        return True
+    return bool(before and after) and min(after) - max(before) < GUTTER_MIN_WIDTH
 
 
 def _aligned(line: Line, other: Line) -> float:

@@ -169,7 +169,7 @@ def two_column_page() -> list[Word]:
 def test_two_columns_read_column_by_column_after_a_spanning_title():
     rows = group_rows(two_column_page())
     gutter = find_gutter(rows)
-    assert gutter is not None and 240 < gutter[0] < gutter[1] <= 300
+    assert gutter is not None and 216 <= gutter[0] < gutter[1] <= 300
     lines = page_text(order_blocks(rows, gutter))
     assert lines[0].startswith("A title")
     assert lines[1:9] == [f"left line {i} of the first column text" for i in range(8)]
@@ -192,3 +192,29 @@ def test_running_lines_go_with_digits_ignored():
     kept = drop_running(pages)
     texts = [" ".join(w.text for row in rows for w in row) for rows in kept]
     assert texts == [f"body text {n} of page more body" for n in range(1, 5)]
+
+
+def test_columns_whose_lines_do_not_line_up_are_still_columns():
+    """The right column's baselines sit half a line lower than the left's: no row holds
+    both, yet the page still has two columns."""
+    ws = []
+    for i in range(8):
+        ws += line_words(f"left line {i} of the first column text", 50, 70 + 12 * i)
+        ws += line_words(f"right line {i} of the second column text", 300, 76 + 12 * i)
+    rows = group_rows(ws)
+    assert all(len({w.x0 < 250 for w in row}) == 1 for row in rows)  # one column per row
+    lines = page_text(order_blocks(rows, find_gutter(rows)))
+    assert lines == ([f"left line {i} of the first column text" for i in range(8)]
+                     + [f"right line {i} of the second column text" for i in range(8)])
+
+
+def test_options_and_their_descriptions_are_not_two_columns():
+    """A narrow left part and a wide right one, parted by a wide gap on every line (a
+    list of command options): read line by line, not as two columns."""
+    ws = []
+    for i in range(8):
+        ws += line_words(f"--option-{i}", 50, 70 + 12 * i)
+        ws += line_words(f"what option {i} does when it is given on the command line", 170, 70 + 12 * i)
+    rows = group_rows(ws)
+    assert find_gutter(rows) is None
+    assert page_text(order_blocks(rows, None))[0] == "--option-0 what option 0 does when it is given on the command line"
