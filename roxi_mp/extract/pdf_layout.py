@@ -6,13 +6,16 @@ or a table before the text above it). This module orders words by position only,
 plain Python on boxes (no pdfium) and is tested on made-up pages:
 
 1. `group_rows`: words whose boxes overlap vertically form a row across the whole page.
-2. `find_gutter`: a vertical strip near the middle that rows with text on both sides leave
-   empty (a two-column page), or None (one column).
-3. `order_blocks`: rows crossing the gutter (a title, a full-width table row) and rows in a
-   ruled box that crosses it are read whole, in their place from top to bottom; between
-   them, the rows split into a left and a right column, read column by column.
+2. `find_gutter`: a vertical strip near the middle that lines with text on both sides
+   leave empty (a two-column page), or None (one column).
+3. `order_blocks`: rows reading across the gutter (a title, a full-width table row) and
+   rows in a ruled box that crosses it are read whole, in their place from top to bottom;
+   between them, rows split into a left and a right column, read column by column.
 4. `paragraphs`: within a block, a vertical gap or a change of font size starts a new
    paragraph; lines of cells that line up with their neighbours form a table.
+
+Before 3, `drop_running` removes running headers and footers: margin lines that repeat
+(numbers aside) on most pages.
 
 Coordinates are top-down (y grows downwards from the page's top edge), in PDF points.
 """
