@@ -85,10 +85,12 @@ def limit_memory(memory_mb: int) -> None:
     """Cap the memory this process can take. RLIMIT_DATA, not RLIMIT_AS: since Linux 4.7
     it counts every private writable mapping (the heap, and the anonymous mmaps large
     allocations get), which is what a bomb must take, but not address space reserved and
-    never written: pdfium's PartitionAlloc pools, glibc's per-thread arenas and mapped
-    libraries, which RLIMIT_AS counts and a normal PDF must not be refused for. Measured
-    with this pdfium build (docs in the issue-18 report): a 500-page PDF reads under either
-    limit at 256 MB, and a 2 GB allocation fails under either."""
+    never written, which RLIMIT_AS counts: glibc's per-thread arenas, mapped libraries, and
+    in pdfium builds that use PartitionAlloc, pools of GiBs reserved at start. Measured with
+    the pdfium here (pypdfium2 5.x, pdfium 159, built from source without those pools): a
+    500-page PDF reads with VmSize 49 MB and VmData 21 MB, so either limit at 256 MB lets it
+    through and either stops a 2 GB allocation; RLIMIT_DATA also stays right for a pdfium
+    that reserves pools."""
     limit = memory_mb << 20
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
