@@ -20,9 +20,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from .chunking import iter_chunks_from_lines
+from .chunking import iter_tagged_chunks
 from .config_sections import DocumentsSettings
 from .errors import E_TOO_LARGE, BadInput
+from .extract import MARKDOWN, Section
+from .extract.text import located_lines, section_lines
 
 #: content type of a put that names none
 DEFAULT_CONTENT_TYPE = "text/plain"
@@ -80,7 +82,7 @@ class Upload:
     metadata: dict[str, Any] | None
     content_hash: str  # sha256 of the content's bytes, as ingest hashes a file
     size: int  # bytes of content
-    chunks: list[tuple[int, str, str]]  # (position, text, sha256 of the text)
+    chunks: list[ChunkRow]
 
     def store_fields(self) -> dict[str, Any]:
         return {"key": self.key, "content_hash": self.content_hash, "source": SOURCE, "title": self.title,
@@ -98,7 +100,7 @@ def prepare(key: Any, content: Any, *, content_type: Any = None, title: Any = No
     meta = check_metadata(metadata, max_entries=limits.max_metadata_entries, max_bytes=limits.max_metadata_bytes)
     title = check_title(title, max_chars=limits.max_title_chars)
     text, raw = extract(content, ctype, max_bytes=limits.max_document_bytes)
-    chunks = chunk_rows(text, words=chunk_words, overlap=chunk_overlap)
+    chunks = chunk_rows(text, words=chunk_words, overlap=chunk_overlap, markdown=ctype.name == MARKDOWN)
     if not chunks:
         raise BadInput("content holds no text (empty or only whitespace)")
     title = title or default_title(text, fallback=key, limit=min(TITLE_CHARS, limits.max_title_chars))
@@ -194,18 +196,34 @@ def _check_size(size: int, max_bytes: int) -> None:
 
 
 # --- text to chunks ------------------------------------------------------------------------
-def chunk_rows(text: str, *, words: int, overlap: int) -> list[tuple[int, str, str]]:
-    """(position, text, sha256) of every chunk of `text`, as `roxi ingest` cuts a file:
-    line ends are normalised first as a text-mode file read does (\\r\\n and \\r to \\n)."""
+#: what a chunk is stored as: (position, text, sha256 of the text, page, heading path), page
+#: and heading being those of the chunk's first word (None where unknown)
+ChunkRow = tuple[int, str, str, "int | None", "str | None"]
+
+
+def chunk_rows(text: str, *, words: int, overlap: int, markdown: bool = False) -> list[ChunkRow]:
+    """The chunk rows of `text`, as `roxi ingest` cuts a file: line ends are normalised first
+    as a text-mode file read does (\\r\\n and \\r to \\n); Markdown headings give the path."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return list(iter_chunk_rows(_lines(text), words=words, overlap=overlap))
+    return list(iter_chunk_rows(_lines(text), words=words, overlap=overlap, markdown=markdown))
 
 
-def iter_chunk_rows(lines: Iterable[str], *, words: int, overlap: int) -> Iterator[tuple[int, str, str]]:
-    """(position, text, sha256) of the chunks of a document given as lines (an open file)."""
-    for chunk in iter_chunks_from_lines(lines, size=words, overlap=overlap):
-        yield chunk.position, chunk.text, hashlib.sha256(chunk.text.encode()).hexdigest()
+def iter_chunk_rows(lines: Iterable[str], *, words: int, overlap: int, markdown: bool = False) -> Iterator[ChunkRow]:
+    """The chunk rows of a document given as lines (an open file)."""
+    return _rows(located_lines(lines, markdown=markdown), words, overlap)
+
+
+def chunk_sections(sections: Iterable[Section], *, words: int, overlap: int) -> list[ChunkRow]:
+    """The chunk rows of an extracted document (PDF, HTML, Word), each with the page and
+    heading path of its first word."""
+    return list(_rows(section_lines(sections), words, overlap))
+
+
+def _rows(tagged: Iterable[tuple[str, Any]], words: int, overlap: int) -> Iterator[ChunkRow]:
+    for chunk in iter_tagged_chunks(tagged, size=words, overlap=overlap):
+        page, heading = chunk.tag
+        yield chunk.position, chunk.text, hashlib.sha256(chunk.text.encode()).hexdigest(), page, heading
 
 
 def default_title(text: str, *, fallback: str, limit: int = TITLE_CHARS) -> str:
