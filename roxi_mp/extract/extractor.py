@@ -104,6 +104,8 @@ class Extractor:
             raise RuntimeError("the extractor takes one document at a time")
         now = self.clock() if now is None else now
         self.job = _Job(token, data, content_type)
+        if self.state == State.IDLE and self.proc.poll() is not None:
+            self._forget_worker()  # died between documents (the OOM killer, a kill by hand): not this one's fault
         if self.boot_failure is not None:
             self._finish(ExtractError(self.boot_failure))
         elif self.state == State.STOPPED:
@@ -153,6 +155,7 @@ class Extractor:
         os.set_blocking(self.proc.stdout.fileno(), False)
         os.set_blocking(self.proc.stdin.fileno(), False)
         self.state = State.STARTING
+        # (the worker's imports are not the document's time: its deadline starts when it is sent)
         self.start_deadline = now + max(START_SECONDS, self.settings.timeout_seconds)
         self.buffer.clear()
 
@@ -249,7 +252,8 @@ class Extractor:
         starting = self.state == State.STARTING
         self._end_worker()
         if starting:
-            self.boot_failure = f"the extractor did not start within {max(START_SECONDS, self.settings.timeout_seconds):g} s"
+            allowed = max(START_SECONDS, self.settings.timeout_seconds)
+            self.boot_failure = f"the extractor did not start within {allowed:g} s"
             self._finish(ExtractError(self.boot_failure))
         else:
             self._finish(ExtractError(f"took over {self.settings.timeout_seconds:g} s (extract.timeout_seconds)"))

@@ -79,7 +79,7 @@ def binary_kind(data: bytes) -> str | None:
         if data.startswith(magic):
             return what
     if data.startswith(_UTF16_BOMS):
-        return "UTF-16 text; only UTF-8 is read"
+        return None  # text, with NULs in it: the UTF-8 decoder says what is wrong with it
     if b"\x00" in data[:HEAD_BYTES]:
         return "NUL bytes"
     return None

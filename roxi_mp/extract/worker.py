@@ -77,7 +77,7 @@ def encode_extracted(extracted: Extracted) -> dict[str, Any]:
 
 def decode_extracted(fields: dict[str, Any]) -> Extracted:
     return Extracted(content_type=fields["content_type"], title=fields["title"], pages=fields["pages"],
-                     sections=[Section(text, page, heading, kind) for text, page, heading, kind in fields["sections"]])
+                     sections=[Section(*row) for row in fields["sections"]])
 
 
 # --- the child ---------------------------------------------------------------------------

@@ -147,6 +147,16 @@ def test_a_reply_over_the_limit_is_refused_by_the_worker(make) -> None:
     assert ex.extract(b"big:100", FAKE_TYPE).sections == [Section("x" * 100)]
 
 
+def test_a_worker_that_died_between_documents_is_replaced_without_an_error(make) -> None:
+    ex = make()
+    ex.extract(b"text:warm", FAKE_TYPE)
+    idle = pid(ex)
+    ex.proc.kill()
+    wait_until(lambda: gone(idle), timeout=PATIENCE, what="the idle worker killed")
+    assert ex.extract(b"text:after", FAKE_TYPE).sections == [Section("after")]
+    assert pid(ex) != idle
+
+
 def test_close_ends_the_worker_also_in_the_middle_of_a_document(make) -> None:
     ex = make()
     ex.extract(b"text:warm", FAKE_TYPE)
