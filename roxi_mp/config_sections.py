@@ -113,6 +113,17 @@ class DocumentsSettings:
 
 
 @dataclass
+class ExtractSettings:
+    """Limits of the extraction child (roxi_mp.extract.worker) that reads PDF, HTML and DOCX."""
+
+    timeout_seconds: float = 30.0
+    memory_mb: int = 1024
+    max_pages: int = 2000
+    max_file_bytes: int = 256 * 1024 * 1024
+    max_unzipped_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass
 class QuerySettings:
     default_k: int = 10
     max_k: int = 1000
@@ -192,6 +203,7 @@ SECTIONS: dict[str, type] = {
     "http": HttpSettings,
     "indexer": IndexerSettings,
     "documents": DocumentsSettings,
+    "extract": ExtractSettings,
     "query": QuerySettings,
     "supervisor": SupervisorSettings,
     "restart": RestartSettings,
@@ -212,6 +224,7 @@ class Config:
     http: HttpSettings = field(default_factory=HttpSettings)
     indexer: IndexerSettings = field(default_factory=IndexerSettings)
     documents: DocumentsSettings = field(default_factory=DocumentsSettings)
+    extract: ExtractSettings = field(default_factory=ExtractSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     restart: RestartSettings = field(default_factory=RestartSettings)
