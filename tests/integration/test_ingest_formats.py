@@ -6,7 +6,6 @@ takes the blows). The files are made here by small generators (reportlab writes 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import random
@@ -26,10 +25,6 @@ from roxi_mp.store import Store
 from ..conftest import PATIENCE, clean_env
 
 pytestmark = pytest.mark.integration
-#: the parsers come from other branches of issue 18; the batch test needs them all
-needs_parsers = pytest.mark.skipif(
-    any(importlib.util.find_spec(f"roxi_mp.extract.{m}") is None for m in ("pdf", "html", "docx")),
-    reason="roxi_mp.extract.pdf/html/docx are not merged here yet")
 
 #: the test's extract.timeout_seconds: small, yet ample for the good files on a loaded machine
 TIMEOUT = 4.0
@@ -203,7 +198,6 @@ def ingest(cfg, *paths: Path) -> tuple[dict, float, dict]:
     return json.loads(out), time.monotonic() - started, peaks
 
 
-@needs_parsers
 def test_good_files_are_ingested_and_every_bad_one_is_one_line(make_config, tmp_path: Path) -> None:
     cfg = make_config(extract__timeout_seconds=TIMEOUT, extract__memory_mb=512,
                       extract__max_unzipped_bytes=64 * MIB, store__chunk_words=40, store__chunk_overlap=5)
