@@ -278,6 +278,15 @@ def story() -> list:
             _table(styles), Paragraph(TABLE_NOTE, styles["note"])]
 
 
+def known_text() -> str:
+    """The words a reader reads, in reading order (table rows as "cell | cell")."""
+    parts = [TITLE, BYLINE, ABSTRACT]
+    for heading, text in BODY:
+        parts += [heading, text] if heading else [text]
+    parts += [TABLE_CAPTION] + [" | ".join(row) for row in [TABLE_HEAD] + TABLE_ROWS] + [TABLE_NOTE]
+    return " ".join(parts)
+
+
 def sample_pdf() -> bytes:
     buf = io.BytesIO()
     doc = BaseDocTemplate(buf, pagesize=(PAGE_W, PAGE_H), pageTemplates=[_template()], invariant=1,
