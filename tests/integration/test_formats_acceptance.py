@@ -169,9 +169,6 @@ def deep_probes(html_text: str, docx_text: str) -> dict[str, tuple[str, str]]:
             "monitoring.docx": (docx_text.split("\n\n")[-1], f"{markupgen.DOCX_TITLE} > Monitoring > After the table")}
 
 
-@pytest.mark.xfail(strict=True, reason="a chunk is cited by its first word's heading, and a heading ends a "
-                   "window only in the last 30 % of it: the first paragraph under a heading is cited by the "
-                   "heading before")
 def test_the_first_paragraph_under_a_heading_is_cited_by_that_heading() -> None:
     """markupgen's probes lie right under their heading ("Folic acid"; "Laboratory tests"): the
     chunk holding one should carry that heading's path, at any chunk size."""
