@@ -55,6 +55,7 @@ class Role:
         # once), and when the next heartbeat is due (a role asleep waits until then).
         self.commands: zmq.Socket | None = None
         self.beat_due = 0.0
+        self.step_now = 0.0  # the `now` of the step running (the Runner's clock, maybe a test's)
         # Set by the Runner: readable once a stop signal came. A wait that polls it ends at
         # once on SIGTERM (pyzmq resumes a poll interrupted by a signal: without it a role
         # asleep would stop only when its wait ran out, seconds later).
@@ -70,7 +71,8 @@ class Role:
         process costs about a millisecond of CPU on a small VM, so a sleeping system wakes
         as seldom as it can (its commands still end the wait at once)."""
         if self.state_name() == "asleep":
-            return max(0.0, min(self.beat_due, self.next_duty()) - time.monotonic())
+            longest = self.cfg.supervisor.sleep_heartbeat_seconds
+            return min(longest, max(0.0, min(self.beat_due, self.next_duty()) - self.step_now))
         return min(0.5, self.cfg.supervisor.heartbeat_seconds / 2)
 
     def next_duty(self) -> float:
@@ -186,6 +188,7 @@ class Runner:
             if not _parent_alive(self.supervisor_pid):
                 log.error("supervisor %s died; exiting", self.supervisor_pid)
                 return False
+        self.role.step_now = now
         self.role.loop(now)
         _drain_commands(self.commands, self.role)
         return True

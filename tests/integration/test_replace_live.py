@@ -65,7 +65,7 @@ def test_replace_under_query_load_shows_one_version_and_reuses_vectors(system):
     v1, v2 = "\n\n".join(SHARED + OLD) + "\n", "\n\n".join(SHARED + NEW) + "\n"
     rows1 = chunk_rows(v1, words=WORDS, overlap=0)
     rows2 = chunk_rows(v2, words=WORDS, overlap=0)
-    fresh = {digest for _, _, digest in rows2} - {digest for _, _, digest in rows1}
+    fresh = {digest for _, _, digest, *_ in rows2} - {digest for _, _, digest, *_ in rows1}
     assert 0 < len(fresh) < len(rows2), "the test needs shared and changed chunks"
 
     with DocumentsClient.for_config(s.cfg, timeout=30) as docs:
