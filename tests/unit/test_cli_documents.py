@@ -259,11 +259,11 @@ def test_status_and_progress_show_rows_reuse_and_compactions(env: dict, corpus: 
     index_all(env)
     (corpus / "gout.md").write_text(section("urate") + "\n" + section("colchicine") + "\n" + section("febuxostat"))
     roxi(env, "ingest", str(corpus))
-    index_all(env)  # v2 live: its two unchanged chunks reused vectors, v1's four rows are dead
+    index_all(env)  # v2 live: its two unchanged sections' chunks reused vectors, v1's three rows are dead
     with store_of(env) as store:
         s = store.stats()
-    assert (s.dead_rows, s.reused, s.replacing) == (4, 2, 0)
-    rows_line = f"rows: {s.live_rows} live, 4 dead (`roxi compact` gives them back); 2 vectors reused"
+    assert (s.dead_rows, s.reused, s.replacing) == (3, 2, 0)
+    rows_line = f"rows: {s.live_rows} live, 3 dead (`roxi compact` gives them back); 2 vectors reused"
     fake = FakeControl.install(monkeypatch)
     fake.compaction.update(running=True, reclaimable_bytes=3 << 20, count=2,
                            last={"rows": 120, "reclaimed_bytes": 5 << 20, "seconds": 1.5})
@@ -277,7 +277,7 @@ def test_status_and_progress_show_rows_reuse_and_compactions(env: dict, corpus: 
     data = json.loads(roxi(env, "progress", "--json").stdout)
     assert data["compaction"]["count"] == 2
     assert {"indexed", "chunks", "percent", "committed_rows", "failed", "failures", "paused"} <= data.keys()
-    assert (data["dead_rows"], data["reused"], data["live_rows"], data["replacing"]) == (4, 2, s.live_rows, 0)
+    assert (data["dead_rows"], data["reused"], data["live_rows"], data["replacing"]) == (3, 2, s.live_rows, 0)
     fake.compaction = None  # an indexer that reports no compaction: nothing shown, nothing fails
     assert "compaction" not in roxi(env, "status").stdout
     assert json.loads(roxi(env, "progress", "--json").stdout)["compaction"] is None
