@@ -40,10 +40,12 @@ _WHITESPACE = re.compile(r"\s")
 
 @dataclass(frozen=True)
 class Chunk:
-    """One window of a document; `position` is its 0-based index within the document."""
+    """One window of a document; `position` is its 0-based index within the document, and
+    `tag` the tag of the line its first word came from (`iter_tagged_chunks`; else None)."""
 
     position: int
     text: str
+    tag: object = None
 
 
 def chunk_text(
@@ -74,6 +76,16 @@ def iter_chunks_from_lines(
     return _windows(lines, size, overlap)
 
 
+def iter_tagged_chunks(
+    lines: Iterable[tuple[str, object]], *, size: int = DEFAULT_SIZE, overlap: int = DEFAULT_OVERLAP
+) -> Iterator[Chunk]:
+    """Chunks of a document given as (line, tag) pairs, each chunk carrying the tag of the
+    line its first word came from: where it came from (a page, a heading path). The same
+    windows as `iter_chunks_from_lines` over the lines alone."""
+    _check_params(size, overlap)
+    return _windows(lines, size, overlap, tagged=True)
+
+
 def _check_params(size: int, overlap: int) -> None:
     # bool is an int subclass; `size=True` is a bug at the call site, not a window of 1.
     if not isinstance(size, int) or isinstance(size, bool) or size < MIN_SIZE:
@@ -85,18 +97,22 @@ def _check_params(size: int, overlap: int) -> None:
         )
 
 
-def _windows(lines: Iterable[str], size: int, overlap: int) -> Iterator[Chunk]:
+def _windows(lines: Iterable, size: int, overlap: int, tagged: bool = False) -> Iterator[Chunk]:
     # `words[start:]` are the words not yet fully emitted; `ends[i]` says a window may end
     # after words[i]. The last buffered word is never inside an emitted window (one is only
     # cut while more than `size` words wait), so its flag may still be set when the next
-    # line turns out to be blank or a heading.
+    # line turns out to be blank or a heading. Tagged, `tags[i]` is words[i]'s line's tag.
     words: list[str] = []
     ends: list[bool] = []
+    tags: list[object] = []
+    tag: object = None
     start = 0
     position = 0
     tail = max(1, int(size * BOUNDARY_TAIL))
     after_heading = False
     for line in lines:
+        if tagged:
+            line, tag = line
         if not line or line.isspace():
             # A blank line after a heading only closes the heading; a window should end
             # before a heading, not right after it.
@@ -114,9 +130,11 @@ def _windows(lines: Iterable[str], size: int, overlap: int) -> Iterator[Chunk]:
             words.extend(tokens)
             # The common case inline: it saves a function call on most words.
             ends.extend([w[-1] in _SENTENCE_ENDS or _ends_sentence(w) for w in tokens])
+            if tagged:
+                tags.extend([tag] * len(tokens))
             while len(words) - start > size:
                 end = _cut(ends, start, size, tail)
-                yield Chunk(position, " ".join(words[start:end]))
+                yield Chunk(position, " ".join(words[start:end]), tags[start] if tagged else None)
                 position += 1
                 start = end - overlap
             if start:
@@ -124,9 +142,10 @@ def _windows(lines: Iterable[str], size: int, overlap: int) -> Iterator[Chunk]:
                 # paid once per line, so it stays linear overall.
                 del words[:start]
                 del ends[:start]
+                del tags[:start]
                 start = 0
     if len(words) > start:
-        yield Chunk(position, " ".join(words[start:]))
+        yield Chunk(position, " ".join(words[start:]), tags[start] if tagged else None)
 
 
 def _cut(ends: list[bool], start: int, size: int, tail: int) -> int:

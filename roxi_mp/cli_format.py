@@ -170,11 +170,21 @@ def print_compact(reply: dict) -> None:
         click.echo(reply.get("message") or "no compaction started")
 
 
+def where(hit: dict) -> str:
+    """Where a hit is in its document, as `roxi query` cites it: " p. 12", " § Methods >
+    Dosing", or the chunk's number when neither is known (" #3")."""
+    if hit.get("page") is not None:
+        return f" p. {hit['page']}"
+    if hit.get("heading"):
+        return f" § {hit['heading']}"
+    return f" #{hit['position']}"
+
+
 def print_hits(hits: list[dict]) -> None:
     if not hits:
         click.echo("no results (is anything indexed yet? see `roxi progress`)")
     for h in hits:
-        click.echo(f"{h['rank']:>3}. {h['score']:.4f}  {h['title']}  [{Path(h['source']).name} #{h['position']}]")
+        click.echo(f"{h['rank']:>3}. {h['score']:.4f}  {h['title']}  [{Path(h['source']).name}{where(h)}]")
         snippet = h.get("text", "")
         click.echo(f"     {snippet[:240]}{'...' if len(snippet) > 240 else ''}")
 

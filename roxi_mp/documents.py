@@ -9,10 +9,10 @@ sniffed, a claimed type the bytes contradict is refused), and `finish` makes chu
 from text (text/plain, text/markdown: decoded here) or from the sections the extraction
 child made of a PDF, HTML page or Word document (roxi_mp.extract), which can take
 seconds, so the documents role waits for it without blocking. Text becomes chunk rows
-(position, text, sha256 of the text) through `chunk_rows`, sections through
-`chunk_sections` (plus each chunk's page and heading path): the same chunking `roxi
-ingest` does, so a document cuts into the same chunks whichever way it came in (and
-identical chunks reuse their vectors). Nothing here touches the store or a socket.
+(position, text, sha256 of the text, page, heading path) through `chunk_rows`, sections
+through `chunk_sections`: the same chunking `roxi ingest` does, so a document cuts into
+the same chunks whichever way it came in (and identical chunks reuse their vectors).
+Nothing here touches the store or a socket.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from .chunking import iter_chunks_from_lines
+from .chunking import iter_tagged_chunks
 from .config_sections import DocumentsSettings
 from .errors import E_TOO_LARGE, BadInput
-from .extract import DOCX, HTML, MARKDOWN, PDF, TEXT, Extracted
+from .extract import DOCX, HTML, MARKDOWN, PDF, TEXT, Extracted, Section
 from .extract.sniff import resolve_type
+from .extract.text import located_lines, section_lines
 
 #: content type of a string put that names none
 DEFAULT_CONTENT_TYPE = TEXT
@@ -94,8 +95,7 @@ class Upload:
     metadata: dict[str, Any] | None
     content_hash: str  # sha256 of the content's bytes, as ingest hashes a file
     size: int  # bytes of content
-    # (position, text, sha256 of the text), plus (page, heading) for an extracted document
-    chunks: list[tuple[int, str, str]] | list[tuple[int, str, str, int | None, str | None]]
+    chunks: list[ChunkRow]
 
     def store_fields(self) -> dict[str, Any]:
         return {"key": self.key, "content_hash": self.content_hash, "source": SOURCE, "title": self.title,
@@ -139,7 +139,8 @@ def finish(checked: Checked, extracted: Extracted | None, *, limits: DocumentsSe
     if extracted is None:
         if checked.text is None:
             raise ValueError(f"a {checked.content_type} put needs its extracted sections")
-        chunks: list = chunk_rows(checked.text, words=chunk_words, overlap=chunk_overlap)
+        chunks = chunk_rows(checked.text, words=chunk_words, overlap=chunk_overlap,
+                            markdown=checked.content_type == MARKDOWN)
         title = checked.title or default_title(checked.text, fallback=checked.key, limit=limit)
     else:
         chunks = chunk_sections(extracted.sections, words=chunk_words, overlap=chunk_overlap)
@@ -246,18 +247,34 @@ def _check_size(size: int, max_bytes: int) -> None:
 
 
 # --- text to chunks ------------------------------------------------------------------------
-def chunk_rows(text: str, *, words: int, overlap: int) -> list[tuple[int, str, str]]:
-    """(position, text, sha256) of every chunk of `text`, as `roxi ingest` cuts a file:
-    line ends are normalised first as a text-mode file read does (\\r\\n and \\r to \\n)."""
+#: what a chunk is stored as: (position, text, sha256 of the text, page, heading path), page
+#: and heading being those of the chunk's first word (None where unknown)
+ChunkRow = tuple[int, str, str, "int | None", "str | None"]
+
+
+def chunk_rows(text: str, *, words: int, overlap: int, markdown: bool = False) -> list[ChunkRow]:
+    """The chunk rows of `text`, as `roxi ingest` cuts a file: line ends are normalised first
+    as a text-mode file read does (\\r\\n and \\r to \\n); Markdown headings give the path."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return list(iter_chunk_rows(_lines(text), words=words, overlap=overlap))
+    return list(iter_chunk_rows(_lines(text), words=words, overlap=overlap, markdown=markdown))
 
 
-def iter_chunk_rows(lines: Iterable[str], *, words: int, overlap: int) -> Iterator[tuple[int, str, str]]:
-    """(position, text, sha256) of the chunks of a document given as lines (an open file)."""
-    for chunk in iter_chunks_from_lines(lines, size=words, overlap=overlap):
-        yield chunk.position, chunk.text, hashlib.sha256(chunk.text.encode()).hexdigest()
+def iter_chunk_rows(lines: Iterable[str], *, words: int, overlap: int, markdown: bool = False) -> Iterator[ChunkRow]:
+    """The chunk rows of a document given as lines (an open file)."""
+    return _rows(located_lines(lines, markdown=markdown), words, overlap)
+
+
+def chunk_sections(sections: Iterable[Section], *, words: int, overlap: int) -> list[ChunkRow]:
+    """The chunk rows of an extracted document (PDF, HTML, Word), each with the page and
+    heading path of its first word."""
+    return list(_rows(section_lines(sections), words, overlap))
+
+
+def _rows(tagged: Iterable[tuple[str, Any]], words: int, overlap: int) -> Iterator[ChunkRow]:
+    for chunk in iter_tagged_chunks(tagged, size=words, overlap=overlap):
+        page, heading = chunk.tag
+        yield chunk.position, chunk.text, hashlib.sha256(chunk.text.encode()).hexdigest(), page, heading
 
 
 def default_title(text: str, *, fallback: str, limit: int = TITLE_CHARS) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .chunking import iter_chunks_from_lines
+from .documents import ChunkRow, iter_chunk_rows
 from .errors import BadInput, NotFound
 from .store import Store
 
@@ -148,7 +148,7 @@ def ingest_file(store: Store, path: Path, report: IngestReport, *, chunk_words: 
         if store.newest_version(key) == (digest, title):  # before any chunking: the common re-run
             outcome = "unchanged"
         else:
-            chunks: Iterable[tuple[int, str, str]] = _chunk_stream(path, chunk_words, chunk_overlap)
+            chunks: Iterable[ChunkRow] = _chunk_stream(path, chunk_words, chunk_overlap)
             if size <= CHUNK_FIRST_BYTES:
                 # Chunk before the transaction: the store's write lock, which embedders need to
                 # claim work, is then held for the inserts only. A larger file streams inside it.
@@ -259,11 +259,12 @@ def _lines(path: Path) -> Iterator[str]:
         yield from fh
 
 
-def _chunk_stream(path: Path, words: int, overlap: int) -> Iterator[tuple[int, str, str]]:
+def _chunk_stream(path: Path, words: int, overlap: int) -> Iterator[ChunkRow]:
     n = 0
-    for chunk in iter_chunks_from_lines(_lines(path), size=words, overlap=overlap):
+    markdown = path.suffix.lower() in (".md", ".markdown")
+    for row in iter_chunk_rows(_lines(path), words=words, overlap=overlap, markdown=markdown):
         n += 1
-        yield chunk.position, chunk.text, hashlib.sha256(chunk.text.encode()).hexdigest()
+        yield row
     if n == 0:
         raise _Empty()
 

@@ -112,6 +112,12 @@ MIGRATIONS: list[tuple[int, str]] = [
     -- vectors already bought, by text: a new version's unchanged chunks reuse them
     CREATE INDEX chunks_hash ON chunks(hash) WHERE row IS NOT NULL;
     """),
+    # Where a chunk came from (issue 18): the page of its first word (PDF, 1-based) and the
+    # heading path above it (HTML, Word, Markdown: "Methods > Dosing"); NULL when unknown.
+    (4, """
+    ALTER TABLE chunks ADD COLUMN page INTEGER;
+    ALTER TABLE chunks ADD COLUMN heading TEXT;
+    """),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -22,7 +22,9 @@ Ops of the query server (roxi_mp.roles.query_server, QueryServer.OPS):
     query  {"text", "k"?, "with_text"?}, or {"dtype", "shape": [1, d], "k"?, "with_text"?}
            plus one float32/float16 vector frame            -> {"hits", "rows", "took_ms"}
            each hit: {"rank", "score", "row", "chunk_id", "doc_id", "key", "version",
-           "position", "title", "source", "text" (unless with_text is false)}: `key` and
+           "position", "title", "source", "page", "heading", "text" (unless with_text is
+           false)}: `page` (1-based, PDF) and `heading` ("Methods > Dosing": HTML, Word,
+           Markdown) say where the chunk's first word is in its document, nil if unknown; `key` and
            `version` name the document version the chunk belongs to, always a live one (a
            delete or a replacement's promotion is seen by the next query, cached answers
            included); `rank` counts from 1, best first; `row` is the vector's row in the

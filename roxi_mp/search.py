@@ -225,7 +225,8 @@ def find_hits(searcher: Searcher, store: Any, vector: np.ndarray, k: int, *,
             continue  # not live (or no chunk at all): never served, never invented
         item = {"rank": len(hits) + 1, "score": score, "row": row, "chunk_id": hit.chunk_id,
                 "doc_id": hit.doc_id, "key": hit.key, "version": hit.version,
-                "position": hit.position, "title": hit.title, "source": hit.source}
+                "position": hit.position, "title": hit.title, "source": hit.source,
+                "page": hit.page, "heading": hit.heading}
         if with_text:
             item["text"] = hit.text
         hits.append(item)

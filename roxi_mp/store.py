@@ -212,10 +212,10 @@ class Store(ChunkLeases, HitLookup, DocumentVersions):
                                    size=size, chunks=chunks, batch=batch)
         return None if result.outcome == "unchanged" else result.doc_id
 
-    def _insert_chunks(self, rows: list[tuple[int, int, str, str, str]]) -> int:
-        """Insert (doc_id, position, text, hash, state) rows and empty the list."""
-        self.conn.executemany("INSERT INTO chunks(doc_id, position, text, hash, state) VALUES (?, ?, ?, ?, ?)",
-                              rows)
+    def _insert_chunks(self, rows: list[tuple[int, int, str, str, str, int | None, str | None]]) -> int:
+        """Insert (doc_id, position, text, hash, state, page, heading) rows and empty the list."""
+        self.conn.executemany("INSERT INTO chunks(doc_id, position, text, hash, state, page, heading) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         n = len(rows)
         rows.clear()
         return n

@@ -77,10 +77,10 @@ class DocumentVersions:
 
     # --- writers -------------------------------------------------------------------
     def put_document(self, *, key: str, content_hash: str, source: str, title: str, size: int,
-                     chunks: Iterable[tuple[int, str, str]], content_type: str = "text/plain",
+                     chunks: Iterable[tuple], content_type: str = "text/plain",
                      metadata: dict | None = None, batch: int = 512) -> PutResult:
-        """Store `chunks` (position, text, hash) as the newest version of `key`, in one
-        transaction; identical content, title, type and metadata is `unchanged`. The chunk
+        """Store `chunks` (position, text, hash[, page, heading]) as the newest version of
+        `key`, in one transaction; identical content, title, type and metadata is `unchanged`. The chunk
         iterable may be a lazy stream; an error raised from it rolls everything back."""
         meta_json = json.dumps(metadata, sort_keys=True, separators=(",", ":")) if metadata else None
         with self.transaction():
@@ -102,11 +102,12 @@ class DocumentVersions:
                 (key, version, status, content_hash, source, title, content_type, meta_json, size,
                  time.time(), self._bump_visibility())).lastrowid
             n = reused = 0
-            rows: list[tuple[int, int, str, str, str]] = []
-            for position, text, digest in chunks:
+            rows: list[tuple[int, int, str, str, str, int | None, str | None]] = []
+            for position, text, digest, *where in chunks:
                 state = COPY if self._embedded(digest) else "pending"
                 reused += state == COPY
-                rows.append((doc_id, position, text, digest, state))
+                page, heading = where or (None, None)
+                rows.append((doc_id, position, text, digest, state, page, heading))
                 if len(rows) >= batch:
                     n += self._insert_chunks(rows)
             n += self._insert_chunks(rows)

@@ -39,6 +39,8 @@ class Hit:
     title: str
     source: str
     text: str
+    page: int | None = None  # of the chunk's first word (PDF)
+    heading: str | None = None  # path of the headings above it (HTML, Word, Markdown)
 
 
 class HitLookup:
@@ -56,7 +58,7 @@ class HitLookup:
             return out
         marks = ",".join("?" * len(rows))
         found = self.conn.execute(
-            f"SELECT c.row, c.id, c.doc_id, c.position, c.state = 'indexed' AND d.status = 'live'"
+            f"SELECT c.row, c.id, c.doc_id, c.position, c.state = 'indexed' AND d.status = 'live', c.page, c.heading"
             f"{', c.text' if with_text else ''} FROM chunks c JOIN documents d ON d.id = c.doc_id "
             f"WHERE c.row IN ({marks})", [int(r) for r in rows]).fetchall()
         stale = [r[0] for r in found if not r[4]]
@@ -68,7 +70,7 @@ class HitLookup:
             if r[4] and r[2] in docs:
                 key, version, title, source = docs[r[2]]
                 out[r[0]] = Hit(row=r[0], chunk_id=r[1], doc_id=r[2], key=key, version=version, position=r[3],
-                                title=title, source=source, text=r[5] if with_text else "")
+                                title=title, source=source, text=r[7] if with_text else "", page=r[5], heading=r[6])
         return out
 
     def _documents(self, ids: set[int]) -> dict[int, tuple[str, int, str, str]]:

@@ -28,9 +28,9 @@ def test_a_text_put_is_chunked_hashed_and_titled():
     assert up.key == "doc" and up.title == "Gout" and up.content_type == "text/plain"
     assert up.content_hash == hashlib.sha256(text.encode()).hexdigest() and up.size == len(text.encode())
     expected = [c.text for c in iter_chunks_from_lines(text.split("\n"), size=WORDS, overlap=OVERLAP)]
-    assert [t for _, t, _ in up.chunks] == expected and len(expected) > 3
-    assert [p for p, _, _ in up.chunks] == list(range(len(expected)))
-    assert all(h == hashlib.sha256(t.encode()).hexdigest() for _, t, h in up.chunks)
+    assert [t for _, t, *_ in up.chunks] == expected and len(expected) > 3
+    assert [p for p, *_ in up.chunks] == list(range(len(expected)))
+    assert all(h == hashlib.sha256(t.encode()).hexdigest() for _, t, h, *_ in up.chunks)
     assert up.metadata["year"] == 2024
     fields = up.store_fields()
     assert fields["source"] == documents.SOURCE and fields["size"] == up.size
@@ -44,7 +44,7 @@ def test_bytes_and_markdown_with_a_charset():
 def test_line_ends_chunk_as_a_text_file_read_does():
     unix = put(content="alpha beta.\n\n- gamma\n- delta\n")
     windows = put(content="alpha beta.\r\n\r\n- gamma\r\n- delta\r\n")
-    assert [t for _, t, _ in unix.chunks] == [t for _, t, _ in windows.chunks]
+    assert [t for _, t, *_ in unix.chunks] == [t for _, t, *_ in windows.chunks]
     assert unix.content_hash != windows.content_hash  # the hash is of the bytes, as ingest's
 
 
