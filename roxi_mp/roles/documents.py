@@ -324,6 +324,7 @@ class DocumentsRole(Role):
             self.extract_failures += 1
             log.info("put %r: %s", done.checked.key, result)
         self.extracted += not isinstance(result, BaseException)
+        self.stir(now)  # idle from the reply on, not from the request
         self.reply(done.envelope, done.request_id, stored)
 
     def new_extractor(self) -> Extractor:
