@@ -156,13 +156,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.pass_context
 def ingest(ctx: click.Context, paths: tuple[Path, ...], key: str | None, sync: bool, as_json: bool) -> None:
-    """Add .txt/.md files and directories (recursive) to the store, each file a document
-    keyed by its resolved path.
+    """Add .txt, .md, .pdf, .html, .htm and .docx files and directories (recursive) to the
+    store, each file a document keyed by its resolved path.
 
     An unchanged file is skipped; a changed one replaces its old version, which answers
     until the new one is indexed; a renamed file leaves no copy under its old path.
-    Unreadable, non-UTF-8 or missing files are reported and skipped (exit 5 if any), the
-    rest is ingested.
+    Unreadable, non-UTF-8 or missing files, files whose content is not what their name
+    says, and PDF/HTML/Word files that cannot be read within the [extract] limits are
+    reported and skipped (exit 5 if any), the rest is ingested.
     """
     bar = Bar("ingesting", lazy=True, min_total=20, enabled=not as_json, show_pos=True)
     with bar:

@@ -28,6 +28,7 @@ from .config_sections import (
     BackupSettings,
     Config,
     EmbedderSettings,
+    ExtractSettings,
     HashingSettings,
     HttpSettings,
     IndexerSettings,
@@ -49,7 +50,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 #: the names other modules import from here, wherever they are defined
 __all__ = [
     "BACKENDS", "INDEX_KINDS", "MAX_IPC_PATH", "ROLE_KINDS", "SECTIONS", "ENV_CONFIG", "ENV_DATA_DIR",
-    "BackupSettings", "Config", "EmbedderSettings", "HashingSettings", "HttpSettings",
+    "BackupSettings", "Config", "EmbedderSettings", "ExtractSettings", "HashingSettings", "HttpSettings",
     "IndexerSettings", "LimitsSettings", "MiniLMSettings", "NetworkSettings", "QuerySettings",
     "RestartSettings", "StoreSettings", "SupervisorSettings",
     "default_config_path", "load", "validate",

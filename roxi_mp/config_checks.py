@@ -32,6 +32,7 @@ def validate(cfg: Config) -> None:
     check_embedder(cfg)
     check_indexer(cfg)
     check_documents(cfg)
+    check_extract(cfg)
     check_query(cfg)
     check_supervisor(cfg)
     check_restart(cfg)
@@ -121,6 +122,19 @@ def check_documents(cfg: Config) -> None:
              d.max_pending_extractions)
 
 
+def check_extract(cfg: Config) -> None:
+    x = cfg.extract
+    _require(0 < x.timeout_seconds <= 3600, "extract.timeout_seconds", "in (0, 3600]", x.timeout_seconds)
+    # A floor against a unit slip (memory_mb = 1, meant as GB): the child itself takes ~20 MB
+    # before any document, and ordinary documents need tens of MB more.
+    _require(256 <= x.memory_mb <= 1 << 20, "extract.memory_mb", "in [256, 1048576]", x.memory_mb)
+    _require(1 <= x.max_pages <= 1_000_000, "extract.max_pages", "in [1, 1000000]", x.max_pages)
+    # The child holds the whole file while it parses it: one over its memory never could be read.
+    _require(1024 <= x.max_file_bytes < x.memory_mb << 20, "extract.max_file_bytes",
+             "in [1 KiB, memory_mb MiB)", x.max_file_bytes)
+    _require(x.max_unzipped_bytes >= 1024, "extract.max_unzipped_bytes", ">= 1 KiB", x.max_unzipped_bytes)
+
+
 def check_query(cfg: Config) -> None:
     q = cfg.query
     _require(q.hnsw_ef_search >= 1, "query.hnsw_ef_search", ">= 1", q.hnsw_ef_search)
@@ -147,6 +161,8 @@ def check_supervisor(cfg: Config) -> None:
     _require(sv.heartbeat_seconds > 0, "supervisor.heartbeat_seconds", "> 0", sv.heartbeat_seconds)
     _require(sv.liveness_seconds > sv.heartbeat_seconds, "supervisor.liveness_seconds",
              "> heartbeat_seconds", sv.liveness_seconds)
+    _require(sv.sleep_heartbeat_seconds >= sv.heartbeat_seconds, "supervisor.sleep_heartbeat_seconds",
+             ">= heartbeat_seconds", sv.sleep_heartbeat_seconds)
     _require(sv.grace_seconds > 0, "supervisor.grace_seconds", "> 0", sv.grace_seconds)
     _require(sv.start_timeout_seconds > 0, "supervisor.start_timeout_seconds", "> 0",
              sv.start_timeout_seconds)

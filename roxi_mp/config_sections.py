@@ -114,6 +114,17 @@ class DocumentsSettings:
 
 
 @dataclass
+class ExtractSettings:
+    """Limits of the extraction child (roxi_mp.extract.worker) that reads PDF, HTML and DOCX."""
+
+    timeout_seconds: float = 30.0
+    memory_mb: int = 1024
+    max_pages: int = 2000
+    max_file_bytes: int = 256 * 1024 * 1024
+    max_unzipped_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass
 class QuerySettings:
     default_k: int = 10
     max_k: int = 1000
@@ -139,7 +150,8 @@ class SupervisorSettings:
     grace_seconds: float = 10.0
     start_timeout_seconds: float = 30.0
     ingest_sample_on_empty: bool = True
-    sleep_poll_seconds: float = 1.0
+    sleep_poll_seconds: float = 5.0
+    sleep_heartbeat_seconds: float = 10.0
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
 
@@ -192,6 +204,7 @@ SECTIONS: dict[str, type] = {
     "http": HttpSettings,
     "indexer": IndexerSettings,
     "documents": DocumentsSettings,
+    "extract": ExtractSettings,
     "query": QuerySettings,
     "supervisor": SupervisorSettings,
     "restart": RestartSettings,
@@ -212,6 +225,7 @@ class Config:
     http: HttpSettings = field(default_factory=HttpSettings)
     indexer: IndexerSettings = field(default_factory=IndexerSettings)
     documents: DocumentsSettings = field(default_factory=DocumentsSettings)
+    extract: ExtractSettings = field(default_factory=ExtractSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     restart: RestartSettings = field(default_factory=RestartSettings)

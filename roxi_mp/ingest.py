@@ -1,4 +1,4 @@
-"""Ingest: turn files and directories of .txt/.md into documents keyed by their path.
+"""Ingest: turn files and directories of .txt/.md/.pdf/.html/.htm/.docx into documents keyed by their path.
 
 A file is a document whose key is its resolved path (or `key`, for one file). Its newest
 stored version is compared by content hash before any work: an unchanged file costs one
@@ -16,6 +16,13 @@ transaction begins (the write lock embedders claim work under is then held only 
 inserts); larger ones stream their chunks inside it. Problems with one file are reported
 and counted, and the rest of the batch goes on: one bad file in a directory of thousands
 must not stop an ingest.
+
+PDF, HTML and Word files are read whole (up to extract.max_file_bytes), hashed, and, when
+changed, read by the extraction child through one Extractor per ingest (a hostile file
+costs its error line: a time limit, a memory limit, a crash of the child); their sections
+become chunk rows with the page or heading path of each chunk. What every file holds is
+checked against its name first (roxi_mp.extract.sniff): a .pdf holding HTML, or a .txt
+holding a PNG, is refused with one line and leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -28,12 +35,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .documents import ChunkRow, iter_chunk_rows
+from .config_sections import ExtractSettings
+from .documents import ChunkRow, chunk_sections, iter_chunk_rows
 from .errors import BadInput, NotFound
+from .extract import BINARY_TYPES, SUFFIX_TYPES, ExtractError
+from .extract.extractor import Extractor
+from .extract.sniff import HEAD_BYTES, resolve_type
 from .store import Store
 
 #: file name endings ingested when walking a directory
-SUFFIXES = (".txt", ".md")
+SUFFIXES = (".txt", ".md", ".pdf", ".html", ".htm", ".docx")
+#: of those, the ones read by the extraction child (the others are streamed as text)
+EXTRACTED_SUFFIXES = tuple(s for s in SUFFIXES if SUFFIX_TYPES[s] in BINARY_TYPES)
+#: longest title taken from a document's metadata or first heading, characters
+TITLE_CHARS = 200
 #: read size for hashing, bytes
 READ_BYTES = 1 << 20
 #: files up to this size are chunked in memory before their transaction, larger ones streamed
@@ -101,24 +116,36 @@ def check_arguments(paths: list[Path | str], *, key: str | None, sync: bool, max
 def ingest_paths(store: Store, paths: Iterable[Path | str], *, chunk_words: int, chunk_overlap: int,
                  max_document_bytes: int, key: str | None = None, sync: bool = False,
                  max_key_chars: int = 1024, on_file: Callable[[Path, str], None] | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> IngestReport:
+                 progress: Callable[[int, int], None] | None = None, extract: ExtractSettings | None = None,
+                 extractor: Extractor | None = None) -> IngestReport:
     """Ingest every file under `paths` (one file's document under `key` if given); with
     `sync`, then delete the documents keyed under each directory argument whose file is
     gone. `on_file(path, outcome)` is called after each file, and `progress(done, total)` in
-    files once before the first and after each. BadInput (nothing done) for bad options."""
+    files once before the first and after each. PDF, HTML and Word files are read by
+    `extractor`, or by one made with the `extract` limits on the first such file and ended
+    with the ingest. BadInput (nothing done) for bad options."""
     paths = list(paths)
     check_arguments(paths, key=key, sync=sync, max_key_chars=max_key_chars)
     report = IngestReport()
     files = expand(paths, report)
-    if progress is not None:
-        progress(0, len(files))
-    for done, path in enumerate(files, 1):
-        outcome = ingest_file(store, path, report, key=key, chunk_words=chunk_words,
-                              chunk_overlap=chunk_overlap, max_document_bytes=max_document_bytes)
-        if on_file is not None:
-            on_file(path, outcome)
+    settings = extract or ExtractSettings()
+    owned = extractor is None and any(p.suffix.lower() in EXTRACTED_SUFFIXES for p in files)
+    if owned:
+        extractor = Extractor(settings)
+    try:
         if progress is not None:
-            progress(done, len(files))
+            progress(0, len(files))
+        for done, path in enumerate(files, 1):
+            outcome = ingest_file(store, path, report, key=key, chunk_words=chunk_words,
+                                  chunk_overlap=chunk_overlap, max_document_bytes=max_document_bytes,
+                                  extract=settings, extractor=extractor)
+            if on_file is not None:
+                on_file(path, outcome)
+            if progress is not None:
+                progress(done, len(files))
+    finally:
+        if owned:
+            extractor.close()
     if sync:
         for directory in dict.fromkeys(Path(p).resolve() for p in paths if Path(p).is_dir()):
             sync_directory(store, directory, report)
@@ -133,12 +160,23 @@ def sync_directory(store: Store, directory: Path, report: IngestReport) -> None:
 
 
 def ingest_file(store: Store, path: Path, report: IngestReport, *, chunk_words: int, chunk_overlap: int,
-                max_document_bytes: int, key: str | None = None) -> str:
+                max_document_bytes: int, key: str | None = None, extract: ExtractSettings | None = None,
+                extractor: Extractor | None = None) -> str:
     """Ingest one file into `report` as the newest version of `key` (default: its resolved
-    path); returns the outcome: added, replaced, unchanged, empty or error."""
+    path); returns the outcome: added, replaced, unchanged, empty or error. A PDF, HTML or
+    Word file is read by `extractor` (by a worker of its own when None)."""
     resolved = str(path.resolve())
     key = resolved if key is None else key
     try:
+        if path.suffix.lower() in EXTRACTED_SUFFIXES:
+            settings = extract or ExtractSettings()
+            if extractor is None:
+                with Extractor(settings) as own:
+                    return _ingest_extracted(store, path, report, key=key, settings=settings, extractor=own,
+                                             chunk_words=chunk_words, chunk_overlap=chunk_overlap)
+            return _ingest_extracted(store, path, report, key=key, settings=settings, extractor=extractor,
+                                     chunk_words=chunk_words, chunk_overlap=chunk_overlap)
+        _check_text(path)
         size, digest = _hash_file(path)
         if size > max_document_bytes:
             report.errors.append((str(path), f"{size} bytes exceeds store.max_document_bytes "
@@ -158,6 +196,9 @@ def ingest_file(store: Store, path: Path, report: IngestReport, *, chunk_words: 
     except UnicodeDecodeError:
         report.errors.append((str(path), f"not valid UTF-8 (byte {_bad_utf8_offset(path)})"))
         return "error"
+    except ExtractError as exc:
+        report.errors.append((str(path), str(exc)))
+        return "error"
     except OSError as exc:
         report.errors.append((str(path), exc.strerror or str(exc)))
         return "error"
@@ -173,10 +214,41 @@ def ingest_file(store: Store, path: Path, report: IngestReport, *, chunk_words: 
     return outcome
 
 
+def _ingest_extracted(store: Store, path: Path, report: IngestReport, *, key: str, settings: ExtractSettings,
+                      extractor: Extractor, chunk_words: int, chunk_overlap: int) -> str:
+    """A PDF, HTML or Word file: read whole, hashed, checked against its name, and, when
+    changed, extracted by the child. ExtractError and OSError go to the caller's report."""
+    size = path.stat().st_size
+    if size > settings.max_file_bytes:
+        raise ExtractError(f"{size} bytes exceeds extract.max_file_bytes ({settings.max_file_bytes})")
+    with open(path, "rb") as fh:
+        data = fh.read(settings.max_file_bytes + 1)  # a file growing meanwhile is still bounded
+    if len(data) > settings.max_file_bytes:
+        raise ExtractError(f"over extract.max_file_bytes ({settings.max_file_bytes}) bytes")
+    content_type = resolve_type(data, declared=None, name=path.name)
+    digest = hashlib.sha256(data).hexdigest()
+    newest = store.newest_version(key)
+    # The hash alone decides: the same bytes make the same title and chunks.
+    if newest is not None and newest[0] == digest:
+        report.unchanged += 1
+        outcome = "unchanged"
+    else:
+        extracted = extractor.extract(data, content_type)
+        del data  # the text is what the chunker needs; the file's bytes can go
+        chunks = chunk_sections(extracted.sections, words=chunk_words, overlap=chunk_overlap)
+        if not chunks:
+            raise ExtractError("no text found")
+        outcome = _put(store, report, key=key, digest=digest, source=str(path.resolve()),
+                       title=_document_title(extracted.title, path), size=size, chunks=chunks,
+                       content_type=content_type)
+    _remove_moved(store, key, digest, report)
+    return outcome
+
+
 def _put(store: Store, report: IngestReport, *, key: str, digest: str, source: str, title: str, size: int,
-         chunks: Iterable[tuple[int, str, str]]) -> str:
+         chunks: Iterable[ChunkRow], content_type: str = "text/plain") -> str:
     result = store.put_document(key=key, content_hash=digest, source=source, title=title, size=size,
-                                chunks=chunks)
+                                chunks=chunks, content_type=content_type)
     if result.outcome == "added":
         report.added += 1
     elif result.outcome == "replaced":
@@ -267,6 +339,20 @@ def _chunk_stream(path: Path, words: int, overlap: int) -> Iterator[ChunkRow]:
         yield row
     if n == 0:
         raise _Empty()
+
+
+def _check_text(path: Path) -> None:
+    """ExtractError when a text file's first bytes say it is not text (a PNG named .txt,
+    a PDF named .md); HTML source named .txt is text (resolve_type says why)."""
+    with open(path, "rb") as fh:
+        head = fh.read(HEAD_BYTES)
+    resolve_type(head, declared=None, name=path.name)
+
+
+def _document_title(title: str | None, path: Path) -> str:
+    """The document's own title (metadata, first heading) on one line, else the file name."""
+    line = " ".join((title or "").split())[:TITLE_CHARS]
+    return line or path.name
 
 
 def _title(path: Path, *, limit: int = 200) -> str:

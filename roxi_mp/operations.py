@@ -32,7 +32,7 @@ Progress = Callable[[int, int], None]
 
 def ingest(cfg: Config, paths: Iterable[Path | str], *, key: str | None = None, sync: bool = False,
            progress: Progress | None = None) -> ingest_mod.IngestReport:
-    """Add or replace .txt/.md files and directories in the store (roxi_mp.ingest: `key`
+    """Add or replace .txt/.md/.pdf/.html/.docx files and directories in the store (roxi_mp.ingest: `key`
     for one file, `sync` to delete documents of vanished files under the directories), then
     wake a running system's embedders.
 
@@ -46,7 +46,8 @@ def ingest(cfg: Config, paths: Iterable[Path | str], *, key: str | None = None, 
         report = ingest_mod.ingest_paths(store, paths, chunk_words=cfg.store.chunk_words,
                                          chunk_overlap=cfg.store.chunk_overlap,
                                          max_document_bytes=cfg.store.max_document_bytes, key=key, sync=sync,
-                                         max_key_chars=cfg.documents.max_key_chars, progress=progress)
+                                         max_key_chars=cfg.documents.max_key_chars, progress=progress,
+                                         extract=cfg.extract)
     if report.added or report.replaced:
         service.notify_ingest(cfg)
     return report

@@ -239,7 +239,10 @@ class Arbiter:
                     self.signal_child(child, signal.SIGKILL)
                 continue
             silent = now - child.last_beat
-            if child.state in LIVE_STATES and silent > s.liveness_seconds:
+            # A child asleep beats every sleep_heartbeat_seconds, not heartbeat_seconds.
+            allowed = s.liveness_seconds + (s.sleep_heartbeat_seconds - s.heartbeat_seconds
+                                            if child.state is ChildState.ASLEEP else 0.0)
+            if child.state in LIVE_STATES and silent > allowed:
                 log.warning("%s silent for %.1f s: hung, terminating", child.name, silent)
                 self.kill_child(child, now)
             elif child.state is ChildState.STARTING and silent > s.start_timeout_seconds:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -49,13 +50,47 @@ class Role:
         self.ctx = ctx
         self.name = name or self.role
         self.stopping = False
+        # Set by the Runner before initialize(): the supervisor's commands (a role asleep
+        # polls it with its own sockets, so that a wake or a work notice ends its wait at
+        # once), and when the next heartbeat is due (a role asleep waits until then).
+        self.commands: zmq.Socket | None = None
+        self.beat_due = 0.0
+        # Set by the Runner: readable once a stop signal came. A wait that polls it ends at
+        # once on SIGTERM (pyzmq resumes a poll interrupted by a signal: without it a role
+        # asleep would stop only when its wait ran out, seconds later).
+        self.signal_fd: int | None = None
+        self._idle_poller: zmq.Poller | None = None
 
     def initialize(self) -> None:
         """Open stores and sockets. Raise ConfigError/StoreError for a boot failure."""
 
     def poll_timeout(self) -> float:
-        """Longest a loop step may wait, seconds: well under the heartbeat interval."""
+        """Longest a loop step may wait, seconds: well under the heartbeat interval; asleep,
+        until the next heartbeat or `next_duty()`, whichever is first. Each wakeup of an idle
+        process costs about a millisecond of CPU on a small VM, so a sleeping system wakes
+        as seldom as it can (its commands still end the wait at once)."""
+        if self.state_name() == "asleep":
+            return max(0.0, min(self.beat_due, self.next_duty()) - time.monotonic())
         return min(0.5, self.cfg.supervisor.heartbeat_seconds / 2)
+
+    def next_duty(self) -> float:
+        """When a role asleep has something of its own to do (monotonic time; inf: nothing)."""
+        return math.inf
+
+    def watch_wakers(self, poller: zmq.Poller) -> None:
+        """Register what must end a wait at once: the supervisor's commands (the Runner
+        drains them after the step) and the stop signal."""
+        if self.commands is not None:
+            poller.register(self.commands, zmq.POLLIN)
+        if self.signal_fd is not None:
+            poller.register(self.signal_fd, zmq.POLLIN)
+
+    def idle(self, timeout: float) -> None:
+        """Wait `timeout` seconds, or until a command or a stop signal arrives."""
+        if self._idle_poller is None:
+            self._idle_poller = zmq.Poller()
+            self.watch_wakers(self._idle_poller)
+        self._idle_poller.poll(int(timeout * 1000))
 
     def loop(self, now: float) -> None:
         """One step; must return within about `poll_timeout()` seconds."""
@@ -101,8 +136,9 @@ class Runner:
     `heartbeat_seconds`, and one at once whenever the role's state changes.
     """
 
-    def __init__(self, role: Role, *, supervisor_pid: int | None = None) -> None:
+    def __init__(self, role: Role, *, supervisor_pid: int | None = None, signal_fd: int | None = None) -> None:
         self.role = role
+        self.signal_fd = signal_fd  # readable once a stop signal came (catch_signals)
         self.supervisor_pid = supervisor_pid  # None: no supervisor to outlive
         self.beat: zmq.Socket | None = None  # PUSH to the supervisor's heartbeat socket
         self.commands: zmq.Socket | None = None  # SUB to the supervisor's command socket
@@ -119,6 +155,7 @@ class Runner:
         for target in ("all", role.role, role.name):
             self.commands.setsockopt(zmq.SUBSCRIBE, protocol.command_topic(target))
         self.commands.connect(cfg.endpoint("commands"))
+        role.commands, role.signal_fd = self.commands, self.signal_fd
         try:
             role.initialize()
         except (ConfigError, StoreError) as exc:
@@ -136,7 +173,11 @@ class Runner:
             self.seq += 1
             _send_heartbeat(self.beat, self.role, self.seq, self.role.info())
             self.reported = state
-            self.next_beat = now + self.role.cfg.supervisor.heartbeat_seconds
+            sv = self.role.cfg.supervisor
+            # Asleep, a role has nothing new to say: it beats seldom (the supervisor allows
+            # an asleep role that much longer a silence).
+            self.next_beat = now + (sv.sleep_heartbeat_seconds if state == "asleep" else sv.heartbeat_seconds)
+            self.role.beat_due = self.next_beat
             if not _parent_alive(self.supervisor_pid):
                 log.error("supervisor %s died; exiting", self.supervisor_pid)
                 return False
@@ -158,9 +199,12 @@ class Runner:
         return ok
 
 
-def catch_signals(supervisor_pid: int | None) -> dict[str, bool]:
-    """Make SIGTERM (and SIGINT without a supervisor) set the returned stop["flag"]."""
+def catch_signals(supervisor_pid: int | None) -> tuple[dict[str, bool], int]:
+    """Make SIGTERM (and SIGINT without a supervisor) set the returned stop["flag"], and
+    make the returned fd readable (Python's wakeup fd: a role's waits poll it)."""
     stop = {"flag": False}
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
 
     def handle_stop(signum: int, frame: object) -> None:  # only a flag: no I/O in handlers
         stop["flag"] = True
@@ -172,7 +216,7 @@ def catch_signals(supervisor_pid: int | None) -> dict[str, bool]:
     # Under a supervisor, Ctrl-C in the terminal reaches the whole process group; only the
     # supervisor may act on it, so that roles stop in order (embedders, indexer, queries).
     signal.signal(signal.SIGINT, signal.SIG_IGN if supervisor_pid else handle_stop)
-    return stop
+    return stop, read_end
 
 
 def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
@@ -184,14 +228,14 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
     if not _parent_alive(supervisor_pid):
         log.error("supervisor %s is gone before start; exiting", supervisor_pid)
         return 1
-    stop = catch_signals(supervisor_pid)
+    stop, signal_fd = catch_signals(supervisor_pid)
     try:
         cfg = config_mod.load(args.config, data_dir=args.data_dir)
     except ConfigError as exc:
         log.error("boot failed: %s", exc)
         return BOOT_ERROR
     ctx = zmq.Context()
-    runner = Runner(role_cls(cfg, ctx, name=args.name), supervisor_pid=supervisor_pid)
+    runner = Runner(role_cls(cfg, ctx, name=args.name), supervisor_pid=supervisor_pid, signal_fd=signal_fd)
     code = 0
     try:
         code = runner.boot()

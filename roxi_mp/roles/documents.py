@@ -108,6 +108,7 @@ class DocumentsRole(Role):
         self.router.bind(self.cfg.endpoint("documents"))
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
+        self.watch_wakers(self.poller)  # a command or a stop signal ends a wait at once
         self.db()  # a store this roxi cannot use is a boot error, not a reply to every put
         self.close_db()  # reopened by the first request that needs it
         # Running, then asleep once idle, as the indexer: a fresh system reads "running".

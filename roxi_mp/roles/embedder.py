@@ -275,7 +275,10 @@ class Embedder(Role):
             if not self.store.paused() and self.store.pending_count(now=time.time()) > 0:
                 self.wake(now)
                 return
-        time.sleep(self.poll_timeout())
+        self.idle(self.poll_timeout())
+
+    def next_duty(self) -> float:
+        return self.next_check  # asleep: the next look for work
 
     # --- sleep and wake ----------------------------------------------------------
     def sleep(self, now: float) -> None:

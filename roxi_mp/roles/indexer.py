@@ -63,6 +63,7 @@ class Indexer(Role):
         self.builds = None  # the background approximate-index builds
         self.compactions: Compactions | None = None  # the background compactions
         self.pull: zmq.Socket | None = None  # vectors from the embedders
+        self.poller = zmq.Poller()  # pull, and the supervisor's commands
         self.pub: zmq.Socket | None = None  # generation events to the query server
         self.model_id, self.dim = "", 0
         self.pending: dict[int, np.ndarray] = {}  # chunk id -> float16 row, insertion ordered
@@ -99,12 +100,18 @@ class Indexer(Role):
         self.pull = protocol.configure(self.ctx.socket(zmq.PULL), hwm=VECTORS_HWM,
                                        max_message_bytes=self._max_batch_bytes())
         self.pull.bind(self.cfg.endpoint("vectors"))
+        self.poller.register(self.pull, zmq.POLLIN)
+        self.watch_wakers(self.poller)  # a command or a stop signal ends a wait at once
         self.pub = protocol.configure(self.ctx.socket(zmq.PUB), hwm=self.cfg.limits.socket_hwm)
         self.pub.bind(self.cfg.endpoint("events"))
         self.generation = self.store.generation()
         self.last_activity = time.monotonic()
         self.state = IState.AWAKE
         self._publish()
+
+    def next_duty(self) -> float:
+        """Asleep: the next look for chunks to copy, or for a compaction that is due."""
+        return min(self.next_copy_check, self.compactions.next_check)
 
     def _max_batch_bytes(self) -> int:
         rows = self.cfg.embedder.batch_size
@@ -115,7 +122,7 @@ class Indexer(Role):
         timeout = SWITCH_POLL_SECONDS if switching else self.poll_timeout()
         if self.deadline is not None and not switching:
             timeout = max(0.0, min(timeout, self.deadline - now))
-        if self.pull.poll(int(timeout * 1000), zmq.POLLIN):
+        if self.pull in dict(self.poller.poll(int(timeout * 1000))):
             self.last_activity = time.monotonic()
             if self.state is IState.ASLEEP:
                 self.state = IState.AWAKE

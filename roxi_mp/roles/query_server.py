@@ -101,6 +101,7 @@ class QueryServer(Role):
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.sub, zmq.POLLIN)
+        self.watch_wakers(self.poller)  # a command or a stop signal ends a wait at once
         if self.model.remote:
             self.embeds = QueryEmbeds(self.model, timeout_seconds=qcfg.embed_timeout_seconds,
                                       max_waiting=qcfg.embed_max_waiting)

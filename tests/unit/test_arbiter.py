@@ -341,6 +341,17 @@ def test_a_hung_child_is_terminated_then_killed_after_the_grace(rig):
     assert all(p.signals == [] for p in r.popen.spawned if p.name != "indexer")
 
 
+def test_a_child_asleep_may_be_silent_for_its_longer_heartbeat_interval(rig):
+    r = rig(supervisor__heartbeat_seconds=1.0, supervisor__sleep_heartbeat_seconds=10.0)
+    child = r.child("indexer")
+    child.beat({"state": "asleep", "pid": child.pid}, r.clock.now)
+    r.silent.add("indexer")
+    r.run(14.0)  # liveness 5 s + 9 s more of the asleep interval: not yet hung
+    assert r.proc("indexer").signals == [] and child.state is ChildState.ASLEEP
+    r.run(0.25)
+    assert r.proc("indexer").signals == [signal.SIGTERM]
+
+
 def test_a_child_that_never_gets_ready_is_terminated(rig):
     r = rig()
     r.silent.add("embedder-2")

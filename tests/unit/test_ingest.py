@@ -47,7 +47,7 @@ def tree(tmp_path: Path) -> Path:
     (root / "b.txt").write_text("Beta plain text first line\nsecond line of beta.\n")
     (root / "sub" / "c.md").write_text("## Gamma\nGamma text.\n")
     (root / "sub" / "deeper" / "d.TXT").write_text("Delta upper-case suffix.\n")
-    (root / "sub" / "report.pdf").write_bytes(b"%PDF-1.4 binary junk \xff\xfe")
+    (root / "sub" / "report.odt").write_bytes(b"PK\x03\x04 binary junk \xff\xfe")  # a suffix not walked
     (root / "notes.rst").write_text("not ingested\n")
     (root / "sub" / "dir.md").mkdir()  # a directory with a .md name is not a file
     return root
@@ -96,16 +96,16 @@ def test_identical_files_in_one_batch_are_two_documents(store: Store, tmp_path: 
 
 def test_expand_reports_missing_and_unsupported_paths(tmp_path: Path) -> None:
     (tmp_path / "ok.md").write_text("x\n")
-    (tmp_path / "doc.pdf").write_bytes(b"%PDF")
+    (tmp_path / "doc.exe").write_bytes(b"MZ")
     (tmp_path / "noext").write_text("x\n")
     report = IngestReport()
-    files = expand([tmp_path / "missing.md", tmp_path / "doc.pdf", tmp_path / "noext", tmp_path / "ok.md"],
+    files = expand([tmp_path / "missing.md", tmp_path / "doc.exe", tmp_path / "noext", tmp_path / "ok.md"],
                    report)
     assert files == [tmp_path / "ok.md"]
     reasons = dict(report.errors)
-    assert set(reasons) == {str(tmp_path / "missing.md"), str(tmp_path / "doc.pdf"), str(tmp_path / "noext")}
+    assert set(reasons) == {str(tmp_path / "missing.md"), str(tmp_path / "doc.exe"), str(tmp_path / "noext")}
     assert "no such file" in reasons[str(tmp_path / "missing.md")]
-    assert ".pdf" in reasons[str(tmp_path / "doc.pdf")]
+    assert ".exe" in reasons[str(tmp_path / "doc.exe")]
     assert "(none)" in reasons[str(tmp_path / "noext")]
 
 
@@ -120,15 +120,15 @@ def test_bad_files_are_reported_and_the_store_keeps_previous_data(store: Store, 
     (bad / "late.txt").write_bytes(("valid words here. " * 5000).encode() + b"\xc3\x28 tail\n")
     (bad / "empty.md").write_bytes(b"")
     (bad / "blank.txt").write_text("  \n\n\t \n   \n")
-    (bad / "doc.pdf").write_bytes(b"%PDF")
+    (bad / "doc.exe").write_bytes(b"MZ")
     missing = tmp_path / "gone.md"
     outcomes: dict[str, str] = {}
-    report = ingest_paths(store, [bad, bad / "doc.pdf", missing], **PARAMS,
+    report = ingest_paths(store, [bad, bad / "doc.exe", missing], **PARAMS,
                           on_file=lambda p, o: outcomes.update({p.name: o}))
     assert outcomes == {"latin.md": "error", "late.txt": "error", "empty.md": "empty", "blank.txt": "empty"}
     assert (report.added, report.unchanged, report.empty, report.chunks) == (0, 0, 2, 0)
     errors = dict(report.errors)
-    assert set(errors) == {str(bad / "latin.md"), str(bad / "late.txt"), str(bad / "doc.pdf"), str(missing)}
+    assert set(errors) == {str(bad / "latin.md"), str(bad / "late.txt"), str(bad / "doc.exe"), str(missing)}
     assert "UTF-8" in errors[str(bad / "latin.md")] and "UTF-8" in errors[str(bad / "late.txt")]
     assert report.files == 6
     assert snapshot(store) == before

@@ -21,6 +21,8 @@ from tests.conftest import PATIENCE
 
 #: heartbeat interval of the tests' config, seconds
 BEAT = 1.0
+#: heartbeat interval of a role asleep in the tests' config, seconds
+SLEEP_BEAT = 10.0
 #: longest wait for a heartbeat already sent to arrive over ipc, ms (only a failure waits it)
 ARRIVAL_MS = 2000
 
@@ -82,7 +84,7 @@ class Supervisor:
 
 @pytest.fixture
 def cfg(make_config):
-    cfg = make_config(supervisor__heartbeat_seconds=BEAT)
+    cfg = make_config(supervisor__heartbeat_seconds=BEAT, supervisor__sleep_heartbeat_seconds=SLEEP_BEAT)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return cfg
@@ -141,12 +143,28 @@ def test_a_state_change_beats_at_once_then_the_interval_restarts(booted, sup) ->
     runner.step(1000.25)  # well before the interval: the change goes out now
     runner.step(1000.5)  # the same state: nothing more
     runner.step(1001.125)  # an interval after the first beat, but not after the change
+    runner.step(1001.25)  # an awake interval after the change: asleep, a role beats seldom
+    runner.step(1010.0)
     assert runner.seq == 2
-    runner.step(1001.25)
+    runner.step(1000.25 + SLEEP_BEAT)
+    assert runner.seq == 3
+    assert [b["state"] for b in sup.take_beats(3)] == ["running", "asleep", "asleep"]
     role.state = "running"
-    runner.step(1001.5)
+    runner.step(1010.5)
     assert runner.seq == 4
-    assert [b["state"] for b in sup.take_beats(4)] == ["running", "asleep", "asleep", "running"]
+    runner.step(1011.5)
+    assert runner.seq == 5  # awake again: one beat per BEAT
+    assert [b["state"] for b in sup.take_beats(2)] == ["running", "running"]
+
+
+def test_a_role_asleep_waits_until_its_next_beat_or_duty(booted) -> None:
+    runner, role = booted
+    runner.step(1000.0)
+    assert role.poll_timeout() == min(0.5, BEAT / 2)  # awake: well under the interval
+    role.state = "asleep"
+    runner.step(1000.25)
+    assert role.beat_due == 1000.25 + SLEEP_BEAT
+    assert role.commands is runner.commands  # a role polls it too: a command ends the wait
 
 
 def test_a_dead_parent_stops_the_loop_at_the_next_beat(booted, sup) -> None:
