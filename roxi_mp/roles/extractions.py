@@ -15,14 +15,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from ..documents import Checked
 from ..errors import Busy
 from ..extract import Extracted
-
-if TYPE_CHECKING:
-    from ..extract.extractor import Extractor
+from ..extract.extractor import Extractor
 
 
 @dataclass
