@@ -12,7 +12,7 @@ it whole. Whitespace inside a chunk is collapsed to single spaces.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .errors import BadInput, ConfigError
@@ -77,13 +77,17 @@ def iter_chunks_from_lines(
 
 
 def iter_tagged_chunks(
-    lines: Iterable[tuple[str, object]], *, size: int = DEFAULT_SIZE, overlap: int = DEFAULT_OVERLAP
+    lines: Iterable[tuple[str, object]], *, size: int = DEFAULT_SIZE, overlap: int = DEFAULT_OVERLAP,
+    section_of: Callable[[object], object] | None = None,
 ) -> Iterator[Chunk]:
     """Chunks of a document given as (line, tag) pairs, each chunk carrying the tag of the
     line its first word came from: where it came from (a page, a heading path). The same
-    windows as `iter_chunks_from_lines` over the lines alone."""
+    windows as `iter_chunks_from_lines` over the lines alone, except that with
+    `section_of`, a line whose tag is of another section than the line before starts a new
+    chunk (the old section's last words end one, without overlap into the new section): a
+    chunk is then never cited under a heading it mostly is not under."""
     _check_params(size, overlap)
-    return _windows(lines, size, overlap, tagged=True)
+    return _windows(lines, size, overlap, tagged=True, section_of=section_of)
 
 
 def _check_params(size: int, overlap: int) -> None:
@@ -97,16 +101,19 @@ def _check_params(size: int, overlap: int) -> None:
         )
 
 
-def _windows(lines: Iterable, size: int, overlap: int, tagged: bool = False) -> Iterator[Chunk]:
+def _windows(lines: Iterable, size: int, overlap: int, tagged: bool = False,
+             section_of: Callable[[object], object] | None = None) -> Iterator[Chunk]:
     # `words[start:]` are the words not yet fully emitted; `ends[i]` says a window may end
     # after words[i]. The last buffered word is never inside an emitted window (one is only
     # cut while more than `size` words wait), so its flag may still be set when the next
-    # line turns out to be blank or a heading. Tagged, `tags[i]` is words[i]'s line's tag.
+    # line turns out to be blank or a heading. Tagged, `tags[i]` is words[i]'s line's tag;
+    # `words[fresh:]` are the words in no chunk yet (`start` may be before: the overlap).
     words: list[str] = []
     ends: list[bool] = []
     tags: list[object] = []
     tag: object = None
-    start = 0
+    section: object = None
+    start = fresh = 0
     position = 0
     tail = max(1, int(size * BOUNDARY_TAIL))
     after_heading = False
@@ -119,6 +126,13 @@ def _windows(lines: Iterable, size: int, overlap: int, tagged: bool = False) -> 
             if ends and not after_heading:
                 ends[-1] = True
             continue
+        if section_of is not None and section_of(tag) != section:
+            section = section_of(tag)
+            if len(words) > fresh:  # the old section's last words end its last chunk
+                yield Chunk(position, " ".join(words[start:]), tags[start])
+                position += 1
+            words.clear(), ends.clear(), tags.clear()
+            start = fresh = 0
         block = _BLOCK_START.match(line) if line[0] in _BLOCK_FIRST else None
         if block and ends:
             ends[-1] = True
@@ -136,15 +150,15 @@ def _windows(lines: Iterable, size: int, overlap: int, tagged: bool = False) -> 
                 end = _cut(ends, start, size, tail)
                 yield Chunk(position, " ".join(words[start:end]), tags[start] if tagged else None)
                 position += 1
-                start = end - overlap
+                start, fresh = end - overlap, end
             if start:
                 # Dropping emitted words keeps the buffer near one window; the cost is
                 # paid once per line, so it stays linear overall.
                 del words[:start]
                 del ends[:start]
                 del tags[:start]
-                start = 0
-    if len(words) > start:
+                start, fresh = 0, fresh - start
+    if len(words) > fresh:
         yield Chunk(position, " ".join(words[start:]), tags[start] if tagged else None)
 
 

@@ -271,8 +271,13 @@ def chunk_sections(sections: Iterable[Section], *, words: int, overlap: int) -> 
     return list(_rows(section_lines(sections), words, overlap))
 
 
+def _heading(where: tuple[int | None, str | None]) -> str | None:
+    return where[1]
+
+
 def _rows(tagged: Iterable[tuple[str, Any]], words: int, overlap: int) -> Iterator[ChunkRow]:
-    for chunk in iter_tagged_chunks(tagged, size=words, overlap=overlap):
+    # A heading starts a new chunk: a hit is cited under the heading its text is under.
+    for chunk in iter_tagged_chunks(tagged, size=words, overlap=overlap, section_of=_heading):
         page, heading = chunk.tag
         yield chunk.position, chunk.text, hashlib.sha256(chunk.text.encode()).hexdigest(), page, heading
 

@@ -33,7 +33,10 @@ def open_data_dir(cfg: Config) -> Store:
         report = ingest.ingest_paths(store, [ingest.sample_corpus_dir()],
                                      chunk_words=cfg.store.chunk_words,
                                      chunk_overlap=cfg.store.chunk_overlap,
-                                     max_document_bytes=cfg.store.max_document_bytes)
+                                     max_document_bytes=cfg.store.max_document_bytes,
+                                     extract=cfg.extract)  # its PDF is read by a bounded child too
         log.info("empty store: ingested the sample corpus (%d documents, %d chunks)",
                  report.added, report.chunks)
+        for path, reason in report.errors:  # a broken package's file: the rest is still served
+            log.warning("sample corpus: skipped %s: %s", path, reason)
     return store

