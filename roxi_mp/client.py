@@ -24,6 +24,10 @@ from .errors import E_ERROR, NotRunning, ServerError, Timeout
 
 #: default time to wait for a reply, seconds
 DEFAULT_TIMEOUT = 10.0
+#: longer wait for the reply to a put of bytes, which the server may extract after the
+#: documents queued before it, seconds: (documents.max_pending_extractions + 1) times
+#: extract.timeout_seconds by default (270)
+DEFAULT_EXTRACT_WAIT = 9 * 30.0
 
 
 class Client:
@@ -132,12 +136,21 @@ class DocumentsClient(Client):
     """Client of the documents endpoint: `DocumentsClient.for_config(cfg).put("k", "text")`.
 
     A put answers once the document is stored (its chunks pending), not once it is
-    searchable: `get(key)` shows its chunks' states. Error replies raise ServerError with
-    the reply's code (not_found, bad_request, too_large, busy, ...)."""
+    searchable: `get(key)` shows its chunks' states. A put of bytes (a PDF, an HTML page,
+    a Word document) answers once the server has extracted its text, which may wait for
+    the documents before it: it waits up to `extract_wait` seconds longer than other
+    requests. Error replies raise ServerError with the reply's code (not_found,
+    bad_request, too_large, busy, ...)."""
+
+    def __init__(self, endpoint: str, *, extract_wait: float = DEFAULT_EXTRACT_WAIT, **kwargs: Any) -> None:
+        super().__init__(endpoint, **kwargs)
+        self.extract_wait = extract_wait
 
     @classmethod
     def for_config(cls, cfg: Config, **kwargs: Any) -> "DocumentsClient":
         kwargs.setdefault("timeout", cfg.limits.request_timeout_seconds)
+        # The server's own bound: every waiting document and this one take their whole time.
+        kwargs.setdefault("extract_wait", (cfg.documents.max_pending_extractions + 1) * cfg.extract.timeout_seconds)
         if keys.needs_keys(cfg, "documents") and "curve" not in kwargs:
             kwargs["curve"] = keys.client_keys(cfg)
         return cls(cfg.endpoint("documents"), **kwargs)
@@ -145,11 +158,14 @@ class DocumentsClient(Client):
     def put(self, key: str, content: str | bytes, *, content_type: str | None = None, title: str | None = None,
             metadata: dict[str, Any] | None = None, timeout: float | None = None) -> dict:
         """Store `content` as the newest version of `key`: {"outcome": added|replaced|unchanged,
-        "key", "version", "chunks", "reused", "superseded"}."""
+        "key", "version", "chunks", "reused", "superseded"}. Bytes with no content_type are
+        sniffed by the server (PDF, HTML, DOCX, else UTF-8 text)."""
         fields: dict[str, Any] = {"key": key, "content": content}
         for name, value in (("content_type", content_type), ("title", title), ("metadata", metadata)):
             if value is not None:
                 fields[name] = value
+        if timeout is None and not isinstance(content, str):
+            timeout = self.timeout + self.extract_wait  # it may be extracted, after others
         reply = self.call("put", timeout=timeout, **fields)
         return {name: reply[name] for name in ("outcome", "key", "version", "chunks", "reused", "superseded")}
 

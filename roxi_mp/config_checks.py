@@ -118,6 +118,8 @@ def check_documents(cfg: Config) -> None:
     _require(d.max_metadata_bytes >= 64, "documents.max_metadata_bytes", ">= 64", d.max_metadata_bytes)
     _require(d.max_metadata_entries >= 1, "documents.max_metadata_entries", ">= 1", d.max_metadata_entries)
     _require(1 <= d.list_max <= 100_000, "documents.list_max", "in [1, 100000]", d.list_max)
+    _require(1 <= d.max_pending_extractions <= 1000, "documents.max_pending_extractions", "in [1, 1000]",
+             d.max_pending_extractions)
 
 
 def check_extract(cfg: Config) -> None:

@@ -110,6 +110,7 @@ class DocumentsSettings:
     max_metadata_bytes: int = 16 * 1024
     max_metadata_entries: int = 64
     list_max: int = 1000
+    max_pending_extractions: int = 8
 
 
 @dataclass

@@ -3,12 +3,16 @@
 The documents endpoint (roxi_mp.roles.documents) takes a key, content, a content type, a
 title and a metadata map from anyone allowed on its socket; this module checks each
 against the [documents] limits and turns the content into what `Store.put_document` takes,
-so a bad field is a `bad_request` naming it, and never half a document. Content becomes
-text through a small table of content types (`CONTENT_TYPES`: text/plain and text/markdown
-now; PDF, HTML or DOCX extractors are one entry each), and text becomes chunk rows
-(position, text, sha256 of the text) through `chunk_rows`, the same chunking `roxi ingest`
-does, so a document cuts into the same chunks whichever way it came in (and identical
-chunks reuse their vectors). Nothing here touches the store or a socket.
+so a bad field is a `bad_request` naming it, and never half a document. A put goes in two
+steps: `check` does everything cheap at once (the fields, the size, what the bytes are:
+sniffed, a claimed type the bytes contradict is refused), and `finish` makes chunk rows
+from text (text/plain, text/markdown: decoded here) or from the sections the extraction
+child made of a PDF, HTML page or Word document (roxi_mp.extract), which can take
+seconds, so the documents role waits for it without blocking. Text becomes chunk rows
+(position, text, sha256 of the text, page, heading path) through `chunk_rows`, sections
+through `chunk_sections`: the same chunking `roxi ingest` does, so a document cuts into
+the same chunks whichever way it came in (and identical chunks reuse their vectors).
+Nothing here touches the store or a socket.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from typing import Any, Callable, Iterable, Iterator
 from .chunking import iter_tagged_chunks
 from .config_sections import DocumentsSettings
 from .errors import E_TOO_LARGE, BadInput
-from .extract import MARKDOWN, Section
+from .extract import DOCX, HTML, MARKDOWN, PDF, TEXT, Extracted, Section
+from .extract.sniff import resolve_type
 from .extract.text import located_lines, section_lines
 
-#: content type of a put that names none
-DEFAULT_CONTENT_TYPE = "text/plain"
+#: content type of a string put that names none
+DEFAULT_CONTENT_TYPE = TEXT
 #: lines searched for a default title, as `roxi ingest` does (50)
 TITLE_LINES = 50
 #: longest default title, characters, as `roxi ingest` makes them (200)
@@ -47,16 +52,6 @@ class TooLarge(BadInput):
     code = E_TOO_LARGE
 
 
-@dataclass(frozen=True)
-class ContentType:
-    """How one content type becomes text: `extract(bytes) -> str`; `text` types may also
-    arrive as a string (taken as is), others only as bytes."""
-
-    name: str
-    text: bool
-    extract: Callable[[bytes], str]
-
-
 def decode_utf8(data: bytes) -> str:
     """Strict UTF-8, or a BadInput naming the offset of the first bad byte."""
     try:
@@ -65,11 +60,29 @@ def decode_utf8(data: bytes) -> str:
         raise BadInput(f"content is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
 
 
-#: content type -> its extractor; issue 18 adds PDF, HTML and DOCX here
-CONTENT_TYPES: dict[str, ContentType] = {t.name: t for t in (
-    ContentType("text/plain", True, decode_utf8),
-    ContentType("text/markdown", True, decode_utf8),
-)}
+#: content types decoded here, as UTF-8; they may also arrive as a string
+TEXT_TYPES = (TEXT, MARKDOWN)
+#: content types a put may name: the text ones, and those the extraction child (roxi_mp.extract)
+#: makes into sections (BINARY_TYPES), which arrive as bytes only
+CONTENT_TYPES = (*TEXT_TYPES, PDF, HTML, DOCX)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A put whose fields passed every check that costs nothing (key, type, title, metadata,
+    size, what the bytes are): `text` for a text type, else None and `finish` needs the
+    content extracted from `data` (which the documents role does without blocking)."""
+
+    key: str
+    content_type: str
+    title: str | None  # None: from the document, else the key
+    metadata: dict[str, Any] | None
+    data: bytes
+    text: str | None
+
+    @property
+    def needs_extraction(self) -> bool:
+        return self.text is None
 
 
 @dataclass(frozen=True)
@@ -91,21 +104,52 @@ class Upload:
 
 
 def prepare(key: Any, content: Any, *, content_type: Any = None, title: Any = None, metadata: Any = None,
-            limits: DocumentsSettings, chunk_words: int, chunk_overlap: int) -> Upload:
-    """Check every field of a put and chunk its content; BadInput (TooLarge for content over
-    the limit) on the first field that is wrong. Cheap checks come before the content is
-    decoded or chunked, so a bad key costs nothing whatever the document's size."""
+            limits: DocumentsSettings, chunk_words: int, chunk_overlap: int,
+            extract: Callable[[bytes, str], Extracted] | None = None) -> Upload:
+    """`check` then `finish` in one call: `extract(data, content_type)` makes a PDF, HTML or
+    DOCX put into sections (a blocking Extractor.extract); without it only text is taken."""
+    checked = check(key, content, content_type=content_type, title=title, metadata=metadata, limits=limits)
+    extracted = None
+    if checked.needs_extraction:
+        if extract is None:
+            raise BadInput(f"content_type {checked.content_type} is not taken here (text only)")
+        extracted = extract(checked.data, checked.content_type)
+    return finish(checked, extracted, limits=limits, chunk_words=chunk_words, chunk_overlap=chunk_overlap)
+
+
+def check(key: Any, content: Any, *, content_type: Any = None, title: Any = None, metadata: Any = None,
+          limits: DocumentsSettings) -> Checked:
+    """Check every field of a put; BadInput (TooLarge for content over the limit) on the first
+    that is wrong. Nothing here decodes more than text or parses a document, so a bad put
+    costs next to nothing whatever its size, and never waits for an extraction."""
     key = check_key(key, max_chars=limits.max_key_chars)
-    ctype = lookup_content_type(content_type)
+    declared = lookup_content_type(content_type)
     meta = check_metadata(metadata, max_entries=limits.max_metadata_entries, max_bytes=limits.max_metadata_bytes)
     title = check_title(title, max_chars=limits.max_title_chars)
-    text, raw = extract(content, ctype, max_bytes=limits.max_document_bytes)
-    chunks = chunk_rows(text, words=chunk_words, overlap=chunk_overlap, markdown=ctype.name == MARKDOWN)
+    ctype, text, raw = read_content(content, declared, max_bytes=limits.max_document_bytes)
+    return Checked(key=key, content_type=ctype, title=title, metadata=meta, data=raw, text=text)
+
+
+def finish(checked: Checked, extracted: Extracted | None, *, limits: DocumentsSettings, chunk_words: int,
+           chunk_overlap: int) -> Upload:
+    """The Upload of a checked put: its text (or the sections extracted from it) cut into chunk
+    rows, as `roxi ingest` cuts a file; the title is the put's, else the document's, else
+    the first line of a text (as ingest takes it), else the key."""
+    limit = min(TITLE_CHARS, limits.max_title_chars)
+    if extracted is None:
+        if checked.text is None:
+            raise ValueError(f"a {checked.content_type} put needs its extracted sections")
+        chunks = chunk_rows(checked.text, words=chunk_words, overlap=chunk_overlap,
+                            markdown=checked.content_type == MARKDOWN)
+        title = checked.title or default_title(checked.text, fallback=checked.key, limit=limit)
+    else:
+        chunks = chunk_sections(extracted.sections, words=chunk_words, overlap=chunk_overlap)
+        found = " ".join((extracted.title or "").split())[:limit]
+        title = checked.title or found or checked.key[:limit]
     if not chunks:
         raise BadInput("content holds no text (empty or only whitespace)")
-    title = title or default_title(text, fallback=key, limit=min(TITLE_CHARS, limits.max_title_chars))
-    return Upload(key=key, title=title, content_type=ctype.name, metadata=meta,
-                  content_hash=hashlib.sha256(raw).hexdigest(), size=len(raw), chunks=chunks)
+    return Upload(key=checked.key, title=title, content_type=checked.content_type, metadata=checked.metadata,
+                  content_hash=hashlib.sha256(checked.data).hexdigest(), size=len(checked.data), chunks=chunks)
 
 
 # --- the fields --------------------------------------------------------------------------
@@ -121,20 +165,21 @@ def check_key(key: Any, *, max_chars: int) -> str:
     return key
 
 
-def lookup_content_type(value: Any) -> ContentType:
-    """The table's entry for `value` ("text/markdown; charset=utf-8" is text/markdown)."""
+def lookup_content_type(value: Any) -> str | None:
+    """The type a put claims ("text/markdown; charset=utf-8" is text/markdown); None: none."""
     if value is None:
-        return CONTENT_TYPES[DEFAULT_CONTENT_TYPE]
+        return None
     if not isinstance(value, str):
         raise BadInput(f"content_type must be a string, got {type(value).__name__}")
     name, *params = (part.strip().lower() for part in value.split(";"))
-    known = CONTENT_TYPES.get(name)
-    if known is None:
+    if name not in CONTENT_TYPES:
         raise BadInput(f"unknown content_type {value!r} (known: {', '.join(CONTENT_TYPES)})")
     for param in params:
-        if param.startswith("charset=") and param[8:].strip('"') not in ("utf-8", "utf8", "us-ascii"):
+        # Only text is decoded here; a page's charset is the HTML parser's to read.
+        if (name in TEXT_TYPES and param.startswith("charset=")
+                and param[8:].strip('"') not in ("utf-8", "utf8", "us-ascii")):
             raise BadInput(f"content_type {value!r}: text is taken as UTF-8 only")
-    return known
+    return name
 
 
 def check_title(title: Any, *, max_chars: int) -> str | None:
@@ -170,23 +215,29 @@ def check_metadata(metadata: Any, *, max_entries: int, max_bytes: int) -> dict[s
     return metadata or None
 
 
-def extract(content: Any, ctype: ContentType, *, max_bytes: int) -> tuple[str, bytes]:
-    """(text, the content's bytes): the size is checked before anything is decoded."""
+def read_content(content: Any, declared: str | None, *, max_bytes: int) -> tuple[str, str | None, bytes]:
+    """(content type, text or None, the content's bytes). The size is checked before anything
+    is decoded; bytes are sniffed (a claim the bytes contradict is refused: "declared PDF but
+    the content is HTML"), a string is text and nothing else."""
     if isinstance(content, str):
-        if not ctype.text:
-            raise BadInput(f"content_type {ctype.name} takes bytes, not a string")
+        if declared is not None and declared not in TEXT_TYPES:
+            raise BadInput(f"content_type {declared} takes bytes, not a string")
         try:
             raw = content.encode("utf-8")
         except UnicodeEncodeError as exc:  # a lone surrogate: only a local caller can send one
             raise BadInput(f"content is not valid Unicode (character {exc.start})") from None
         _check_size(len(raw), max_bytes)
-        return content, raw
+        return declared or DEFAULT_CONTENT_TYPE, content, raw
     if isinstance(content, (bytes, bytearray, memoryview)):
         raw = bytes(content)
         _check_size(len(raw), max_bytes)
-        return ctype.extract(raw), raw
+        found = resolve_type(raw, declared=declared, name=None)
+        if found not in TEXT_TYPES:
+            return found, None, raw  # PDF, HTML or DOCX: sections come from the extraction child
+        # Text claimed as Markdown stays Markdown (sniffing only tells text from the rest).
+        return declared if declared in TEXT_TYPES else found, decode_utf8(raw), raw
     if content is None:
-        raise BadInput("put needs 'content' (a string, or bytes with a content_type)")
+        raise BadInput("put needs 'content' (a string, or bytes)")
     raise BadInput(f"content must be a string or bytes, got {type(content).__name__}")
 
 

@@ -38,6 +38,12 @@ map; its own size limit, documents.max_document_bytes plus room for the other fi
     put    {"key", "content" (str, or bytes), "content_type"?, "title"?, "metadata"?}
            -> {"outcome": "added" | "replaced" | "unchanged", "key", "version", "chunks",
                "reused", "superseded"}          (roxi_mp.documents checks every field)
+           content_type: text/plain (a str's default), text/markdown, application/pdf,
+           text/html, or the DOCX type; bytes without one are sniffed (PDF, DOCX, HTML,
+           else UTF-8 text), bytes that contradict it are a bad_request. A PDF, HTML or
+           DOCX put is answered once its text is extracted (in a child process, after
+           the puts queued before it: busy when documents.max_pending_extractions wait);
+           a document that cannot be read is a bad_request with the one-line reason
     delete {"key"} -> {"deleted": versions}, or not_found
     get    {"key"} -> {"key", "live"?, "pending"?}, or not_found
     list   {"state"?, "after"?, "limit"?} -> {"documents", "next"}

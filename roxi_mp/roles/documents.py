@@ -8,33 +8,46 @@ gets a `too_large` reply, only a request over twice that is dropped by zmq), and
 the same CURVE rule (a tcp:// endpoint needs `roxi keys generate`). A put is checked and
 chunked by roxi_mp.documents, then stored in one transaction by `Store.put_document`.
 
+A put of text is answered in the step it arrives. A PDF, HTML page or Word document is
+checked at once too (a bad field is answered at once), then waits in a bounded queue
+(documents.max_pending_extractions; over it a `busy` reply) for the extraction child
+(roxi_mp.extract.extractor: its own process with a time and memory limit, one document at
+a time), whose pipe the loop polls beside the socket: an extraction of 30 s never holds up
+the heartbeat. Its reply goes out, with the envelope kept from the request, when the
+extraction ends: the put's outcome, or `bad_request` with the one-line reason.
+
 Never blocking: its SQLite waits are bounded (store.busy_timeout_ms, and at most half the
 time between the supervisor's liveness deadline and a heartbeat, so a long wait for the
 write lock is an error reply, `busy`, never a role killed as hung), requests are handled
 within a time budget per loop step, and the embedders hear of new chunks through a counter
 in the heartbeat (`work`), which the supervisor turns into its "work" command; the role
-itself sends nothing that could wait. Idle for `embedder.idle_seconds`, it closes its
-SQLite connection and reports itself asleep, as the indexer does; the next request opens
-it again. `stats` and `ping` never open it.
+itself sends nothing that could wait. Idle for `embedder.idle_seconds` (and nothing being
+extracted), it closes its SQLite connection and its extraction child and reports itself
+asleep, as the indexer does; the next request opens them again. `stats` and `ping` never
+open them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import logging
 import sqlite3
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import zmq
 
 from .. import documents, keys, memory, protocol
 from ..config import Config
-from ..errors import BadInput, Busy, StoreError
+from ..errors import E_BAD_REQUEST, E_INTERNAL, BadInput, Busy, RoxiError, StoreError
+from ..extract import Extracted, ExtractError
+from ..extract.extractor import Extractor
 from ..protocol import ProtocolError
 from ..store import Store
 from .base import Role, run
+from .extractions import Extractions, Waiting
 
 log = logging.getLogger("roxi.documents")
 
@@ -75,6 +88,14 @@ class DocumentsRole(Role):
         self.errors = self.dropped = self.sleeps = 0
         self.bytes_received = 0
         self.work = 0  # puts that left chunks to embed or copy: the supervisor says "work" when it grows
+        # Puts of PDF, HTML or DOCX waiting for their content to be extracted (its worker
+        # is started by the first one, killed by sleep).
+        self.extractions = Extractions(lambda: self.new_extractor(),
+                                       limit=cfg.documents.max_pending_extractions)
+        self.deferred: Waiting | None = None  # set by op_put, queued by handle() with its envelope
+        self.watched_fd: int | None = None  # the extractor's pipe, in the poller while it works
+        self.tokens = itertools.count(1)
+        self.extracted = self.extract_failures = 0
 
     def initialize(self) -> None:
         lim = self.cfg.limits
@@ -135,6 +156,7 @@ class DocumentsRole(Role):
 
     # --- main loop ---------------------------------------------------------------------
     def loop(self, now: float) -> None:
+        self.watch_extractor()
         events = dict(self.poller.poll(int(self.poll_timeout() * 1000)))
         if self.router in events:
             # Bounded in count and time: a queue of large puts must not keep the heartbeat
@@ -144,6 +166,7 @@ class DocumentsRole(Role):
                 if not self.router.get(zmq.EVENTS) & zmq.POLLIN or time.monotonic() >= budget:
                     break
                 self.handle(self.router.recv_multipart(zmq.NOBLOCK), time.monotonic())
+        self.advance_extractions(now)
         # `now` is the step's start: a request handled in this step is never "idle" yet.
         if self.state is DState.AWAKE and now - self.last_request >= self.cfg.embedder.idle_seconds:
             self.sleep()
@@ -156,11 +179,31 @@ class DocumentsRole(Role):
             self.dropped += 1  # nothing to answer: no request frame at all
             return
         out, ok = answered
+        waiting, self.deferred = self.deferred, None
+        if waiting is not None and ok:  # answered once its content is extracted
+            waiting.envelope = out[:-1]
+            self.extractions.add(waiting)
+            return
+        self.send(out, ok)
+
+    def send(self, out: list[bytes], ok: bool) -> None:
         self.errors += not ok
         try:
             self.router.send_multipart(out, zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             self.dropped += 1  # client gone or not reading: never block the role on it
+
+    def reply(self, envelope: list[bytes], request_id: Any, result: Callable[[], dict]) -> None:
+        """A late reply, built as protocol.answer builds one: `result()`'s fields, or the
+        error it raised."""
+        try:
+            reply = protocol.ok(request_id, **result())
+        except RoxiError as exc:
+            reply = protocol.error(request_id, exc.code if isinstance(exc.code, str) else E_BAD_REQUEST, str(exc))
+        except Exception as exc:
+            self._internal(exc)
+            reply = protocol.error(request_id, E_INTERNAL, f"internal error: {exc}")
+        self.send(envelope + [protocol.pack(reply)], reply["ok"])
 
     def _internal(self, exc: BaseException) -> None:
         log.error("request failed", exc_info=exc)
@@ -176,18 +219,29 @@ class DocumentsRole(Role):
 
     def wake(self, now: float) -> Store:
         """A request that reads or writes the store: awake, and the store open."""
+        self.stir(now)
+        return self.db()
+
+    def stir(self, now: float) -> None:
+        """Awake (reported as running) until idle again."""
         self.last_request = now
         self.state = DState.AWAKE
-        return self.db()
 
     # --- ops ---------------------------------------------------------------------------
     def op_put(self, msg: dict, now: float) -> dict:
+        # Checked (and text chunked) before the store is touched: a bad put opens nothing.
+        checked = documents.check(msg.get("key"), msg.get("content"), content_type=msg.get("content_type"),
+                                  title=msg.get("title"), metadata=msg.get("metadata"), limits=self.cfg.documents)
+        if checked.needs_extraction:
+            return self.queue_extraction(msg.get("id"), checked, now)
+        return self.store_upload(self.finish(checked, None), now)
+
+    def finish(self, checked: documents.Checked, extracted: Extracted | None) -> documents.Upload:
         s = self.cfg.store
-        # Checked and chunked before the store is touched: a bad put opens nothing.
-        upload = documents.prepare(msg.get("key"), msg.get("content"), content_type=msg.get("content_type"),
-                                   title=msg.get("title"), metadata=msg.get("metadata"),
-                                   limits=self.cfg.documents, chunk_words=s.chunk_words,
-                                   chunk_overlap=s.chunk_overlap)
+        return documents.finish(checked, extracted, limits=self.cfg.documents, chunk_words=s.chunk_words,
+                                chunk_overlap=s.chunk_overlap)
+
+    def store_upload(self, upload: documents.Upload, now: float) -> dict:
         with self.store_errors():
             result = self.wake(now).put_document(**upload.store_fields())
         self.puts += 1
@@ -248,14 +302,59 @@ class DocumentsRole(Role):
     def op_ping(self, msg: dict, now: float) -> dict:
         return {"pong": True}
 
+    # --- extraction --------------------------------------------------------------------------
+    def queue_extraction(self, request_id: Any, checked: documents.Checked, now: float) -> dict:
+        """Queue a put for extraction (handle() adds it with its envelope): {} for now."""
+        self.extractions.check_room()  # Busy: a full queue is told at once
+        self.deferred = Waiting(next(self.tokens), request_id, checked)
+        self.stir(now)  # not idle while it waits: the role sleeps only once it is answered
+        return {}
+
+    def advance_extractions(self, now: float) -> None:
+        for done, result in self.extractions.advance(now):
+            self.complete(done, result, now)
+
+    def complete(self, done: Waiting, result: Extracted | BaseException, now: float) -> None:
+        """The late reply of a put: stored once extracted, or the extraction's error."""
+        def stored() -> dict:
+            if isinstance(result, BaseException):
+                raise result
+            return self.store_upload(self.finish(done.checked, result), now)
+
+        if isinstance(result, ExtractError):
+            self.extract_failures += 1
+            log.info("put %r: %s", done.checked.key, result)
+        self.extracted += not isinstance(result, BaseException)
+        self.stir(now)  # idle from the reply on, not from the request
+        self.reply(done.envelope, done.request_id, stored)
+
+    def new_extractor(self) -> Extractor:
+        return Extractor(self.cfg.extract)
+
+    def watch_extractor(self) -> None:
+        """The poller watches the extractor's pipe while it works, so its answer ends the
+        wait at once (the worker, and so the pipe, changes after a kill)."""
+        fd = self.extractions.fileno()
+        if fd != self.watched_fd:
+            if self.watched_fd is not None:
+                self.poller.unregister(self.watched_fd)
+            if fd is not None:
+                self.poller.register(fd, zmq.POLLIN)
+            self.watched_fd = fd
+
     OPS = {"put": op_put, "delete": op_delete, "get": op_get, "list": op_list, "stats": op_stats,
            "ping": op_ping}
 
     # --- sleep ---------------------------------------------------------------------------
     def sleep(self) -> None:
-        """Close the SQLite connection (its page cache goes with it) and give memory back."""
+        """Close the SQLite connection (its page cache goes with it) and the extraction
+        child, and give memory back; not while a put waits for extraction (asked to sleep
+        then, the role sleeps once idle after answering it)."""
+        if self.extractions:
+            return
         was_awake = self.state is DState.AWAKE
         self.close_db()
+        self.extractions.close()
         self.state = DState.ASLEEP
         memory.release()  # a large put's buffers
         if was_awake:
@@ -267,14 +366,14 @@ class DocumentsRole(Role):
         if op == "sleep":
             self.sleep()
         elif op == "wake":  # nothing to load: awake until idle again
-            self.last_request = now
-            self.state = DState.AWAKE
+            self.stir(now)
 
     def stats(self) -> dict:
         return {"state": self.state_name(), "puts": self.puts, "added": self.added, "replaced": self.replaced,
                 "unchanged": self.unchanged, "deletes": self.deletes, "gets": self.gets, "lists": self.lists,
                 "errors": self.errors, "dropped": self.dropped, "bytes_received": self.bytes_received,
-                "work": self.work, "sleeps": self.sleeps}
+                "work": self.work, "sleeps": self.sleeps, "extracting": len(self.extractions),
+                "extracted": self.extracted, "extract_failures": self.extract_failures}
 
     def state_name(self) -> str:
         if self.state is DState.STARTING:
@@ -287,11 +386,18 @@ class DocumentsRole(Role):
         return self.stats()
 
     def shutdown(self) -> None:
+        for w in self.extractions.drain():  # told at once, not left to time out
+            self.reply(w.envelope, w.request_id, _stopping)
+        self.extractions.close()
         if self.router is not None:
             self.router.close(0)
         if self.auth is not None:
             self.auth.stop()
         self.close_db()
+
+
+def _stopping() -> dict:
+    raise Busy("the documents endpoint is stopping; put again once it is back")
 
 
 def main(argv: list[str] | None = None) -> int:

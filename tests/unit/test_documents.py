@@ -12,6 +12,7 @@ from roxi_mp.chunking import iter_chunks_from_lines
 from roxi_mp.config_sections import DocumentsSettings
 from roxi_mp.documents import TooLarge, prepare
 from roxi_mp.errors import E_BAD_REQUEST, E_TOO_LARGE, BadInput
+from roxi_mp.extract import DOCX, HTML, MARKDOWN, PDF, TEXT, Extracted, Section
 
 LIMITS = DocumentsSettings(max_document_bytes=1000, max_key_chars=20, max_title_chars=30,
                            max_metadata_bytes=200, max_metadata_entries=4, list_max=10)
@@ -97,8 +98,8 @@ def test_invalid_utf8_names_the_byte_offset():
 
 
 def test_unknown_content_type_lists_the_known_ones():
-    with pytest.raises(BadInput, match="text/plain, text/markdown") as caught:
-        put(content=b"%PDF-1.7", content_type="application/pdf")
+    with pytest.raises(BadInput, match="text/plain, text/markdown, application/pdf, text/html") as caught:
+        put(content=b"\x89PNG\r\n\x1a\n....", content_type="image/png")
     assert caught.value.code == E_BAD_REQUEST
     with pytest.raises(BadInput, match="content_type must be a string"):
         put(content_type=7)
@@ -159,3 +160,102 @@ def test_checks_come_before_chunking(monkeypatch):
     monkeypatch.setattr(documents, "chunk_rows", boom)
     with pytest.raises(BadInput, match="key"):
         put(key="")
+
+
+# --- PDF, HTML and DOCX: checked at once, finished with what the extraction child made --------
+PDF_BYTES = b"%PDF-1.7\n1 0 obj << >> endobj\n%%EOF\n"
+HTML_BYTES = b"<!doctype html><html><head><title>T</title></head><body><p>Gout.</p></body></html>"
+DOCX_BYTES = b"PK\x03\x04" + b"\x00" * 26 + b"word/document.xml" + b"\x00" * 40
+
+
+def check(content, **fields):
+    return documents.check("doc", content, limits=LIMITS, **fields)
+
+
+@pytest.mark.parametrize("content, ctype", [(PDF_BYTES, PDF), (HTML_BYTES, HTML), (DOCX_BYTES, DOCX)])
+def test_bytes_are_sniffed_and_a_document_waits_for_extraction(content, ctype):
+    for declared in (None, ctype, ctype.upper() + "; charset=windows-1252"):  # a page's charset is its own
+        checked = check(content, content_type=declared)
+        assert checked.content_type == ctype and checked.needs_extraction and checked.text is None
+        assert checked.data == content
+    with pytest.raises(BadInput, match="not taken here"):  # prepare without an extractor: text only
+        put(content=content)
+
+
+def test_text_bytes_stay_text_and_a_markdown_claim_stays_markdown():
+    plain = check(b"# Gout\nurate\n")
+    assert (plain.content_type, plain.text, plain.needs_extraction) == (TEXT, "# Gout\nurate\n", False)
+    assert check(b"# Gout\nurate\n", content_type="text/markdown").content_type == MARKDOWN
+    # HTML source sent as text is taken as the text it is
+    assert check(HTML_BYTES, content_type="text/plain").text == HTML_BYTES.decode()
+
+
+@pytest.mark.parametrize("content, declared, needle", [
+    (HTML_BYTES, PDF, "sent as application/pdf but the content is HTML"),
+    (PDF_BYTES, HTML, "but the content is PDF"),
+    (PDF_BYTES, "text/plain", "but the content is PDF"),
+    (b"just some words", PDF, "not PDF"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", None, r"binary content \(PNG image\), not text"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", DOCX, "binary"),
+    (b"PK\x03\x04" + b"\x00" * 40 + b"PK\x05\x06" + b"\x00" * 18, DOCX, "ZIP archive, not a Word document"),
+])
+def test_bytes_that_contradict_the_type_are_one_line_bad_requests(content, declared, needle):
+    with pytest.raises(BadInput, match=needle) as caught:
+        check(content, content_type=declared)
+    assert caught.value.code == E_BAD_REQUEST and "\n" not in str(caught.value)
+
+
+def test_a_document_type_takes_bytes_and_the_size_comes_before_the_sniffing():
+    with pytest.raises(BadInput, match="takes bytes, not a string"):
+        check("<html><body>hi</body></html>", content_type=HTML)
+    with pytest.raises(TooLarge):
+        check(PDF_BYTES + b" " * 1000, content_type=PDF)
+    with pytest.raises(BadInput, match="key"):  # the cheap fields first
+        documents.check("", PDF_BYTES, limits=LIMITS)
+
+
+def extracted(title=None, sections=None):
+    sections = sections or [Section("Gout guideline", page=1, kind="heading"),
+                            Section(" ".join(f"first{i}" for i in range(12)), page=1),
+                            Section(" ".join(f"third{i}" for i in range(12)), page=3)]
+    return Extracted(PDF, title, sections, pages=3)
+
+
+def finish(checked, result):
+    return documents.finish(checked, result, limits=LIMITS, chunk_words=WORDS, chunk_overlap=OVERLAP)
+
+
+def test_an_extracted_document_becomes_located_chunk_rows():
+    up = finish(check(PDF_BYTES, metadata={"year": 2022}), extracted("ACR gout guideline"))
+    assert (up.key, up.content_type, up.title, up.metadata) == ("doc", PDF, "ACR gout guideline", {"year": 2022})
+    assert up.content_hash == hashlib.sha256(PDF_BYTES).hexdigest() and up.size == len(PDF_BYTES)
+    assert up.chunks == documents.chunk_sections(extracted().sections, words=WORDS, overlap=OVERLAP)
+    pages = [row[3] for row in up.chunks]
+    assert pages[0] == 1 and pages[-1] == 3 and len(up.chunks) > 2
+    assert any("third5" in row[1] and row[3] == 3 for row in up.chunks)
+    assert up.store_fields()["chunks"] is up.chunks
+
+
+def test_an_extracted_title_comes_after_the_puts_and_before_the_key():
+    assert finish(check(PDF_BYTES, title="Given"), extracted("From the PDF")).title == "Given"
+    assert finish(check(PDF_BYTES), extracted("  From\nthe   PDF ")).title == "From the PDF"  # one line
+    assert finish(check(PDF_BYTES), extracted("t" * 50)).title == "t" * 30  # max_title_chars
+    assert finish(check(PDF_BYTES), extracted(None)).title == "doc"  # not the first line: the key
+    assert finish(check(PDF_BYTES), extracted("   ")).title == "doc"
+
+
+def test_an_extracted_document_without_words_is_a_bad_request():
+    with pytest.raises(BadInput, match="no text"):
+        finish(check(PDF_BYTES), extracted(sections=[Section("  ", page=1)]))
+
+
+def test_prepare_extracts_with_the_function_it_is_given():
+    calls = []
+
+    def extract(data, ctype):
+        calls.append((data, ctype))
+        return extracted("T")
+
+    up = put(content=HTML_BYTES, extract=extract)
+    assert calls == [(HTML_BYTES, HTML)] and up.content_type == HTML and up.title == "T"
+    assert put(content="plain words", extract=extract).content_type == TEXT and len(calls) == 1
