@@ -280,9 +280,9 @@ def _walk(root: lxml.html.HtmlElement, flow: _Flow) -> None:
             flow.table(*_table(element))
             flow.add(element.tail)
             continue
-        if tag in HEADING_LEVELS and flow.heading_starts(element):
-            pass
-        elif tag in BLOCK_TAGS or tag in HEADING_LEVELS:
+        # A heading that opens its own section needs no block edge: heading_starts ended the text before it.
+        opens_section = tag in HEADING_LEVELS and flow.heading_starts(element)
+        if not opens_section and (tag in BLOCK_TAGS or tag in HEADING_LEVELS):
             flow.block_edge()
         elif tag == "br":
             flow.add(" ")
