@@ -73,6 +73,12 @@ class Client:
     def call_raw(self, op: str, *, frames: list[Any] = (), timeout: float | None = None,
                  **fields: Any) -> tuple[dict, list[bytes]]:
         """Send one request; return (reply map, extra frames). Raises ServerError/Timeout."""
+        return self.receive(self.send(op, frames=frames, timeout=timeout, **fields))
+
+    def send(self, op: str, *, frames: list[Any] = (), timeout: float | None = None,
+             **fields: Any) -> tuple[str, float, float]:
+        """The first half of `call_raw`: send one request and return what `receive` needs
+        to wait for its reply (the caller may do other work meanwhile)."""
         sock = self._socket()
         request_id = self._prefix + str(next(self._ids))
         wait = self.timeout if timeout is None else timeout
@@ -87,6 +93,12 @@ class Client:
         except zmq.Again:
             self.close()
             raise Timeout(f"could not send to {self.endpoint} within {wait:g} s") from None
+        return request_id, deadline, wait
+
+    def receive(self, sent: tuple[str, float, float]) -> tuple[dict, list[bytes]]:
+        """The second half of `call_raw`: the reply to a request `send` sent, by its deadline."""
+        request_id, deadline, wait = sent
+        sock = self._socket()
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self._poller.poll(int(left * 1000)):
@@ -117,8 +129,19 @@ class QueryClient(Client):
             kwargs["curve"] = keys.client_keys(cfg)
         return cls(cfg.endpoint("query"), **kwargs)
 
-    def query(self, text: str, *, k: int = 10, with_text: bool = True) -> list[dict]:
-        return self.call("query", text=text, k=k, with_text=with_text)["hits"]
+    def query(self, text: str, *, k: int = 10, with_text: bool = True, mode: str | None = None,
+              fusion: str | None = None, weights: dict[str, float] | None = None) -> list[dict]:
+        """The hits of a text query (see `search` for the whole reply)."""
+        return self.search(text, k=k, with_text=with_text, mode=mode, fusion=fusion, weights=weights)["hits"]
+
+    def search(self, text: str, *, k: int = 10, with_text: bool = True, mode: str | None = None,
+               fusion: str | None = None, weights: dict[str, float] | None = None) -> dict:
+        """The whole reply of a text query: hits, coverage, generation, mode, rows, took_ms.
+        `mode` (hybrid, dense, lexical), `fusion` (rrf, weighted) and `weights` ({"dense",
+        "lexical"} in [0, 1]) override the server's [query] settings for this query."""
+        fields = {name: value for name, value in (("mode", mode), ("fusion", fusion), ("weights", weights))
+                  if value is not None}
+        return self.call("query", text=text, k=k, with_text=with_text, **fields)
 
     def query_vector(self, vector: np.ndarray, *, k: int = 10, with_text: bool = True) -> list[dict]:
         meta, buf = protocol.encode_array(np.asarray(vector, dtype=np.float32))

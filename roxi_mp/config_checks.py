@@ -15,6 +15,7 @@ from typing import Any
 
 from .config_sections import BACKENDS, INDEX_KINDS, MAX_IPC_PATH, ROLE_KINDS, Config
 from .errors import ConfigError
+from .fusion import METHODS, MODES
 
 #: the sockets under run_dir whose ipc:// path must fit in sun_path
 IPC_SOCKETS = ("query", "heartbeat", "control", "vectors", "events", "documents")
@@ -153,6 +154,15 @@ def check_query(cfg: Config) -> None:
     _require(0 < q.embed_timeout_seconds < cfg.limits.request_timeout_seconds, "query.embed_timeout_seconds",
              "> 0 and < limits.request_timeout_seconds", q.embed_timeout_seconds)
     _require(q.embed_max_waiting >= 1, "query.embed_max_waiting", ">= 1", q.embed_max_waiting)
+    _require(q.mode in MODES, "query.mode", " or ".join(MODES), q.mode)
+    _require(q.fusion in METHODS, "query.fusion", " or ".join(METHODS), q.fusion)
+    _require(0 < q.rrf_k <= 10_000, "query.rrf_k", "in (0, 10000]", q.rrf_k)
+    for name in ("dense_weight", "lexical_weight"):
+        _require(0 <= getattr(q, name) <= 1, f"query.{name}", "in [0, 1]", getattr(q, name))
+    _require(q.dense_weight + q.lexical_weight > 0, "query.dense_weight", "not 0 with lexical_weight 0",
+             q.dense_weight)
+    _require(1 <= q.candidates <= 10_000, "query.candidates", "in [1, 10000]", q.candidates)
+    _require(1 <= q.max_lexical_terms <= 1024, "query.max_lexical_terms", "in [1, 1024]", q.max_lexical_terms)
 
 
 def check_supervisor(cfg: Config) -> None:

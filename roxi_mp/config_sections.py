@@ -141,6 +141,14 @@ class QuerySettings:
     ivf_nprobe: int = 16
     embed_timeout_seconds: float = 5.0
     embed_max_waiting: int = 32
+    #: hybrid search (issue 19): which legs answer by default, and how they are fused
+    mode: str = "hybrid"
+    fusion: str = "rrf"
+    rrf_k: float = 60.0
+    dense_weight: float = 1.0
+    lexical_weight: float = 1.0
+    candidates: int = 100
+    max_lexical_terms: int = 32
 
 
 @dataclass

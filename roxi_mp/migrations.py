@@ -7,6 +7,8 @@ store created by an older release must upgrade to exactly the schema a new one w
 
 from __future__ import annotations
 
+import sqlite3
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
     CREATE TABLE meta (
@@ -118,6 +120,60 @@ MIGRATIONS: list[tuple[int, str]] = [
     ALTER TABLE chunks ADD COLUMN page INTEGER;
     ALTER TABLE chunks ADD COLUMN heading TEXT;
     """),
+    # Hybrid search (issue 19). The lexical index: FTS5 over chunk text, external content
+    # (the text is stored once, in chunks), porter stemming over unicode61 tokens. Triggers
+    # keep it in the very transactions that add and remove chunks; it holds every chunk
+    # (dropped ones until compaction deletes them), and the lexical query keeps the live
+    # ones. Chunk counts by state, for the coverage every answer carries, are kept the
+    # same way, so reading them is one tiny table. A migration that rebuilds `chunks` must
+    # create these triggers again.
+    (5, """
+    CREATE VIRTUAL TABLE chunks_fts USING fts5(
+        text, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2');
+    INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild');
+    CREATE TRIGGER chunks_fts_add AFTER INSERT ON chunks BEGIN
+        INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TRIGGER chunks_fts_remove AFTER DELETE ON chunks BEGIN
+        INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END;
+    CREATE TRIGGER chunks_fts_change AFTER UPDATE OF text ON chunks BEGIN
+        INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TABLE chunk_counts (
+        state TEXT PRIMARY KEY,
+        n     INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO chunk_counts(state, n)
+        SELECT s.state, (SELECT count(*) FROM chunks c WHERE c.state = s.state)
+        FROM (SELECT 'pending' AS state UNION ALL SELECT 'leased' UNION ALL SELECT 'indexed'
+              UNION ALL SELECT 'failed' UNION ALL SELECT 'copy' UNION ALL SELECT 'dropped') s;
+    CREATE TRIGGER chunk_counts_add AFTER INSERT ON chunks BEGIN
+        UPDATE chunk_counts SET n = n + 1 WHERE state = new.state;
+    END;
+    CREATE TRIGGER chunk_counts_remove AFTER DELETE ON chunks BEGIN
+        UPDATE chunk_counts SET n = n - 1 WHERE state = old.state;
+    END;
+    CREATE TRIGGER chunk_counts_change AFTER UPDATE OF state ON chunks WHEN old.state != new.state BEGIN
+        UPDATE chunk_counts SET n = n - 1 WHERE state = old.state;
+        UPDATE chunk_counts SET n = n + 1 WHERE state = new.state;
+    END;
+    """),
 ]
+
+
+def statements(sql: str):
+    """The statements of a migration, one by one: split at semicolons that end a statement
+    (a trigger's body holds several)."""
+    pending = ""
+    for piece in sql.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending.strip()
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"incomplete statement in a migration: {pending.strip()[:80]!r}")
 
 LATEST = MIGRATIONS[-1][0]

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import zmq
@@ -90,18 +90,33 @@ class ModelProcess(Embedder):
             self.proc = None
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode_later(texts)()
+
+    def encode_later(self, texts: Sequence[str]) -> Callable[[], np.ndarray]:
+        """Send `texts` to the model process now; the returned function waits for their
+        vectors (bounded by ENCODE_TIMEOUT), so the caller works while the model computes."""
         texts = list(check_texts(texts))
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return lambda: np.zeros((0, self.dim), dtype=np.float32)
         self.load()
         try:
-            reply, frames = self.client.call_raw("encode", texts=texts)
+            sent = self.client.send("encode", texts=texts)
+        except (Timeout, RoxiError) as exc:
+            self.unload()  # a stuck or broken child is replaced on the next call
+            raise EmbedError(f"query model process: {exc}") from None
+        return lambda: self._receive(sent, len(texts))
+
+    def _receive(self, sent: tuple, count: int) -> np.ndarray:
+        try:
+            if self.client is None:
+                raise EmbedError("query model process: stopped before it answered")
+            reply, frames = self.client.receive(sent)
         except (Timeout, RoxiError) as exc:
             self.unload()  # a stuck or broken child is replaced on the next call
             raise EmbedError(f"query model process: {exc}") from None
         if len(frames) != 1:
             raise EmbedError("query model process sent no vector frame")
-        return np.array(protocol.decode_array(reply, frames[0], dim=self.dim, max_rows=len(texts)),
+        return np.array(protocol.decode_array(reply, frames[0], dim=self.dim, max_rows=count),
                         dtype=np.float32)
 
 

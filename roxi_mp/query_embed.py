@@ -129,6 +129,7 @@ class Parked:
     deadline: float  #: on QueryEmbeds.clock
     job: Job
     failures: int  #: the backend's failure count when parked
+    context: Any = None  #: the caller's, for answering it (the query server: text and options)
 
 
 class QueryEmbeds:
@@ -174,7 +175,7 @@ class QueryEmbeds:
         return vector
 
     def park(self, text: str, *, envelope: list[bytes], request_id: Any, k: int, with_text: bool,
-             started: float) -> None:
+             started: float, context: Any = None) -> None:
         """Queue `text` for a worker; UpstreamUnavailable when it cannot be embedded in time."""
         self._sweep()
         if len(self.parked) + len(self.orphans) >= self.max_waiting:
@@ -190,7 +191,7 @@ class QueryEmbeds:
         job = Job(text)
         self.pool.submit(job)
         self.parked.append(Parked(envelope, request_id, k, with_text, started,
-                                  self.clock() + self.timeout_seconds, job, _failures(status)))
+                                  self.clock() + self.timeout_seconds, job, _failures(status), context))
 
     def pop_ready(self) -> tuple[Parked, np.ndarray | None, BaseException | None] | None:
         """The next parked query to answer now, with its vector or its error; None if none."""

@@ -208,31 +208,6 @@ def _ann_params(kind: str, sel: Any, cfg: Config) -> Any:
     return faiss.SearchParametersIVF(sel=sel, nprobe=cfg.query.ivf_nprobe)
 
 
-def find_hits(searcher: Searcher, store: Any, vector: np.ndarray, k: int, *,
-              with_text: bool) -> tuple[list[dict], int]:
-    """The best `k` visible rows for `vector` as hit maps, best first (the query reply's
-    `hits`), and how many rows the search found were dropped as not live. `store` (a Store,
-    in the same read snapshot as the searcher's hidden rows) supplies each row's chunk and
-    document, never all texts; it leaves out a row whose chunk or document is not live,
-    which the hidden rows make impossible: the count is a last line of defence."""
-    scores, rows = searcher.search(vector, k)
-    found = [(int(r), float(s)) for r, s in zip(rows, scores)]
-    meta = store.hits([r for r, _ in found], with_text=with_text)
-    hits = []
-    for row, score in found:
-        hit = meta.get(row)
-        if hit is None:
-            continue  # not live (or no chunk at all): never served, never invented
-        item = {"rank": len(hits) + 1, "score": score, "row": row, "chunk_id": hit.chunk_id,
-                "doc_id": hit.doc_id, "key": hit.key, "version": hit.version,
-                "position": hit.position, "title": hit.title, "source": hit.source,
-                "page": hit.page, "heading": hit.heading}
-        if with_text:
-            item["text"] = hit.text
-        hits.append(item)
-    return hits, len(found) - len(hits)
-
-
 def _map(path: Path, h: AnnHeader, head: Any, *, willneed: bool) -> Any:
     """Map an index file zero-copy; an HNSW index gets `head` (its rows of the vectors
     file, mapped) as its storage."""

@@ -135,9 +135,8 @@ class Store(ChunkLeases, HitLookup, DocumentVersions):
             for number, sql in migrations.MIGRATIONS:
                 if number <= version:
                     continue
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
+                for statement in migrations.statements(sql):
+                    self.conn.execute(statement)
                 self._set_meta(META_SCHEMA, str(number))
             for key, default in ((META_ROWS, "0"), (META_GENERATION, "0"), (META_EPOCH, "0"),
                                  (META_VISIBILITY, "0"), (META_REUSED, "0")):

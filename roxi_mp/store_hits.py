@@ -26,11 +26,13 @@ log = logging.getLogger("roxi.query")
 
 #: documents whose key, version, title and source a connection keeps for `hits`
 DOC_CACHE_ENTRIES = 10_000
+#: chunks the lexical query asks for beyond those wanted, for ones of versions not live
+LEXICAL_SLACK = 20
 
 
 @dataclass(frozen=True)
 class Hit:
-    row: int
+    row: int | None  # None: not embedded yet (found by its words alone)
     chunk_id: int
     doc_id: int
     key: str
@@ -72,6 +74,70 @@ class HitLookup:
                 out[r[0]] = Hit(row=r[0], chunk_id=r[1], doc_id=r[2], key=key, version=version, position=r[3],
                                 title=title, source=source, text=r[7] if with_text else "", page=r[5], heading=r[6])
         return out
+
+    def chunk_hits(self, chunk_ids: Sequence[int], *, with_text: bool = True) -> dict[int, Hit]:
+        """Like `hits`, by chunk id, for chunks found by their words alone (they may have no
+        row yet: `Hit.row` is then None); only chunks of live versions, never dropped ones."""
+        out: dict[int, Hit] = {}
+        if not chunk_ids:
+            return out
+        marks = ",".join("?" * len(chunk_ids))
+        found = self.conn.execute(
+            f"SELECT c.id, CASE WHEN c.state = 'indexed' THEN c.row END, c.doc_id, c.position, c.state != 'dropped' AND d.status = 'live', c.page, "
+            f"c.heading{', c.text' if with_text else ''} FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            f"WHERE c.id IN ({marks})", [int(i) for i in chunk_ids]).fetchall()
+        docs = self._documents({r[2] for r in found if r[4]})
+        for r in found:
+            if r[4] and r[2] in docs:
+                key, version, title, source = docs[r[2]]
+                out[r[0]] = Hit(row=r[1], chunk_id=r[0], doc_id=r[2], key=key, version=version, position=r[3],
+                                title=title, source=source, text=r[7] if with_text else "", page=r[5], heading=r[6])
+        return out
+
+    def lexical(self, match: str, limit: int) -> list[tuple[int, int | None, float]]:
+        """The best `limit` chunks of live versions for an FTS5 MATCH expression (made by
+        roxi_mp.lexical, never user text), best first: (chunk id, row if the chunk is
+        embedded else None, bm25 score, larger is better). Chunks are findable by their
+        words from the moment they are stored, embedded or not."""
+        if limit <= 0:
+            return []
+        out: list[tuple[int, int | None, float]] = []
+        fetch = limit + LEXICAL_SLACK
+        while True:
+            # The index holds chunks of every version (dead ones until compaction, pending
+            # replacements until promoted): ask for more than wanted and keep the live ones,
+            # asking again for more only when too many of the best were not.
+            found = self.conn.execute(
+                "SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?",
+                (match, fetch)).fetchall()
+            live = self._live_chunks([r[0] for r in found])
+            out = [(cid, live[cid], -rank) for cid, rank in found if cid in live]
+            if len(out) >= limit or len(found) < fetch:
+                return out[:limit]
+            fetch *= 4
+
+    def _live_chunks(self, chunk_ids: list[int]) -> dict[int, int | None]:
+        """{chunk id: row if embedded else None} of the given chunks that a query may see."""
+        if not chunk_ids:
+            return {}
+        marks = ",".join("?" * len(chunk_ids))
+        return {cid: (row if state == "indexed" else None) for cid, row, state in self.conn.execute(
+            f"SELECT c.id, c.row, c.state FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            f"WHERE c.id IN ({marks}) AND c.state != 'dropped' AND d.status = 'live'", chunk_ids)}
+
+    def coverage(self) -> dict:
+        """How much of the library the dense leg covers, and the store's generation:
+        {indexed, chunks, percent, pending, failed, generation}. Chunks are those of live
+        and pending versions (dropped ones do not count); pending includes leased chunks
+        and chunks waiting for a copied vector. Two tiny reads (counts kept by triggers)."""
+        n = dict(self.conn.execute("SELECT state, n FROM chunk_counts"))
+        chunks = sum(v for state, v in n.items() if state != "dropped")
+        indexed = n.get("indexed", 0)
+        generation = self.conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return {"indexed": indexed, "chunks": chunks,
+                "percent": round(100.0 * indexed / chunks, 1) if chunks else 0.0,
+                "pending": n.get("pending", 0) + n.get("leased", 0) + n.get("copy", 0),
+                "failed": n.get("failed", 0), "generation": int(generation[0]) if generation else 0}
 
     def _documents(self, ids: set[int]) -> dict[int, tuple[str, int, str, str]]:
         """(key, version, title, source) of documents, cached (bounded) for the life of this

@@ -10,7 +10,7 @@ on demand; backends without heavy resources keep the no-op defaults.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -56,6 +56,13 @@ class Embedder(abc.ABC):
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of `texts` as float32 (len(texts), dim); rows have norm 1, or 0 when a
         text has nothing to embed. An empty sequence gives shape (0, dim)."""
+
+    def encode_later(self, texts: Sequence[str]) -> Callable[[], np.ndarray]:
+        """Start embedding `texts`; the returned function gives the vectors (as `encode`).
+        The caller may work meanwhile: a model in another process computes then (the query
+        server's ModelProcess); by default the vectors are computed at once."""
+        vectors = self.encode(texts)
+        return lambda: vectors
 
     def load(self) -> None:
         """Load model resources (no-op by default)."""

@@ -29,18 +29,19 @@ import faiss
 import numpy as np
 import zmq
 
-from .. import keys, memory, protocol
+from .. import hybrid, keys, memory, protocol
 from ..cache import ResultCache
 from ..config import Config
 from ..embedders import make_embedder
 from ..model_process import ModelProcess
+from ..fusion import LEXICAL
 from ..errors import E_INTERNAL, BadInput, ModelMismatch, RoxiError, UpstreamUnavailable
 from ..protocol import ProtocolError
 from ..query_embed import Parked, QueryEmbeds
 from ..query_view import RowView
 from ..store import Store
 from ..store_docs import Visibility
-from ..search import Searcher, find_hits
+from ..search import Searcher
 from .base import Role, run
 
 log = logging.getLogger("roxi.query")
@@ -209,7 +210,9 @@ class QueryServer(Role):
                 raise error
             self.last_query = time.monotonic()
             self.wake()  # it may have slept meanwhile (`roxi sleep`): a query wakes it
-            reply = protocol.ok(parked.request_id, **self.answer(vector, parked.k, parked.with_text, parked.started))
+            text, opts = parked.context
+            reply = protocol.ok(parked.request_id, **self.answer(text, vector, opts, parked.k, parked.with_text,
+                                                                 parked.started))
         except RoxiError as exc:
             reply = protocol.error(parked.request_id, exc.code, str(exc))
         except Exception as exc:  # as protocol.answer does: a bug, logged, never a crash
@@ -242,36 +245,52 @@ class QueryServer(Role):
         if not isinstance(with_text, bool):
             raise BadInput("with_text must be true or false")
         text, vector = self._parse_query(msg, extra)  # a bad request wakes nothing
+        opts = hybrid.options(msg, self.cfg, text=text, has_vector=vector is not None)
         started = time.perf_counter()
         self.last_query = now
         self.wake()
-        if vector is None and self.embeds is not None:
+        if vector is None and opts.mode != LEXICAL and self.embeds is not None:
             vector = self.embeds.cached(text)
             if vector is None:  # embedded off the loop; answered by answer_parked
                 self.embeds.park(text, envelope=self.envelope, request_id=msg.get("id"), k=k,
-                                 with_text=with_text, started=started)
+                                 with_text=with_text, started=started, context=(text, opts))
                 self.parked_now = True
                 return {}
-        if vector is None:
-            vector = np.ascontiguousarray(self.model.encode([text]), dtype=np.float32)
-        return self.answer(vector, k, with_text, started)
+        return self.answer(text, vector, opts, k, with_text, started)
 
-    def answer(self, vector: np.ndarray, k: int, with_text: bool, started: float) -> dict:
-        """The reply fields of a query with this vector, as of one read snapshot of the
-        store (from the cache when it has them for that snapshot's visibility)."""
-        key = (vector.tobytes(), k, with_text)
+    def answer(self, text: str | None, vector: np.ndarray | None, opts: hybrid.Options, k: int,
+               with_text: bool, started: float) -> dict:
+        """The reply fields of a query, as of one read snapshot of the store (the hits from
+        the cache when it has them for that snapshot's visibility). A text query's vector is
+        computed only on a cache miss, by the model process while the lexical leg runs."""
+        key = (text, None if vector is None else vector.tobytes(), opts.key(), k, with_text)
 
-        def read() -> list[dict]:
+        def read() -> tuple[list[dict], dict]:
             hits = self.cache.get(key)
             if hits is None:
-                hits = self.search(vector, k, with_text=with_text)
+                pending = (lambda: vector) if vector is not None or opts.mode == LEXICAL else self._start(text)
+                hits = self.search(opts, k, with_text=with_text, vector=pending)
                 self.cache.put(key, hits)
-            return hits
+            return hits, self.db().coverage()
 
-        hits = self.in_snapshot(read)
+        hits, coverage = self.in_snapshot(read)
         self.served += 1
-        return {"hits": hits, "rows": self.view.mapped_rows,
-                "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+        generation = coverage.pop("generation")
+        return {"hits": hits, "rows": self.view.mapped_rows, "mode": opts.mode, "coverage": coverage,
+                "generation": generation, "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    def search(self, opts: hybrid.Options, k: int, *, with_text: bool,
+               vector: Callable[[], np.ndarray | None]) -> list[dict]:
+        """Hits of the mapped rows and the stored words; call inside the snapshot the view
+        was synced to."""
+        hits, stale = hybrid.search(self.searcher, self.db(), opts, k, with_text=with_text, vector=vector)
+        self.stale_dropped += stale
+        return hits
+
+    def _start(self, text: str) -> Callable[[], np.ndarray]:
+        """Start embedding a query text; the returned function waits for its vector."""
+        finish = self.model.encode_later([text])
+        return lambda: np.ascontiguousarray(finish(), dtype=np.float32)
 
     def in_snapshot(self, read: Callable[[], T]) -> T:
         """`read()` inside one read snapshot of the store, once the mapping, the hidden rows
@@ -279,16 +298,9 @@ class QueryServer(Role):
         self.known, out = self.view.read(self.db(), read, on_change=self.cache.invalidate)
         return out
 
-    def search(self, vector: np.ndarray, k: int, *, with_text: bool) -> list[dict]:
-        """Hits of the mapped rows; call inside the snapshot the view was synced to."""
-        if self.searcher is None or self.searcher.ntotal == 0:
-            return []
-        hits, stale = find_hits(self.searcher, self.db(), vector, k, with_text=with_text)
-        self.stale_dropped += stale
-        return hits
-
     def _parse_query(self, msg: dict, extra: list[bytes]) -> tuple[str | None, np.ndarray | None]:
-        """Validate a query: (text, None) or (None, float32 vector of shape (1, d))."""
+        """Validate a query: its text, its float32 vector of shape (1, d), or both (the
+        vector then feeds the dense leg, the text the lexical one)."""
         text = msg.get("text")
         if text is not None:
             if not isinstance(text, str):
@@ -298,17 +310,19 @@ class QueryServer(Role):
             if len(text) > self.cfg.query.max_query_chars:
                 raise ProtocolError(protocol.E_TOO_LARGE, f"query text of {len(text)} characters exceeds "
                                     f"query.max_query_chars ({self.cfg.query.max_query_chars})")
-            self._check_model()
-            return text, None
+        vec = None
         if "dtype" in msg or extra:
             if len(extra) != 1:
                 raise BadInput("a vector query needs exactly one vector frame after the request map")
-            dim = self._check_model()
-            vec = protocol.decode_array(msg, extra[0], dim=dim, max_rows=1)
+            vec = protocol.decode_array(msg, extra[0], dim=self._check_model(), max_rows=1)
             if vec.shape[0] != 1:
                 raise BadInput("a vector query carries exactly one vector")
-            return None, np.ascontiguousarray(vec, dtype=np.float32)
-        raise BadInput("query needs 'text' or a vector frame with 'dtype' and 'shape'")
+            vec = np.ascontiguousarray(vec, dtype=np.float32)
+        elif text is None:
+            raise BadInput("query needs 'text' or a vector frame with 'dtype' and 'shape'")
+        else:
+            self._check_model()
+        return text, vec
 
     def _check_model(self) -> int:
         if self.model_checked:

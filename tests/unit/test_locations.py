@@ -105,7 +105,7 @@ def test_migration_4_adds_the_columns_to_an_old_store(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with Store(path) as s:
-        assert s.get_meta("schema_version") == str(migrations.LATEST) == "4"
+        assert int(s.get_meta("schema_version")) == migrations.LATEST >= 4
         cols = {r[1] for r in s.conn.execute("PRAGMA table_info(chunks)")}
         assert {"page", "heading"} <= cols
 

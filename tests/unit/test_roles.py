@@ -581,10 +581,15 @@ def test_query_on_a_store_of_another_model_is_model_mismatch(cfg_factory, zctx: 
         q.close()
 
 
-def test_query_with_nothing_indexed_returns_no_hits(qs_factory) -> None:
+def test_query_with_nothing_indexed_finds_words_but_no_vectors(qs_factory) -> None:
     q = qs_factory(index=False)
-    reply = q.ask("query", text="gout")
+    reply = q.ask("query", text="gout", mode="dense")
     assert reply["ok"] is True and reply["hits"] == [] and reply["rows"] == 0
+    assert reply["coverage"]["indexed"] == 0 and reply["coverage"]["pending"] > 0
+    reply = q.ask("query", text="gout")  # hybrid: the lexical leg finds stored chunks
+    assert reply["ok"] is True and reply["hits"] and reply["rows"] == 0
+    assert all(h["embedded"] is False and h["row"] is None and h["dense_rank"] is None
+               and h["lexical_rank"] >= 1 for h in reply["hits"])
 
 
 def test_stats_and_ping_do_not_wake_a_sleeping_server(qs: QS) -> None:

@@ -1,0 +1,133 @@
+"""One query answered by the dense leg, the lexical leg, or both fused (the query server's search).
+
+A request picks its `mode` (hybrid, dense, lexical), its `fusion` and the legs' `weights`
+(defaults in [query]); `options` checks them. `search` runs the legs inside the read
+snapshot the query server holds (so both see the same documents as the hit lookup):
+
+- the lexical leg first (SQLite FTS5 bm25 over every stored chunk of a live version,
+  roxi_mp.store_hits.lexical), so that a text query's embedding, computing meanwhile in
+  the query model process, costs the lexical leg nothing: `vector()` is only then awaited;
+- the dense leg over the mapped rows (the Searcher hides the rows of versions not live);
+- fusion (roxi_mp.fusion) of each leg's best `max(k, query.candidates)`; a single leg's
+  answer is its own best k;
+- the hit lookup of the final k only: by row for embedded chunks, by chunk id for chunks
+  found by their words alone. Each hit says which leg found it at which rank and whether
+  it is embedded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from . import lexical
+from .errors import BadInput
+from .fusion import DENSE, HYBRID, LEXICAL, METHODS, MODES, Candidate, fuse
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .search import Searcher
+    from .store import Store
+
+
+@dataclass(frozen=True)
+class Options:
+    """How one query is answered."""
+
+    mode: str
+    fusion: str
+    dense_weight: float
+    lexical_weight: float
+    rrf_k: float
+    candidates: int
+    match: str | None  # the FTS5 expression of the query's words; None: empty lexical leg
+
+    def key(self) -> tuple:
+        """What a cached answer depends on, besides the query itself."""
+        return (self.mode, self.fusion, self.dense_weight, self.lexical_weight, self.rrf_k, self.candidates)
+
+
+def options(msg: dict, cfg: Config, *, text: str | None, has_vector: bool) -> Options:
+    """The request's mode, fusion and weights over the configured ones; BadInput for any
+    value out of place (one line naming the field)."""
+    q = cfg.query
+    mode = msg.get("mode", q.mode)
+    if not isinstance(mode, str) or mode not in MODES:
+        raise BadInput(f"mode must be one of {', '.join(MODES)}, got {_show(mode)}")
+    method = msg.get("fusion", q.fusion)
+    if not isinstance(method, str) or method not in METHODS:
+        raise BadInput(f"fusion must be one of {', '.join(METHODS)}, got {_show(method)}")
+    dense_w, lexical_w = _weights(msg.get("weights"), q.dense_weight, q.lexical_weight)
+    if mode == LEXICAL and text is None:
+        raise BadInput("a lexical query needs 'text' (a vector alone has no words)")
+    if mode == DENSE and text is None and not has_vector:
+        raise BadInput("query needs 'text' or a vector frame")
+    match = lexical.match_expression(text, max_terms=q.max_lexical_terms) if text is not None else None
+    return Options(mode=mode, fusion=method, dense_weight=dense_w, lexical_weight=lexical_w,
+                   rrf_k=float(q.rrf_k), candidates=q.candidates, match=match)
+
+
+def _weights(value: Any, dense: float, lexical_: float) -> tuple[float, float]:
+    if value is None:
+        return dense, lexical_
+    if not isinstance(value, dict) or not set(value) <= {"dense", "lexical"}:
+        raise BadInput("weights must be a map with 'dense' and/or 'lexical'")
+    out = []
+    for name, default in (("dense", dense), ("lexical", lexical_)):
+        w = value.get(name, default)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            raise BadInput(f"weights.{name} must be a number in [0, 1], got {_show(w)}")
+        out.append(float(w))
+    if out[0] + out[1] <= 0:
+        raise BadInput("weights.dense and weights.lexical cannot both be 0")
+    return out[0], out[1]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, with_text: bool,
+           vector: Callable[[], np.ndarray | None]) -> tuple[list[dict], int]:
+    """The query's hit maps, best first, and how many dense hits the lookup dropped as not
+    live (a last line of defence: the hidden rows make it 0). Call inside one read snapshot
+    of `store` that the searcher's mapping and hidden rows were synced to. `vector()` gives
+    the query vector (awaiting its embedding), called only if the dense leg runs."""
+    depth = max(k, opts.candidates) if opts.mode == HYBRID else k
+    words = store.lexical(opts.match, depth) if opts.mode != DENSE and opts.match else []
+    dense: list[tuple[int, float]] = []
+    if opts.mode != LEXICAL:
+        v = vector()
+        if v is not None and searcher is not None and searcher.ntotal:
+            scores, rows = searcher.search(v, depth)
+            dense = [(int(r), float(s)) for r, s in zip(rows, scores)]
+    if opts.mode == HYBRID:
+        best = fuse(dense, words, k=k, method=opts.fusion, rrf_k=opts.rrf_k,
+                    dense_weight=opts.dense_weight, lexical_weight=opts.lexical_weight)
+    else:
+        best = fuse(dense[:k], words[:k], k=k, method="rrf")
+        for c in best:  # one leg: its own order and scores
+            c.score = c.dense_score if c.dense_rank else c.lexical_score
+    return _hits(store, best, with_text=with_text)
+
+
+def _hits(store: Store, best: list[Candidate], *, with_text: bool) -> tuple[list[dict], int]:
+    by_row = store.hits([c.row for c in best if c.row is not None], with_text=with_text)
+    by_chunk = store.chunk_hits([c.chunk_id for c in best if c.row is None], with_text=with_text)
+    hits, dropped = [], 0
+    for c in best:
+        hit = by_row.get(c.row) if c.row is not None else by_chunk.get(c.chunk_id)
+        if hit is None:
+            dropped += 1  # not live (or gone): never served, never invented
+            continue
+        item = {"rank": len(hits) + 1, "score": c.score, "row": hit.row, "chunk_id": hit.chunk_id,
+                "doc_id": hit.doc_id, "key": hit.key, "version": hit.version, "position": hit.position,
+                "title": hit.title, "source": hit.source, "page": hit.page, "heading": hit.heading,
+                "dense_rank": c.dense_rank, "lexical_rank": c.lexical_rank, "embedded": hit.row is not None}
+        if with_text:
+            item["text"] = hit.text
+        hits.append(item)
+    return hits, dropped
