@@ -23,6 +23,7 @@ meanwhile). MiniLM rows are random unit vectors under the model's id: latency on
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -188,8 +189,10 @@ def measure(backend: str, *, chunks: int, queries: int, seed: int = 0) -> dict:
         df = build_store(s.cfg, chunks=chunks, words=words, seed=seed)
         build_seconds = time.perf_counter() - started
         s.start(timeout=120)
+        load = [os.getloadavg()[0]]
         with s.query_client(timeout=120) as client:
             times, took, echoed = time_modes(client, texts)
+        load.append(os.getloadavg()[0])
     index = {w: i for i, w in enumerate(words)}
     postings = [matched(t, index, df) for t in texts[WARMUP:]]
     ms = {m: {"p50": 1e3 * float(np.percentile(t, 50)), "p99": 1e3 * float(np.percentile(t, 99)),
@@ -200,7 +203,7 @@ def measure(backend: str, *, chunks: int, queries: int, seed: int = 0) -> dict:
             "ms": ms, "hybrid_minus_dense_p50_ms": diff, "paired_median_ms": float(np.median(paired)),
             "slice_diffs_ms": slice_diffs(times["hybrid"], times["dense"]), "modes_honoured": echoed,
             "pass": diff <= BOUND_MS if echoed else None, "postings_p50": float(np.median(postings)),
-            "top_word_chunks": int(df[len(STOP_WORDS)])}
+            "top_word_chunks": int(df[len(STOP_WORDS)]), "load_before_after": load}
 
 
 def time_modes(client, texts: list[str]) -> tuple[dict[str, list[float]], dict[str, list[float]], bool]:
@@ -238,13 +241,15 @@ def markdown(results: list[dict]) -> str:
                     + [f"{r['hybrid_minus_dense_p50_ms']:+.2f} ({min(r['slice_diffs_ms']):+.2f} to "
                        f"{max(r['slice_diffs_ms']):+.2f}; paired {r['paired_median_ms']:+.2f})",
                        {True: "pass", False: "FAIL", None: "n/a (mode ignored)"}[r["pass"]]])
-    lines = [f"### Text queries by mode through ZeroMQ (k 10, with text, no result cache; issue 19 "
+    lines = [f"### Text queries by mode through ZeroMQ, interleaved (k 10, with text, no result cache; issue 19 "
              f"acceptance 2: hybrid p50 <= dense p50 + {BOUND_MS:g} ms)", "",
              table(["backend", "chunks", "queries"] + [f"{m} p50 / p99 ms (server p50)" for m in MODES]
                    + [f"hybrid - dense p50 ms (range over {SLICES} slices; median of per-query differences)",
                       "acceptance 2"], rows), ""]
     for r in results:
-        lines.append(f"- {r['backend']}: store built in {r['build_seconds']:.0f} s; a query's distinct "
+        lines.append(f"- {r['backend']}: store built in {r['build_seconds']:.0f} s; 1-minute load average "
+                     f"{r['load_before_after'][0]:.1f} before the queries, {r['load_before_after'][1]:.1f} after; "
+                     f"a query's distinct "
                      f"non-stop words are held by {r['postings_p50']:,.0f} chunks in all (median, estimated "
                      f"from a sample of one chunk in {DF_SAMPLE}); "
                      f"the most common non-stop word by {r['top_word_chunks']:,}"
