@@ -38,6 +38,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from roxi_mp.client import DocumentsClient, QueryClient
+from roxi_mp.errors import ServerError
 from roxi_mp.store import Store
 
 from . import beir_eval
@@ -200,11 +201,17 @@ def latency(client: QueryClient, data: Dataset, modes: list[str], *, mode_field:
 
 
 def fusion_sweep(client: QueryClient, data: Dataset, rrf_k: Any, variants: list[tuple[str, float, float]]) -> list:
+    """Hybrid quality per (fusion, weights) variant; a variant the server refuses is noted, not fatal."""
     out = []
     for fusion, dense, lexical in variants:
-        result = quality(client, data, mode="hybrid", fusion=fusion, weights={"dense": dense, "lexical": lexical})
-        out.append({"fusion": fusion, "rrf_k": rrf_k if fusion == "rrf" else None, "dense": dense,
-                    "lexical": lexical, "ndcg": result["ndcg"], "recall": result["recall"]})
+        row = {"fusion": fusion, "rrf_k": rrf_k if fusion == "rrf" else None, "dense": dense, "lexical": lexical}
+        try:
+            result = quality(client, data, mode="hybrid", fusion=fusion, weights={"dense": dense, "lexical": lexical})
+        except ServerError as exc:
+            say(f"{fusion} {dense:g} / {lexical:g} refused: {exc}")
+            out.append({**row, "ndcg": None, "recall": None, "error": str(exc)})
+            continue
+        out.append({**row, "ndcg": result["ndcg"], "recall": result["recall"]})
     return out
 
 
@@ -249,7 +256,11 @@ def measure(directory: Path, store: Path | None, *, quick: bool) -> dict:
         with running(root) as s:
             out = measure_system(s, data, quick=quick)
         if out["mode_field"] and not quick and out["defaults"]["rrf_k"] is not None:
-            out["sweep"] += rrf_constants(root, data, out["defaults"]["rrf_k"])
+            try:
+                out["sweep"] += rrf_constants(root, data, out["defaults"]["rrf_k"])
+            except Exception as exc:  # the main figures stand without the extra constants
+                say(f"RRF constants not measured: {exc}")
+                out["rrf_constants_error"] = str(exc)
     finally:
         if not store:
             shutil.rmtree(root, ignore_errors=True)
@@ -302,7 +313,8 @@ def markdown(out: dict) -> str:
              "", "Issue 19, acceptance 1:", *verdicts(out)]
     if out["sweep"]:
         sweep = [[r["fusion"], r["rrf_k"] if r["rrf_k"] is not None else "-", f"{r['dense']:g} / {r['lexical']:g}",
-                  f"{r['ndcg']:.4f}", f"{r['recall']:.4f}"] for r in out["sweep"]]
+                  *((f"{r['ndcg']:.4f}", f"{r['recall']:.4f}") if r["ndcg"] is not None else ("refused", "-"))]
+                 for r in out["sweep"]]
         lines += ["", f"### Hybrid fusion variants (same store, k = {QUALITY_K})", "",
                   table(["fusion", "rrf_k", "weights dense / lexical", "nDCG@10", "recall@100"], sweep)]
     return "\n".join(lines) + "\n"

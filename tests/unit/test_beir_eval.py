@@ -107,3 +107,31 @@ def test_readers_of_the_beir_layout(tmp_path):
 def test_a_qrels_query_missing_from_the_queries_is_an_error():
     with pytest.raises(KeyError, match="not in queries.jsonl"):
         be.queries_with_qrels({"1": "a"}, {"1": {"d": 1}, "9": {"d": 1}})
+
+
+def fake_result(ndcg: dict[str, float]) -> dict:
+    quality = {m: {"ndcg": v, "recall": 0.9} for m, v in ndcg.items()}
+    latency = {m: {"p50": 0.004, "p99": 0.009, "ndcg_k10": v - 0.01} for m, v in ndcg.items()}
+    return {"quality": quality, "latency": latency, "queries": 300, "documents": 5183, "reused": True,
+            "index": {"chunks": 8257, "indexed": 8257, "failed": 0, "seconds": 0.0},
+            "defaults": {"fusion": "rrf", "rrf_k": 60, "dense_weight": 1.0, "lexical_weight": 1.0, "candidates": 100},
+            "sweep": [{"fusion": "rrf", "rrf_k": 60, "dense": 1.0, "lexical": 1.0, "ndcg": 0.72, "recall": 0.95},
+                      {"fusion": "weighted", "rrf_k": None, "dense": 1.0, "lexical": 0.5, "ndcg": None,
+                       "recall": None, "error": "bad_request"}]}
+
+
+def test_acceptance_lines_of_issue_19():
+    from tests.bench.bench_beir import markdown, verdicts
+    lines = verdicts(fake_result({"dense": 0.652, "lexical": 0.67, "hybrid": 0.709}))
+    assert [line.rsplit(": ", 1)[1] for line in lines] == ["PASS", "PASS", "FAIL"]
+    lines = verdicts(fake_result({"dense": 0.6551, "lexical": 0.669, "hybrid": 0.71}))
+    assert [line.rsplit(": ", 1)[1] for line in lines] == ["FAIL", "FAIL", "PASS"]
+    assert verdicts(fake_result({"dense": 0.635}))[0].endswith("PASS")
+    # a server without `mode` measures dense only: the others are said to be unmeasured
+    only_dense = fake_result({"dense": 0.652})
+    assert [line.endswith("NOT MEASURED (the server takes no `mode`)") for line in verdicts(only_dense)] == \
+        [False, True, True]
+    text = markdown(fake_result({"dense": 0.652, "lexical": 0.68, "hybrid": 0.72}))
+    assert "| hybrid | 0.7200 | 0.9000 | 4.0 | 9.0 | 0.718 Qdrant RRF" in text
+    assert "| weighted | - | 1 / 0.5 | refused | - |" in text
+    assert "| lexical | - | - | - | - |" in markdown(only_dense)
