@@ -115,9 +115,10 @@ def fake_result(ndcg: dict[str, float]) -> dict:
     return {"quality": quality, "latency": latency, "queries": 300, "documents": 5183, "reused": True,
             "index": {"chunks": 8257, "indexed": 8257, "failed": 0, "seconds": 0.0},
             "defaults": {"fusion": "rrf", "rrf_k": 60, "dense_weight": 1.0, "lexical_weight": 1.0, "candidates": 100},
-            "sweep": [{"fusion": "rrf", "rrf_k": 60, "dense": 1.0, "lexical": 1.0, "ndcg": 0.72, "recall": 0.95},
+            "sweep": [{"fusion": "rrf", "rrf_k": 60, "dense": 1.0, "lexical": 1.0, "ndcg": 0.72, "recall": 0.95,
+                       "ndcg_k100": 0.71},
                       {"fusion": "weighted", "rrf_k": None, "dense": 1.0, "lexical": 0.5, "ndcg": None,
-                       "recall": None, "error": "bad_request"}]}
+                       "recall": None, "ndcg_k100": None, "error": "bad_request"}]}
 
 
 def test_acceptance_lines_of_issue_19():
@@ -133,5 +134,6 @@ def test_acceptance_lines_of_issue_19():
         [False, True, True]
     text = markdown(fake_result({"dense": 0.652, "lexical": 0.68, "hybrid": 0.72}))
     assert "| hybrid | 0.7200 | 0.9000 | 4.0 | 9.0 | 0.718 Qdrant RRF" in text
-    assert "| weighted | - | 1 / 0.5 | refused | - |" in text
+    assert "| rrf | 60 | 1 / 1 | 0.7200 | 0.9500 | 0.7100 |" in text
+    assert "| weighted | - | 1 / 0.5 | refused | - | - |" in text
     assert "| lexical | - | - | - | - |" in markdown(only_dense)
