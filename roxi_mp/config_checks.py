@@ -163,6 +163,7 @@ def check_query(cfg: Config) -> None:
              q.dense_weight)
     _require(1 <= q.candidates <= 10_000, "query.candidates", "in [1, 10000]", q.candidates)
     _require(1 <= q.max_lexical_terms <= 1024, "query.max_lexical_terms", "in [1, 1024]", q.max_lexical_terms)
+    _require(q.lexical_budget >= 1, "query.lexical_budget", ">= 1", q.lexical_budget)
 
 
 def check_supervisor(cfg: Config) -> None:

@@ -143,12 +143,13 @@ class QuerySettings:
     embed_max_waiting: int = 32
     #: hybrid search (issue 19): which legs answer by default, and how they are fused
     mode: str = "hybrid"
-    fusion: str = "rrf"
+    fusion: str = "weighted"  # measured on SciFact: nDCG@10 0.733, rrf 0.713
     rrf_k: float = 60.0
     dense_weight: float = 1.0
     lexical_weight: float = 1.0
     candidates: int = 100
     max_lexical_terms: int = 32
+    lexical_budget: int = 5000
 
 
 @dataclass

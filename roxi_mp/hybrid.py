@@ -42,7 +42,8 @@ class Options:
     lexical_weight: float
     rrf_k: float
     candidates: int
-    match: str | None  # the FTS5 expression of the query's words; None: empty lexical leg
+    words: tuple[str, ...]  # what the lexical leg searches (lexical.terms); none: an empty leg
+    budget: int  # chunks the lexical leg scores, about (lexical.split_by_frequency)
 
     def key(self) -> tuple:
         """What a cached answer depends on, besides the query itself."""
@@ -64,9 +65,10 @@ def options(msg: dict, cfg: Config, *, text: str | None, has_vector: bool) -> Op
         raise BadInput("a lexical query needs 'text' (a vector alone has no words)")
     if mode == DENSE and text is None and not has_vector:
         raise BadInput("query needs 'text' or a vector frame")
-    match = lexical.match_expression(text, max_terms=q.max_lexical_terms) if text is not None else None
+    words = tuple(lexical.terms(text, max_terms=q.max_lexical_terms)) if text is not None else ()
     return Options(mode=mode, fusion=method, dense_weight=dense_w, lexical_weight=lexical_w,
-                   rrf_k=float(q.rrf_k), candidates=q.candidates, match=match)
+                   rrf_k=float(q.rrf_k), candidates=q.candidates, words=words,
+                   budget=q.lexical_budget)
 
 
 def _weights(value: Any, dense: float, lexical_: float) -> tuple[float, float]:
@@ -97,7 +99,7 @@ def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, wi
     of `store` that the searcher's mapping and hidden rows were synced to. `vector()` gives
     the query vector (awaiting its embedding), called only if the dense leg runs."""
     depth = max(k, opts.candidates) if opts.mode == HYBRID else k
-    words = store.lexical(opts.match, depth) if opts.mode != DENSE and opts.match else []
+    words = store.lexical(opts.words, depth, budget=opts.budget) if opts.mode != DENSE else []
     dense: list[tuple[int, float]] = []
     if opts.mode != LEXICAL:
         v = vector()

@@ -80,6 +80,8 @@ class Store(ChunkLeases, HitLookup, DocumentVersions):
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000, migrate: bool = True) -> None:
         self.path = Path(path)
         self._doc_cache: dict[int, tuple[str, str]] = {}  # HitLookup's, valid for this connection
+        self._frequencies: dict[str, int] = {}  # HitLookup's: chunks holding each query word
+        self._frequency_base = 0  # chunks in the library when _frequencies was started
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=busy_timeout_ms / 1000,
                                         isolation_level=None, check_same_thread=False)
