@@ -90,7 +90,7 @@ class HitLookup:
         marks = ",".join("?" * len(chunk_ids))
         found = self.conn.execute(
             f"SELECT c.id, CASE WHEN c.state = 'indexed' THEN c.row END, c.doc_id, c.position, c.state != 'dropped' AND d.status = 'live', c.page, "
-            f"c.heading{', c.text' if with_text else ''} FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            f"c.heading{', c.text' if with_text else ''} FROM chunks c CROSS JOIN documents d ON d.id = c.doc_id "
             f"WHERE c.id IN ({marks})", [int(i) for i in chunk_ids]).fetchall()
         docs = self._documents({r[2] for r in found if r[4]})
         for r in found:
@@ -147,7 +147,9 @@ class HitLookup:
             return {}
         marks = ",".join("?" * len(chunk_ids))
         return {cid: (row if state == "indexed" else None) for cid, row, state in self.conn.execute(
-            f"SELECT c.id, c.row, c.state FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            # CROSS JOIN keeps chunks outer: left to itself the planner walks every live
+            # document (documents_status) for a few chunk ids, 13 ms at 100k chunks.
+            f"SELECT c.id, c.row, c.state FROM chunks c CROSS JOIN documents d ON d.id = c.doc_id "
             f"WHERE c.id IN ({marks}) AND c.state != 'dropped' AND d.status = 'live'", chunk_ids)}
 
     def coverage(self) -> dict:
