@@ -149,7 +149,7 @@ class QuerySettings:
     lexical_weight: float = 1.0
     candidates: int = 100
     max_lexical_terms: int = 32
-    lexical_budget: int = 5000
+    lexical_budget: int = 2000
 
 
 @dataclass
