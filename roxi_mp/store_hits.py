@@ -100,7 +100,7 @@ class HitLookup:
                                 title=title, source=source, text=r[7] if with_text else "", page=r[5], heading=r[6])
         return out
 
-    def lexical(self, words: Sequence[str], limit: int, *, budget: int = 5000) -> list[tuple[int, int | None, float]]:
+    def lexical(self, words: Sequence[str], limit: int, *, budget: int = 2000) -> list[tuple[int, int | None, float]]:
         """The best `limit` chunks of live versions for query words (roxi_mp.lexical.terms,
         never raw user text), best first: (chunk id, row if the chunk is embedded else None,
         bm25 score, larger is better). Chunks are findable by their words from the moment

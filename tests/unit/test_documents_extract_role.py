@@ -119,20 +119,26 @@ class Harness:
         self.now += seconds
         self.role.loop(self.now)
 
-    def reply(self, dealer: zmq.Socket, *, steps: int = 200) -> dict:
-        """Step until `dealer` has its reply (each step polls at most ~50 ms)."""
-        for _ in range(steps):
+    def reply(self, dealer: zmq.Socket) -> dict:
+        """Step until `dealer` has its reply. Bounded in real time, not in steps: a step may
+        return at once (the role's fake clock says a beat is due) while the message is still
+        in zmq's I/O threads, which a loaded machine runs late."""
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline:
             if dealer.poll(0, zmq.POLLIN):
                 return protocol.unpack_map(dealer.recv_multipart()[1], max_bytes=1 << 20)
             self.step()
         raise AssertionError("no reply")
 
-    def queued(self, count: int, *, steps: int = 200) -> None:
-        """Step until `count` puts wait for extraction (the requests are on their way)."""
-        for _ in range(steps):
+    def queued(self, count: int) -> None:
+        """Step until `count` puts wait for extraction (the requests are on their way; bounded
+        in real time, as `reply`)."""
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline:
             if len(self.role.extractions) == count and self.role.extractions.current is not None:
                 return
             self.step()
+            time.sleep(0.001)
         raise AssertionError(f"{len(self.role.extractions)} puts wait for extraction, not {count}")
 
     def no_reply(self, dealer: zmq.Socket, steps: int = 5) -> None:
