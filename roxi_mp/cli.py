@@ -17,11 +17,12 @@ from . import backup as backup_mod
 from . import config as config_mod
 from . import keys as keys_mod
 from . import operations, service
-from .cli_format import (Bar, echo_json, print_backups, print_compact, print_documents, print_hits, print_ingest,
-                         print_progress, print_roles, print_status, rate_eta)
+from .cli_format import (Bar, Weights, echo_json, print_backups, print_compact, print_coverage, print_documents,
+                         print_hits, print_ingest, print_progress, print_roles, print_status, rate_eta)
 from .client import QueryClient
 from .embedders import BACKENDS
 from .errors import NOT_RUNNING, TARGET_NOT_REACHED, BadInput, NotFound, RoxiError
+from .fusion import METHODS, MODES
 from .logs import follow as follow_log
 from .logs import tail
 from .reembed import reembed as run_reembed
@@ -220,21 +221,33 @@ def compact(ctx: click.Context) -> None:
 @main.command()
 @click.argument("text")
 @click.option("-k", "k", type=int, default=None, help="Number of hits (default query.default_k).")
+@click.option("--mode", type=click.Choice(MODES), default=None,
+              help="hybrid (words and meaning fused), dense (meaning) or lexical (words) (default query.mode).")
+@click.option("--fusion", type=click.Choice(METHODS), default=None,
+              help="How hybrid fuses the two rankings (default query.fusion).")
+@click.option("--weights", type=Weights(), default=None, metavar="DENSE,LEXICAL",
+              help="Weights of the dense and lexical legs in hybrid, each in [0, 1], e.g. 0.5,1 "
+                   "(default query.dense_weight, query.lexical_weight).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def query(ctx: click.Context, text: str, k: int | None, as_json: bool) -> None:
-    """Semantic search: rank, score, document title and chunk text of the best chunks."""
+def query(ctx: click.Context, text: str, k: int | None, mode: str | None, fusion: str | None,
+          weights: dict[str, float] | None, as_json: bool) -> None:
+    """Search: rank, score, document title and chunk text of the best chunks, which leg
+    found each (dense, words), and how much of the library is embedded (a warning below 50 %)."""
     cfg = _cfg(ctx)
     if not text.strip():
         raise BadInput("query text is empty")
     with QueryClient.for_config(cfg) as client:
         started = time.perf_counter()
-        hits = client.query(text, k=cfg.query.default_k if k is None else k)
+        reply = client.search(text, k=cfg.query.default_k if k is None else k, mode=mode, fusion=fusion,
+                              weights=weights)
         took = (time.perf_counter() - started) * 1000
     if as_json:
-        echo_json({"query": text, "hits": hits, "took_ms": round(took, 3)})
+        echo_json({"query": text, "hits": reply["hits"], "took_ms": round(took, 3),
+                   **{name: reply.get(name) for name in ("mode", "coverage", "generation")}})
     else:
-        print_hits(hits)
+        print_hits(reply["hits"])
+        print_coverage(reply)
 
 
 @main.command()

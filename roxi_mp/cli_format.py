@@ -1,7 +1,8 @@
 """How the `roxi` CLI prints: status tables, rates and ETAs, search hits, and progress bars.
 
 Output only, no rules: what to print comes from the library calls (roxi_mp.service,
-roxi_mp.operations); this module decides how it reads on a terminal.
+roxi_mp.operations); this module decides how it reads on a terminal. Also the click type
+of the one option value that is more than a click builtin (`roxi query --weights`).
 """
 
 from __future__ import annotations
@@ -184,9 +185,59 @@ def print_hits(hits: list[dict]) -> None:
     if not hits:
         click.echo("no results (is anything indexed yet? see `roxi progress`)")
     for h in hits:
-        click.echo(f"{h['rank']:>3}. {h['score']:.4f}  {h['title']}  [{Path(h['source']).name}{where(h)}]")
+        found = legs(h)
+        click.echo(f"{h['rank']:>3}. {h['score']:.4f}  {h['title']}  [{Path(h['source']).name}{where(h)}]"
+                   f"{f'  ({found})' if found else ''}")
         snippet = h.get("text", "")
         click.echo(f"     {snippet[:240]}{'...' if len(snippet) > 240 else ''}")
+
+
+def legs(hit: dict) -> str:
+    """Which legs found a hit, at which rank, as `roxi query` shows it: "dense #3, words #1",
+    "words #2, not embedded yet"; "" for a reply from a server without the fields."""
+    parts = [f"{name} #{hit[field]}" for name, field in (("dense", "dense_rank"), ("words", "lexical_rank"))
+             if hit.get(field) is not None]
+    if hit.get("embedded") is False:
+        parts.append("not embedded yet")
+    return ", ".join(parts)
+
+
+#: coverage below which `roxi query` warns that answers miss much of the library, percent
+ADVISED_COVERAGE = 50.0
+
+
+def print_coverage(reply: dict) -> None:
+    """How much of the library the answer covers (stdout), and a warning on stderr below
+    ADVISED_COVERAGE: chunks not embedded yet are found by their words alone."""
+    c = reply.get("coverage")
+    if not c:
+        return  # an older server
+    click.echo(f"coverage: {c['indexed']:,} of {c['chunks']:,} chunks embedded ({c['percent']:g} %), "
+               f"{c['pending']:,} pending, {c['failed']:,} failed; {reply.get('mode', '?')} search")
+    if c["chunks"] and c["percent"] < ADVISED_COVERAGE:
+        click.echo(f"warning: these answers cover {c['percent']:g} % of the library ({c['indexed']:,} of "
+                   f"{c['chunks']:,} chunks embedded); ROXI advises {ADVISED_COVERAGE:g} % before heavy use",
+                   err=True)
+
+
+class Weights(click.ParamType):
+    """`--weights DENSE,LEXICAL`: two numbers in [0, 1], not both 0, made into the query's
+    {"dense", "lexical"} map (the server checks them again); a bad value is a usage error."""
+
+    name = "weights"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, float]:
+        if isinstance(value, dict):
+            return value
+        try:
+            dense, lexical = (float(part) for part in str(value).split(","))  # not two: ValueError too
+        except ValueError:
+            self.fail(f"expected two numbers DENSE,LEXICAL such as 0.5,1, got {value!r}", param, ctx)
+        if not (0 <= dense <= 1 and 0 <= lexical <= 1):  # nan too
+            self.fail(f"each weight must be in [0, 1], got {value!r}", param, ctx)
+        if dense == lexical == 0:
+            self.fail("the dense and lexical weights cannot both be 0", param, ctx)
+        return {"dense": dense, "lexical": lexical}
 
 
 def print_progress(report: dict) -> None:

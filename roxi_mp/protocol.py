@@ -19,11 +19,22 @@ A client is a REQ or a DEALER socket; the server replies with the envelope it re
     error reply: {"v": 1, "id": <same or nil>, "ok": false, "code": "<code>", "message": "..."}
                                                                                    error()
 Ops of the query server (roxi_mp.roles.query_server, QueryServer.OPS):
-    query  {"text", "k"?, "with_text"?}, or {"dtype", "shape": [1, d], "k"?, "with_text"?}
-           plus one float32/float16 vector frame            -> {"hits", "rows", "took_ms"}
+    query  {"text", "k"?, "with_text"?, "mode"?, "fusion"?, "weights"?}, or {"dtype",
+           "shape": [1, d], "text"?, ...the same} plus one float32/float16 vector frame
+           -> {"hits", "mode", "coverage", "generation", "rows", "took_ms"}
+           mode: "hybrid" | "dense" | "lexical" (default query.mode; lexical needs text);
+           fusion: "weighted" | "rrf" (default query.fusion); weights: {"dense"?, "lexical"?}
+           each in [0, 1], not both 0; anything else is a bad_request (roxi_mp.hybrid).
+           A vector's text feeds only the lexical leg. coverage: {"indexed", "chunks",
+           "percent", "pending", "failed"} in every reply, cached or not; generation: the
+           store's, one more per indexer commit or compaction.
            each hit: {"rank", "score", "row", "chunk_id", "doc_id", "key", "version",
-           "position", "title", "source", "page", "heading", "text" (unless with_text is
-           false)}: `page` (1-based, PDF) and `heading` ("Methods > Dosing": HTML, Word,
+           "position", "title", "source", "page", "heading", "dense_rank", "lexical_rank",
+           "embedded", "text" (unless with_text is false)}: `dense_rank` / `lexical_rank`
+           (from 1, nil if that leg missed it) say which legs found it, `row` is nil and
+           `embedded` false for a chunk found by its words before it has a vector; `score`
+           is fused (hybrid), an inner product (dense) or bm25, larger better (lexical);
+           `page` (1-based, PDF) and `heading` ("Methods > Dosing": HTML, Word,
            Markdown) say where the chunk's first word is in its document, nil if unknown; `key` and
            `version` name the document version the chunk belongs to, always a live one (a
            delete or a replacement's promotion is seen by the next query, cached answers
