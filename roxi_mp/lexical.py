@@ -20,6 +20,7 @@ number of posting lists, whatever its length.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Callable, Sequence
 
 #: Lucene's English stop words (EnglishAnalyzer.ENGLISH_STOP_WORDS_SET), as Anserini's
@@ -40,7 +41,9 @@ def terms(text: str, *, max_terms: int = 32) -> list[str]:
     at most `max_terms` (the first ones)."""
     out: list[str] = []
     seen: set[str] = set()
-    for match in WORD.finditer(text):
+    # Composed first: "nai\u0308ve" is one word to the index's tokenizer (which then folds
+    # the diacritic away), and to this regex only once the mark is composed into its letter.
+    for match in WORD.finditer(unicodedata.normalize("NFC", text)):
         word = match.group().lower()
         if word in seen or word in STOP_WORDS or len(word) > MAX_WORD_CHARS:
             continue

@@ -137,8 +137,13 @@ class HitLookup:
             self._frequency_base = chunks
         n = self._frequencies.get(word)
         if n is None:
-            n = self._frequencies[word] = self.conn.execute(
-                "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (f'"{word}"',)).fetchone()[0]
+            n = self.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?",
+                                  (f'"{word}"',)).fetchone()[0]
+            if n:
+                # Only to choose which words are rare: a count a little stale ranks nothing
+                # wrongly. A word in no chunk is never remembered (counting it costs nothing):
+                # remembered, it would hide the next document holding it.
+                self._frequencies[word] = n
         return n
 
     def _live_chunks(self, chunk_ids: list[int]) -> dict[int, int | None]:

@@ -111,10 +111,6 @@ def test_a_document_stored_while_paused_is_found_by_its_words_then_by_both_legs(
     assert reply["coverage"]["percent"] == 100.0
 
 
-@pytest.mark.xfail(strict=True, reason="the query server's store connection remembers a word's chunk count "
-                   "(Store._frequency) while awake: a word asked before any chunk held it stays 0 and the "
-                   "lexical leg returns nothing for it, so a document put after that query is not found by that "
-                   "word until the server sleeps or the library grows by a quarter")
 def test_a_word_asked_before_its_document_is_stored_is_found_once_it_is(system, make_config) -> None:
     cfg = make_config()
     s = system(cfg)

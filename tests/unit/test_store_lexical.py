@@ -246,18 +246,10 @@ def test_porter_stemming_and_folding_find_other_forms(store: Store) -> None:
     assert keys_of(store, search(store, "日本語のテキスト"))[0] == "intl"
 
 
-@pytest.mark.xfail(strict=True, reason="lexical.terms cuts a decomposed (NFD) word at its combining mark "
-                   "('nai\\u0308ve' -> 'nai', 've') while unicode61 keeps the mark in the token and folds it "
-                   "('naive'): a query typed or pasted in NFD never finds the word (normalize NFC in terms?)")
 def test_a_decomposed_query_finds_the_composed_word(store: Store) -> None:
     assert keys_of(store, search(store, "nai\u0308ve"))[:1] == ["intl"]
 
 
-@pytest.mark.xfail(strict=True, reason="Store._frequency remembers a word's count per connection until the "
-                   "library grows by a quarter (+100 chunks): a word asked once while no chunk held it stays 0, "
-                   "and Store.lexical returns [] when every selective word counts 0, so a document stored after "
-                   "that first query is not found by its words on the same connection (the query server's, "
-                   "while awake)")
 def test_a_word_first_asked_before_any_chunk_held_it_is_found_once_stored(store: Store) -> None:
     assert search(store, "zzyzx") == []
     put(store, "new", "the zzyzx syndrome, newly described")
