@@ -84,6 +84,7 @@ def check_exactly_once(cfg: Config, model=None) -> int:
         assert rows == list(range(stats.chunks)), "rows are not exactly 0..n-1"
         assert store.committed_rows() == stats.chunks
         texts = dict(store.conn.execute("SELECT id, text FROM chunks"))
+        check_lexical_index(store)
     header = read_header(cfg.vectors_path)
     assert header.rows == stats.chunks
     data = np.memmap(cfg.vectors_path, dtype="<f2", mode="r", offset=81, shape=(header.rows, model.dim))
@@ -97,3 +98,13 @@ def check_exactly_once(cfg: Config, model=None) -> int:
     finally:
         del data
     return stats.chunks
+
+
+def check_lexical_index(store: Store) -> None:
+    """The lexical index and the chunk counts agree with the chunks table (both are kept by
+    triggers in the transactions that change chunks, so a crash anywhere leaves them so)."""
+    # FTS5 compares its index with the content table, and raises if they differ.
+    store.conn.execute("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
+    counted = dict(store.conn.execute("SELECT state, count(*) FROM chunks GROUP BY state"))
+    kept = {state: n for state, n in store.conn.execute("SELECT state, n FROM chunk_counts") if n}
+    assert kept == counted, f"chunk_counts {kept} != chunks {counted}"
