@@ -68,7 +68,7 @@ def test_backup_mid_ingest_verifies_and_restores_to_identical_answers(system, ma
     assert roxi(fresh, "pause").returncode == 0
     s2 = system(fresh)
     with s2.query_client() as client:
-        got = [[(h["row"], h["score"]) for h in client.query(q, k=5)] for q in QUERIES]
+        got = [[(h["row"], h["score"]) for h in client.query(q, k=5, mode="dense")] for q in QUERIES]
     assert got == expected  # same rows and bit-identical scores
     assert s2.stats().indexed == rows
 
