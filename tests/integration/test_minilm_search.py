@@ -41,7 +41,7 @@ def test_paraphrases_and_the_sample_corpus_rank_meaning_over_words(system, make_
     s.wait_indexed(s.stats().chunks, timeout=120)
     firsts = 0
     for i, (query, _) in enumerate(PARAPHRASES):
-        hits = json.loads(roxi(cfg, "query", query, "-k", "100", "--json").stdout)["hits"]
+        hits = json.loads(roxi(cfg, "query", query, "-k", "100", "--mode", "dense", "--json").stdout)["hits"]
         rank = {Path(h["source"]).name: n for n, h in enumerate(hits)}
         # the document that says it in other words beats every unrelated one ...
         assert all(rank[f"para-{i}.md"] < rank[f"other-{j}.md"] for j in range(len(UNRELATED))), query
@@ -49,12 +49,16 @@ def test_paraphrases_and_the_sample_corpus_rank_meaning_over_words(system, make_
         firsts += Path(mine[0]["source"]).name == f"para-{i}.md"
     # ... and is the best of the paraphrases for (nearly) every query; measured: all of them
     assert firsts >= len(PARAPHRASES) - 1
-    hits = json.loads(roxi(cfg, "query", "heart attack", "-k", "10", "--json").stdout)["hits"]
+    hits = json.loads(roxi(cfg, "query", "heart attack", "-k", "10", "--mode", "dense", "--json").stdout)["hits"]
     sample = [h for h in hits if "sample_corpus" in h["source"]]
     assert Path(sample[0]["source"]).name == "cardiovascular-risk-in-inflammatory-arthritis.md", \
         [h["title"] for h in sample]
     text = (Path(sample[0]["source"])).read_text().lower()
     assert "myocardial infarction" in text and "heart" not in text  # meaning, not words
+    # hybrid (the default) fuses in the word "attack" (a gout attack ranks first there), yet
+    # keeps the document that means it among its answers
+    hybrid = json.loads(roxi(cfg, "query", "heart attack", "-k", "10", "--json").stdout)["hits"]
+    assert "cardiovascular-risk-in-inflammatory-arthritis.md" in {Path(h["source"]).name for h in hybrid}
     gout = json.loads(roxi(cfg, "query", "uric acid crystals in the big toe", "--json").stdout)["hits"]
     assert Path(gout[0]["source"]).name == "gout.md"
     status = json.loads(roxi(cfg, "status", "--json").stdout)

@@ -128,7 +128,7 @@ def test_kill_each_role_during_ingest_loses_nothing(system, make_config, tmp_pat
     with Store(cfg.db_path) as store:
         chunk_id, text = store.conn.execute("SELECT id, text FROM chunks WHERE id = 77").fetchone()
     with s.query_client() as client:
-        hits = client.query(text, k=3)
+        hits = client.query(text, k=3, mode="dense")
     assert hits[0]["chunk_id"] == chunk_id and hits[0]["score"] == pytest.approx(1.0, abs=1e-2)
 
 
