@@ -31,7 +31,7 @@ import msgpack
 
 from ..config_sections import ExtractSettings
 from . import Extracted, ExtractError
-from .worker import FAILED, LENGTH, MEMORY, decode_extracted, reply_limit, request_header
+from .worker import FAILED, LENGTH, MEMORY, OVER_MEMORY_EXIT, decode_extracted, reply_limit, request_header
 
 #: seconds a new worker may take to import its parsers and say it is ready
 START_SECONDS = 60.0
@@ -39,9 +39,6 @@ START_SECONDS = 60.0
 READ_BUDGET = 64 << 20
 #: seconds to wait for a killed or exiting worker to be reaped
 REAP_SECONDS = 10.0
-#: a worker that died with a peak RSS over this fraction of its memory limit ran out of memory
-#: (a C library that cannot allocate aborts; only Python turns it into a MemoryError reply)
-MEMORY_DEATH_FRACTION = 0.9
 
 Result = Extracted | ExtractError
 
@@ -261,14 +258,13 @@ class Extractor:
     def _died(self) -> None:
         """The worker closed its stdout: it exited or was killed. Reap it and say why."""
         starting = self.state == State.STARTING
-        status, maxrss_kb = self._reap(kill=False)
+        status = self._reap(kill=False)
         self._forget_worker()
-        if os.WIFSIGNALED(status):
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == OVER_MEMORY_EXIT:
+            reason = self._over_memory()
+        elif os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            if maxrss_kb * 1024 >= MEMORY_DEATH_FRACTION * (self.settings.memory_mb << 20):
-                reason = self._over_memory()
-            else:
-                reason = f"the extractor crashed (signal {sig}: {_signal_name(sig)})"
+            reason = f"the extractor crashed (signal {sig}: {_signal_name(sig)})"
         else:
             reason = f"the extractor exited with code {os.WEXITSTATUS(status) if os.WIFEXITED(status) else status}"
         if starting:
@@ -284,8 +280,8 @@ class Extractor:
             self._reap(kill=True)
         self._forget_worker()
 
-    def _reap(self, *, kill: bool) -> tuple[int, int]:
-        """(wait status, peak RSS in KiB) of the worker, killed first if `kill`. Bounded: a
+    def _reap(self, *, kill: bool) -> int:
+        """The wait status of the worker, killed first if `kill`. Bounded: a
         worker that outlives REAP_SECONDS (stuck in the kernel) is left to Popen's own reaping."""
         proc = self.proc
         if kill:
@@ -296,18 +292,18 @@ class Extractor:
         deadline = time.monotonic() + REAP_SECONDS
         while proc.returncode is None:
             try:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                pid, status = os.waitpid(proc.pid, os.WNOHANG)
             except ChildProcessError:
-                return 0, 0
+                return 0
             if pid:
                 proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
-                return status, usage.ru_maxrss
+                return status
             if time.monotonic() >= deadline:
                 if not kill:
                     return self._reap(kill=True)
                 break
             time.sleep(0.005)
-        return 0, 0
+        return 0
 
     def _forget_worker(self) -> None:
         if self.proc is not None:

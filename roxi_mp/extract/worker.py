@@ -4,6 +4,8 @@ One long-lived process per Extractor (roxi_mp.extract.extractor) reads documents
 parsers (roxi_mp.extract.dispatch), one at a time, under a memory limit it sets on itself;
 its parent enforces the time limit by killing it. Whatever a file does to it (hang,
 allocate without bound, crash pdfium), the parent loses one document, never itself.
+The documents are read by a child the worker forks at start (`split_off_reader`), which
+tells a crash from running out of memory by that child's own peak RSS.
 
 The protocol, on the child's stdin and stdout: every frame is a 4-byte big-endian length
 and that many bytes of msgpack; a request frame is followed by its raw payload, so the
@@ -58,6 +60,12 @@ MAX_REASON_CHARS = 300
 FAKE_ENV = "ROXI_TEST_FAKE_PARSER"
 FAKE_TYPE = "application/x-roxi-test-fake"
 
+#: a reader killed by a signal with a peak RSS over this fraction of its memory limit ran out
+#: of memory (a C library that cannot allocate aborts; only Python turns it into a MemoryError)
+MEMORY_DEATH_FRACTION = 0.9
+#: the worker's exit code when its reader died so (see `split_off_reader`)
+OVER_MEMORY_EXIT = 86
+
 
 # --- frames (both sides) -------------------------------------------------------------------
 def pack_frame(message: dict[str, Any]) -> bytes:
@@ -93,6 +101,32 @@ def limit_memory(memory_mb: int) -> None:
     that reserves pools."""
     limit = memory_mb << 20
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+def split_off_reader(memory_mb: int) -> None:
+    """Fork the process that reads documents and return in it; this process waits for it and
+    exits as it did, or with OVER_MEMORY_EXIT when it was killed by a signal near the limit.
+
+    Why not judge by the worker's own peak RSS: the kernel keeps a process's ru_maxrss across
+    execve, so a worker spawned by a large parent (vfork: the parent's mm is the one replaced)
+    reports the parent's peak as its own, and every crash looked like running out of memory
+    once pytest or a role had grown past the limit. A forked child starts a count of its own.
+    This process stays small (the parsers load in the child) and dies with it either way."""
+    waiter = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        die_with_parent(signal.SIGKILL)
+        if os.getppid() != waiter:  # the waiter was killed before the line above
+            os._exit(1)
+        return
+    _, status, usage = os.wait4(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if usage.ru_maxrss * 1024 >= MEMORY_DEATH_FRACTION * (memory_mb << 20):
+            os._exit(OVER_MEMORY_EXIT)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)  # die of the same signal, so the parent says which
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
 def install_fake(environ: dict[str, str] | os._Environ) -> None:
@@ -195,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     limit_memory(args.memory_mb)
     replies = os.dup(1)
     os.dup2(2, 1)  # print() in a parser goes to stderr, never into a frame
+    split_off_reader(args.memory_mb)
     from . import dispatch
     dispatch.preload()
     install_fake(os.environ)

@@ -129,6 +129,18 @@ def test_a_crash_near_the_memory_limit_is_told_as_the_memory_limit(make) -> None
     assert fails(ex, b"abort") == "the extractor crashed (signal 6: SIGABRT)"
 
 
+def test_a_parent_larger_than_the_limit_does_not_make_a_crash_look_like_memory(make) -> None:
+    # The kernel keeps ru_maxrss across execve: a worker spawned by this (grown) process
+    # once reported our peak as its own, and every crash read "needed over 512 MB".
+    ballast = bytearray(b"\x01") * (600 << 20)  # written, so resident: our peak is over 512 MB
+    try:
+        ex = make()
+        assert fails(ex, b"abort") == "the extractor crashed (signal 6: SIGABRT)"
+        assert fails(ex, b"grow:464") == "needed over 512 MB (extract.memory_mb)"
+    finally:
+        del ballast
+
+
 @pytest.mark.parametrize("command, reason", [
     (b"abort", "the extractor crashed (signal 6: SIGABRT)"),
     (b"segv", "the extractor crashed (signal 11: SIGSEGV)"),
