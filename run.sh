@@ -4,6 +4,8 @@
 #   ./run.sh test       set up .venv (with test extras) if needed, then run the tests
 #   ./run.sh bench [--quick]  set up .venv (with test and bench extras), run the benchmarks in
 #                     tests/bench (tables on stdout, report in tests/bench/out/)
+#   ./run.sh bench --beir [DIR] [--store ROOT] [--quick]  SciFact (BEIR) quality and latency per
+#                     search mode through the real system (DIR: ../shared/beir/scifact)
 #   ./run.sh ARGS...    anything else is passed to `roxi` (e.g. ./run.sh status)
 # Options before the command: --data-dir DIR (default ./data or $ROXI_DATA_DIR).
 set -euo pipefail
