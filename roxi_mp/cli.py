@@ -67,6 +67,8 @@ def start(ctx: click.Context, foreground: bool) -> None:
         ctx.exit(run_foreground(cfg))
     status = service.start_background(cfg)
     click.echo(f"roxi started (supervisor pid {status['supervisor']['pid']}, data {cfg.data_dir})")
+    if status["supervisor"].get("web"):
+        click.echo(f"resources page: {status['supervisor']['web']}")
     print_roles(status)
 
 

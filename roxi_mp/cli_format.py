@@ -23,7 +23,8 @@ def echo_json(data: Any) -> None:
 
 def print_status(data: dict) -> None:
     sup = data.get("supervisor")
-    click.echo(f"supervisor: {'pid %s, up %ss' % (sup['pid'], sup['uptime']) if sup else 'not running'}")
+    click.echo(f"supervisor: {'pid %s, up %ss' % (sup['pid'], sup['uptime']) if sup else 'not running'}"
+               + (f", resources page {sup['web']}" if sup and sup.get("web") else ""))
     print_roles(data)
     print_store(data["store"])
 

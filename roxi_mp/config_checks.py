@@ -40,6 +40,7 @@ def validate(cfg: Config) -> None:
     check_backup(cfg)
     check_limits(cfg)
     check_network(cfg)
+    check_web(cfg)
 
 
 def check_store(cfg: Config) -> None:
@@ -219,3 +220,18 @@ def check_network(cfg: Config) -> None:
         path = cfg.endpoint(name)[len("ipc://"):]
         _require(len(path) <= MAX_IPC_PATH, "network.run_dir",
                  f"short enough for ipc socket paths (<= {MAX_IPC_PATH} bytes)", path)
+
+
+def check_web(cfg: Config) -> None:
+    w = cfg.web
+    _require(bool(w.host.strip()) and not any(c.isspace() for c in w.host), "web.host",
+             "an address or host name (127.0.0.1, ::1, 0.0.0.0 ...)", w.host)
+    _require(0 <= w.port <= 65535, "web.port", "in [0, 65535] (0: any free port)", w.port)
+    _require(0.1 <= w.refresh_seconds <= 60, "web.refresh_seconds", "in [0.1, 60]", w.refresh_seconds)
+    _require(1 <= w.sample_seconds <= 3600, "web.sample_seconds", "in [1, 3600]", w.sample_seconds)
+    _require(w.sample_seconds <= w.history_seconds <= 7 * 86400, "web.history_seconds",
+             "in [sample_seconds, 604800]", w.history_seconds)
+    _require(w.history_seconds / w.sample_seconds <= 100_000, "web.history_seconds",
+             "at most 100,000 samples (history_seconds / sample_seconds)", w.history_seconds)
+    _require(1 <= w.max_connections <= 10_000, "web.max_connections", "in [1, 10000]", w.max_connections)
+    _require(0.1 <= w.request_seconds <= 600, "web.request_seconds", "in [0.1, 600]", w.request_seconds)

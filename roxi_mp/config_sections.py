@@ -205,6 +205,25 @@ class NetworkSettings:
     keys_dir: str = ""
 
 
+@dataclass
+class WebSettings:
+    """The supervisor's HTTP endpoint (issue 20): the resources page, /status.json, /metrics."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    #: 0: any free port (the chosen one is logged and in data_dir/run/web.url)
+    port: int = 8787
+    #: how often the supervisor refreshes what the endpoint serves while someone reads it
+    refresh_seconds: float = 1.0
+    #: a history sample (RSS, CPU, mapped bytes, progress) every this many seconds ...
+    sample_seconds: float = 10.0
+    #: ... kept this long (a ring in memory)
+    history_seconds: float = 3600.0
+    max_connections: int = 256
+    #: a client has this long to send a request (its head), and to read the answer
+    request_seconds: float = 5.0
+
+
 SECTIONS: dict[str, type] = {
     "store": StoreSettings,
     "embedder": EmbedderSettings,
@@ -220,6 +239,7 @@ SECTIONS: dict[str, type] = {
     "backup": BackupSettings,
     "limits": LimitsSettings,
     "network": NetworkSettings,
+    "web": WebSettings,
 }
 
 
@@ -243,6 +263,7 @@ class Config:
     backup: BackupSettings = field(default_factory=BackupSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
     def restart_for(self, kind: str) -> RestartSettings:
         return dataclasses.replace(self.restart, **self.restart_overrides.get(kind, {}))

@@ -38,11 +38,15 @@ def store_stats(cfg: Config) -> dict[str, Any]:
                 "committed_rows": 0, "percent": 0.0, "rate_per_second": 0.0, "eta_seconds": None,
                 "paused": False}
     with Store.open(cfg) as store:
-        stats = store.stats().as_dict()
-        rate = store.rate(now=time.time(), window=RATE_WINDOW)
-        paused = store.paused()
+        return stats_of(store, now=time.time())
+
+
+def stats_of(store: Store, *, now: float) -> dict[str, Any]:
+    """`store_stats` of an open store (the supervisor's own, for its resources page)."""
+    stats = store.stats().as_dict()
+    rate = store.rate(now=now, window=RATE_WINDOW)
     left = stats["pending"] + stats["leased"]
-    stats.update(rate_per_second=round(rate, 2), paused=paused,
+    stats.update(rate_per_second=round(rate, 2), paused=store.paused(),
                  eta_seconds=round(left / rate, 1) if rate > 0 and left else (0.0 if not left else None))
     return stats
 

@@ -288,7 +288,8 @@ class Store(ChunkLeases, HitLookup, DocumentVersions):
     # --- readers -----------------------------------------------------------------
     def stats(self) -> Stats:
         counts = dict.fromkeys((PENDING, LEASED, INDEXED, FAILED, COPY, DROPPED), 0)
-        counts.update(self.conn.execute("SELECT state, count(*) FROM chunks GROUP BY state").fetchall())
+        # kept by triggers (migration 5): O(1), where counting 1M chunks took tens of ms
+        counts.update(self.conn.execute("SELECT state, n FROM chunk_counts").fetchall())
         documents = self.conn.execute("SELECT count(*) FROM documents WHERE status='live'").fetchone()[0]
         replacing = self.conn.execute("SELECT count(*) FROM documents WHERE status='pending'").fetchone()[0]
         # Chunks to copy are work pending, done by the indexer instead of an embedder.

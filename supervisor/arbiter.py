@@ -36,6 +36,7 @@ from . import commands
 from .backups import BackupScheduler
 from .boot import open_data_dir
 from .child import LIVE_STATES, Child, ChildState
+from .dashboard import Dashboard
 from .status import StoreCounts, build_status
 
 log = logging.getLogger("roxi.supervisor")
@@ -73,6 +74,7 @@ class Arbiter:
         self.sig_w: int | None = None
         self.poller = zmq.Poller()  # binds nothing: children's outputs join it without sockets
         self.store_counts = StoreCounts()
+        self.dashboard: Dashboard | None = None
 
     # --- start -------------------------------------------------------------------
     def acquire(self) -> None:
@@ -89,6 +91,9 @@ class Arbiter:
         self.spawn_children(now)
         self.backups = BackupScheduler(self.cfg, self.store, now)
         log.info("supervisor %d started on %s", os.getpid(), self.cfg.data_dir)
+        if self.cfg.web.enabled:
+            self.dashboard = Dashboard(self)
+            self.dashboard.start()
 
     def open_sockets(self) -> None:
         cfg = self.cfg
@@ -136,6 +141,8 @@ class Arbiter:
         if self.backups is not None:
             self.backups.manage(now, stopping=self.shutdown_phase is not None)
         self.manage_shutdown(now)
+        if self.dashboard is not None:
+            self.dashboard.tick(now)
 
     def wait(self) -> None:
         for sock, _ in self.poller.poll(int(self.loop_timeout() * 1000)):
@@ -373,6 +380,8 @@ class Arbiter:
                 self.kill_child(child, now)
 
     def cleanup(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
         if self.backups is not None:
             self.backups.kill()
         for child in self.children:  # only on an unexpected exit of the loop

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from roxi_mp.store import Store
 
 if TYPE_CHECKING:
@@ -33,12 +35,26 @@ class StoreCounts:
         return self.counts
 
 
+_me: psutil.Process | None = None
+
+
+def _myself() -> psutil.Process:
+    """This process (psutil keeps the CPU times between calls for cpu_percent)."""
+    global _me
+    if _me is None or _me.pid != os.getpid():
+        _me = psutil.Process()
+    return _me
+
+
 def build_status(arbiter: "Arbiter", now: float) -> dict[str, Any]:
     cfg = arbiter.cfg
     stopping = arbiter.shutdown_phase is not None
+    me = _myself()
     return {"supervisor": {"pid": os.getpid(), "uptime": round(now - arbiter.started, 1),
                            "state": "stopping" if stopping else "running",
-                           "data_dir": str(cfg.data_dir)},
+                           "data_dir": str(cfg.data_dir),
+                           "rss": me.memory_info().rss, "cpu_percent": me.cpu_percent(None),
+                           "web": getattr(arbiter.dashboard, "url", None) if arbiter.dashboard else None},
             "roles": [c.status(now, vectors_dir=cfg.data_dir if c.kind == "query" else None)
                       for c in arbiter.children],
             "backups": arbiter.backups.status(),

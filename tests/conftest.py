@@ -47,6 +47,8 @@ TEST_DEFAULTS: dict[str, Any] = {
     # pytest and the roles load this small machine themselves: yielding to that load only
     # makes timing tests slow (tests/unit/test_embedder_role.py covers yielding)
     "embedder__busy_cpu_percent": 100.0,
+    # many systems start on this machine at once (tests, benches, a fresh clone): any free port
+    "web__port": 0,
 }
 #: seconds to wait for a state real processes reach in their own time (60): a deadline that
 #: only a broken system misses, however loaded the machine (a passing test never waits it out)
