@@ -242,6 +242,8 @@ class WebServer:
     def _answer(self, request: h11.Request, conn: h11.Connection) -> tuple[Response, bool]:
         """The response to a request head, and whether it is a HEAD."""
         head = request.method == b"HEAD"
+        if request.http_version not in (b"1.0", b"1.1"):
+            return _plain(505, "HTTP/1.0 and 1.1 only"), head
         if request.method not in METHODS:
             return _plain(405, "only GET and HEAD", ("Allow", "GET, HEAD")), head
         headers = {name.lower(): value for name, value in request.headers}
