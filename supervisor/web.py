@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hmac
+import ipaddress
 import http
 import logging
 import threading
@@ -33,13 +34,17 @@ MAX_REQUESTS_PER_CONNECTION = 100
 MAX_SKIPPED_BODY = 64 * 1024
 #: seconds a closing connection may take to flush its answer
 CLOSE_SECONDS = 2.0
+#: a closing connection reads and drops at most this much of what its client still sends ...
+LINGER_BYTES = 64 * 1024
+#: ... for at most this long (see WebServer._close)
+LINGER_SECONDS = 0.5
 #: bytes read from a socket at a time
 READ_BYTES = 16 * 1024
 #: methods served
 METHODS = (b"GET", b"HEAD")
 #: headers on every response
 COMMON_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
-                  ("Referrer-Policy", "no-referrer"))
+                  ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"))
 #: what the page may load: itself only (no CDN, no other origin)
 PAGE_POLICY = "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; img-src 'self' data:"
 
@@ -56,7 +61,16 @@ Route = Callable[[], Response]
 
 
 def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+    """Whether binding `host` keeps the endpoint on this machine."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback or \
+            getattr(ipaddress.ip_address(host), "ipv4_mapped", None) is not None and \
+            ipaddress.ip_address(host).ipv4_mapped.is_loopback
+    except ValueError:
+        return False
 
 
 def _plain(status: int, text: str, *headers: tuple[str, str]) -> Response:
@@ -163,7 +177,7 @@ class WebServer:
         finally:
             self.open -= 1
             self.writers.discard(writer)
-            await self._close(writer)
+            await self._close(reader, writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
@@ -231,8 +245,20 @@ class WebServer:
             return False
         return False
 
-    async def _close(self, writer: asyncio.StreamWriter) -> None:
-        """Close after the answer went out; a client that does not read is dropped."""
+    async def _close(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Close after the answer went out; a client that does not read is dropped. Input
+        the client sent and we did not read would make the kernel reset the connection,
+        and the client could lose the answer (a 400, a 431): stop writing, read and drop
+        up to LINGER_BYTES for up to LINGER_SECONDS first."""
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(LINGER_SECONDS):
+                dropped = 0
+                while dropped < LINGER_BYTES and (data := await reader.read(READ_BYTES)):
+                    dropped += len(data)
+        except (asyncio.TimeoutError, OSError):
+            pass
         try:
             writer.close()
             await asyncio.wait_for(writer.wait_closed(), CLOSE_SECONDS)
@@ -251,8 +277,8 @@ class WebServer:
             return _plain(413, "a GET carries no body"), head
         path = request.target.split(b"?", 1)[0].split(b"#", 1)[0].decode("ascii", "replace")
         if self.token is not None and path not in self.public:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + self.token.encode()):
+            scheme, _, given = headers.get(b"authorization", b"").strip().partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token.encode()):
                 return _plain(401, "a bearer token is needed (see web.token in the data directory)",
                               ("WWW-Authenticate", 'Bearer realm="roxi"')), head
         route = self.routes.get(path)

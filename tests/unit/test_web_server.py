@@ -173,7 +173,7 @@ def test_a_token_guards_every_path_but_the_public_ones(serve) -> None:
 
 
 def test_loopback_hosts() -> None:
-    assert all(is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "127.0.0.2"))
+    assert all(is_loopback(h) for h in ("127.0.0.1", "::1", "[::1]", "localhost", "LOCALHOST", "127.0.0.2", "::ffff:127.0.0.1"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org"))
 
 
