@@ -175,7 +175,7 @@ class Child:
             "uptime": round(now - self.started, 1) if self.proc is not None else None,
             "restarts": self.restarts, "exit_code": self.exit_code,
             "heartbeat_age": round(now - self.last_beat, 2) if self.proc is not None else None,
-            "rss": None, "cpu_percent": None,
+            "rss": None, "cpu_percent": None, "cpu_seconds": None,
         }
         if self.proc is not None:
             with contextlib.suppress(psutil.Error):  # exiting right now: the row says "-"
@@ -183,6 +183,8 @@ class Child:
                     self._ps = psutil.Process(self.proc.pid)
                 row["rss"] = self._ps.memory_info().rss
                 row["cpu_percent"] = self._ps.cpu_percent(None)
+                times = self._ps.cpu_times()
+                row["cpu_seconds"] = round(times.user + times.system, 2)
             if vectors_dir is not None:  # read from /proc: asks the child nothing
                 # smaps walks the page tables of a mapping (ms for 1M rows): at most once a second
                 if self._mapped is None or self._mapped[0] != self.proc.pid or now - self._mapped[1] >= 1.0:

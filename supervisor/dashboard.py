@@ -22,12 +22,14 @@ import logging
 import os
 import secrets
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from roxi_mp import service
 from roxi_mp.backup import list_backups
 
+from . import metrics
 from .status import build_status
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ class Dashboard:
         self.slow_at = float("-inf")
         self.slow: dict[str, Any] = {"backups": {}, "log_errors": [], "failures": []}
         self.asleep_since: dict[str, float] = {}
+        self.counters = metrics.Counters()  # role counters, kept across restarts
         self.server: Any = None
         self.url: str | None = None
         self.error: str | None = None
@@ -160,9 +163,13 @@ class Dashboard:
                 "history": list(self.history), **self.slow}
         published = {"/status.json": ("application/json", _json(status)),
                      "/page.json": ("application/json", _json(page))}
-        metrics = getattr(self.arbiter, "metrics_text", None)
-        if metrics is not None:
-            published["/metrics"] = metrics(status)
+        for row in status["roles"]:
+            self.counters.observe(row["name"], row.get("pid"), metrics.role_counts(row))
+        backups = self.slow["backups"]
+        last = backups.get("last")
+        exported = {**status, "backups": {"count": backups.get("count", 0), "taken": backups.get("taken", 0),
+                                          "last_epoch": _epoch(last) if last else None}}
+        published["/metrics"] = (metrics.CONTENT_TYPE, metrics.render(exported, self.counters))
         self.published = published
         self.refreshed_at = now
 
@@ -190,7 +197,7 @@ class Dashboard:
         found = list_backups(self.cfg.backup_dir)
         last = found[-1].manifest.created if found else None
         scheduler = self.arbiter.backups.status()
-        return {"count": len(found), "last": last, "running": scheduler["running"],
+        return {"count": len(found), "last": last, "running": scheduler["running"], "taken": scheduler["taken"],
                 "last_result": scheduler["last"], "interval_seconds": b.interval_seconds,
                 "milestones": b.milestones, "dir": scheduler["dir"]}
 
@@ -218,6 +225,13 @@ def log_errors(log_dir: Path, limit: int = LOG_ERRORS) -> list[dict[str, str]]:
         found += [{"log": path.stem, "line": line[:500]} for line in lines if any(lv in line for lv in LOG_LEVELS)]
     found.sort(key=lambda e: e["line"][:23], reverse=True)  # lines start with their time
     return found[:limit]
+
+
+def _epoch(iso: str) -> float | None:
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _json(value: Any) -> bytes:

@@ -54,6 +54,7 @@ def build_status(arbiter: "Arbiter", now: float) -> dict[str, Any]:
                            "state": "stopping" if stopping else "running",
                            "data_dir": str(cfg.data_dir),
                            "rss": me.memory_info().rss, "cpu_percent": me.cpu_percent(None),
+                           "cpu_seconds": round(sum(me.cpu_times()[:2]), 2),
                            "web": getattr(arbiter.dashboard, "url", None) if arbiter.dashboard else None},
             "roles": [c.status(now, vectors_dir=cfg.data_dir if c.kind == "query" else None)
                       for c in arbiter.children],

@@ -46,6 +46,7 @@ from ..config import Config
 from ..embedders import EmbedError, make_embedder
 from ..embedders import Embedder as Model
 from ..errors import ConfigError
+from ..histogram import Histogram
 from ..store import Store
 from .base import Role, run
 
@@ -98,6 +99,7 @@ class Job:
     texts: list[str]
     submitted: float
     future: cf.Future = field(repr=False, default=None)  # type: ignore[assignment]
+    timer: float = field(default_factory=time.perf_counter)  # for the batch duration in /metrics
 
 
 class Embedder(Role):
@@ -125,6 +127,7 @@ class Embedder(Role):
         self.outage_backoff = 0.0
         self.probe_size = 0  # while the service looks down: claim this few chunks (0: no limit)
         self.embedded = self.batches = self.yields = self.failed = self.splits = 0
+        self.batch_seconds = Histogram()  # submit to vectors, per batch (for /metrics)
 
     def initialize(self) -> None:
         ecfg = self.cfg.embedder
@@ -219,6 +222,7 @@ class Embedder(Role):
             self.outbox.append((job.ids, frames))
             self.embedded += len(job.ids)
             self.batches += 1
+            self.batch_seconds.observe(time.perf_counter() - job.timer)
 
     def _failed(self, job: Job, exc: BaseException, now: float) -> None:
         ecfg = self.cfg.embedder
@@ -339,7 +343,7 @@ class Embedder(Role):
                 "failed": self.failed, "splits": self.splits, "in_flight": sum(len(j.ids) for j in self.jobs),
                 "backoff_seconds": self.outage_backoff,  # 0 unless the service looks down
                 "model_loaded": self.model.loaded, "model_id": self.model.model_id,
-                "backend": self.model.status()}
+                "backend": self.model.status(), "metrics": {"batch_seconds": self.batch_seconds.as_dict()}}
 
     def shutdown(self) -> None:
         if self.pool is not None:

@@ -21,6 +21,7 @@ import zmq
 
 from .. import ann, ann_schedule, compact, memory, protocol
 from ..commit import commit
+from ..histogram import Histogram
 from ..compact_schedule import Compactions, Phase
 from ..compact_swap import Switched
 from ..config import Config
@@ -72,6 +73,7 @@ class Indexer(Role):
         self.deadline: float | None = None  # when the pending rows are committed
         self.generation = 0
         self.commits = self.rows_committed = self.duplicates = self.rejected = 0
+        self.commit_seconds = Histogram()  # per commit (for /metrics)
         self.commit_failures = self.copied = 0
         self.last_error: str | None = None
         self.last_activity = 0.0  # last time vectors arrived
@@ -230,9 +232,11 @@ class Indexer(Role):
             self.duplicates += len(stale)
             if self.pending:
                 ids = list(self.pending)
+                started = time.perf_counter()
                 self.generation = commit(self.store, self.writer, ids, np.stack([self.pending[cid] for cid in ids]),
                                          reused=len(self.copies))
                 self.commits += 1
+                self.commit_seconds.observe(time.perf_counter() - started)
                 self.rows_committed += len(ids)
                 self.copied += len(self.copies)
                 self._publish()
@@ -267,7 +271,8 @@ class Indexer(Role):
         return {"state": state, "rows": self.writer.rows, "generation": self.generation,
                 "commits": self.commits, "duplicates": self.duplicates, "rejected": self.rejected,
                 "commit_failures": self.commit_failures, "last_error": self.last_error, "copied": self.copied,
-                **self.builds.info(), "compaction": self.compactions.info()}
+                **self.builds.info(), "compaction": self.compactions.info(),
+                "metrics": {"commit_seconds": self.commit_seconds.as_dict(), "rows_committed": self.rows_committed}}
 
     def command(self, msg: dict, now: float) -> None:
         if msg.get("op") == "work":  # new documents: some of their chunks may be copies

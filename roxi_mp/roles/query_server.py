@@ -20,10 +20,11 @@ then searches and looks its hits up in that same snapshot.
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import faiss
 import numpy as np
@@ -34,7 +35,8 @@ from ..cache import ResultCache
 from ..config import Config
 from ..embedders import make_embedder
 from ..model_process import ModelProcess
-from ..fusion import LEXICAL
+from ..fusion import LEXICAL, MODES
+from ..histogram import Histogram
 from ..errors import E_INTERNAL, BadInput, ModelMismatch, RoxiError, UpstreamUnavailable
 from ..protocol import ProtocolError
 from ..query_embed import Parked, QueryEmbeds
@@ -81,6 +83,9 @@ class QueryServer(Role):
         self.known = Visibility(0, 0, 0)
         self.last_query = self.last_follow = self.last_trim = 0.0
         self.served = self.errors = self.dropped = self.sleeps = self.stale_dropped = 0
+        #: for /metrics: answer time by mode, errors by code (this process's life)
+        self.durations = {mode: Histogram() for mode in MODES}
+        self.error_codes: collections.Counter = collections.Counter()
 
     def initialize(self) -> None:
         qcfg, lim = self.cfg.query, self.cfg.limits
@@ -200,7 +205,8 @@ class QueryServer(Role):
         if self.parked_now:
             return  # answered by answer_parked, when its embedding is done or late
         out, ok = answered
-        self.errors += not ok
+        if not ok:
+            self._count_error(protocol.unpack_map(out[-1], max_bytes=len(out[-1])).get("code"))
         self._send(out)
 
     def answer_parked(self, parked: Parked, vector: np.ndarray | None, error: BaseException | None) -> None:
@@ -218,8 +224,13 @@ class QueryServer(Role):
         except Exception as exc:  # as protocol.answer does: a bug, logged, never a crash
             self._internal(exc)
             reply = protocol.error(parked.request_id, E_INTERNAL, f"internal error: {exc}")
-        self.errors += not reply["ok"]
+        if not reply["ok"]:
+            self._count_error(reply["code"])
         self._send(parked.envelope + [protocol.pack(reply)])
+
+    def _count_error(self, code: Any) -> None:
+        self.errors += 1
+        self.error_codes[code if isinstance(code, str) else "unknown"] += 1
 
     def _send(self, frames: list[bytes]) -> None:
         try:
@@ -275,6 +286,7 @@ class QueryServer(Role):
 
         hits, coverage = self.in_snapshot(read)
         self.served += 1
+        self.durations[opts.mode].observe(time.perf_counter() - started)
         generation = coverage.pop("generation")
         return {"hits": hits, "rows": self.view.mapped_rows, "mode": opts.mode, "coverage": coverage,
                 "generation": generation, "took_ms": round((time.perf_counter() - started) * 1000, 3)}
@@ -401,6 +413,8 @@ class QueryServer(Role):
                 "served": self.served, "errors": self.errors, "dropped": self.dropped,
                 "sleeps": self.sleeps, "cache_entries": len(self.cache), "cache_hits": self.cache.hits,
                 "model_loaded": self.model.loaded,
+                "metrics": {"query_seconds": {m: h.as_dict() for m, h in self.durations.items()},
+                            "errors": dict(self.error_codes)},
                 **(self.embeds.info() if self.embeds is not None else {}),
                 **(self.searcher.info() if self.searcher is not None
                    else {"index": self.cfg.indexer.index, "ann_rows": 0})}

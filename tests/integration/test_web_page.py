@@ -11,6 +11,7 @@ import html.parser
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -178,3 +179,48 @@ def test_asleep_the_page_and_scrapes_keep_the_query_server_at_its_floor(system, 
     assert s.role("query")["state"] == "asleep"
     assert not maps_file(pid, cfg.vectors_path)
     assert rss(pid) - floor < 5 * MB
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+    code, headers, body = get(url + "metrics")
+    assert code == 200 and headers["Content-Type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+
+
+def test_metrics_parse_and_counters_never_go_down_across_a_restart(system, make_config) -> None:
+    """Acceptance 3: prometheus_client's parser reads /metrics; the counters a role reports
+    keep growing when that role is killed and restarted."""
+    cfg = make_config(supervisor__ingest_sample_on_empty=True, web__refresh_seconds=0.2)
+    s = system(cfg)
+    s.wait_for(lambda: s.stats().chunks > 0 and s.stats().indexed == s.stats().chunks,
+               timeout=PATIENCE, what="the sample corpus indexed")
+    url = web_url(cfg)
+    with s.query_client() as client:
+        for i in range(5):
+            client.query(f"gout attack {i}", k=3)
+            client.query(f"methotrexate {i}", k=3, mode="dense")
+        with pytest.raises(Exception):
+            client.query("x", k=3, mode="sideways")
+    key = ("roxi_queries_total", (("mode", "hybrid"),))
+    wait_until(lambda: scrape(url).get(key, 0) >= 5, timeout=PATIENCE,
+               what=f"the queries in /metrics: {scrape(url).get(key)}, {[r.get('metrics') for r in json.loads(get(url + 'status.json')[2])['roles'] if r['name'] == 'query']} {s.role('query')}")
+    before = scrape(url)
+    assert before[("roxi_queries_total", (("mode", "dense"),))] >= 5
+    assert before[("roxi_query_errors_total", (("code", "bad_request"),))] >= 1
+    assert before[("roxi_chunks_embedded_total", ())] > 0 and before[("roxi_commits_total", ())] > 0
+    assert before[("roxi_query_duration_seconds_count", (("mode", "hybrid"),))] >= 5
+    victim = s.pid("query")
+    os.kill(victim, signal.SIGKILL)
+    s.wait_for(lambda: s.role("query")["state"] in ("running", "asleep") and s.pid("query") != victim,
+               timeout=PATIENCE, what="the query server restarted")
+    with s.query_client() as client:
+        client.query("gout", k=3)
+    restarts = ("roxi_role_restarts_total", (("role", "query"),))
+    wait_until(lambda: scrape(url).get(restarts, 0) >= 1, timeout=PATIENCE, what="the restart in /metrics")
+    after = scrape(url)
+    for name, value in before.items():
+        if name[0].endswith(("_total", "_count", "_sum", "_bucket")) and not name[0].startswith("roxi_cpu"):
+            assert after.get(name, 0) >= value, (name, value, after.get(name))
+    assert after[("roxi_cpu_seconds_total", (("role", "query"),))] >= before[("roxi_cpu_seconds_total", (("role", "query"),))]
