@@ -173,7 +173,10 @@ def test_indexer_commits_received_vectors(indexer_setup) -> None:
     assert (header.rows, header.dim, header.codes_bytes) == (3, DIM, 3 * 2 * DIM)
     assert cfg.vectors_path.stat().st_size == HEADER_BYTES + 3 * 2 * DIM
     np.testing.assert_array_equal(file_rows(cfg), matrix[[2, 0, 1]])
-    assert indexer.info() == {"state": "running", "rows": 3, "generation": 1, "commits": 1,
+    info = indexer.info()
+    commit_seconds = info.pop("metrics")["commit_seconds"]
+    assert sum(commit_seconds["counts"]) == 1 and commit_seconds["sum"] > 0  # one commit, timed
+    assert info == {"state": "running", "rows": 3, "generation": 1, "commits": 1,
                               "duplicates": 0, "rejected": 0, "commit_failures": 0, "last_error": None,
                               "copied": 0, "index": "exact", "ann_rows": 0,
                               "building": False, "builds": 0, "build_failures": 0, "last_build_seconds": None,
