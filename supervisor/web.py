@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hmac
 import ipaddress
 import http
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
@@ -30,6 +32,9 @@ log = logging.getLogger("roxi.web")
 
 #: requests one connection may make before it is closed
 MAX_REQUESTS_PER_CONNECTION = 100
+#: niceness of the server's thread: scrapes and page loads give way to the supervisor's
+#: loop and, on a busy machine, to the roles answering queries
+WEB_NICENESS = 10
 #: bytes of a refused request body read past to keep the connection (more: it is closed)
 MAX_SKIPPED_BODY = 64 * 1024
 #: seconds a closing connection may take to flush its answer
@@ -104,6 +109,8 @@ class WebServer:
         failure: list[BaseException] = []
 
         def main() -> None:
+            with contextlib.suppress(OSError):  # Linux: a thread is a task with its own niceness
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WEB_NICENESS)
             loop = self.loop = asyncio.new_event_loop()
             try:
                 self.server = loop.run_until_complete(
