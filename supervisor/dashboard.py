@@ -22,7 +22,6 @@ import logging
 import os
 import secrets
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -30,6 +29,7 @@ from roxi_mp import service
 from roxi_mp.backup import list_backups
 
 from . import metrics
+from .backups import _epoch
 from .status import build_status
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ class Dashboard:
         backups = self.slow["backups"]
         last = backups.get("last")
         exported = {**status, "backups": {"count": backups.get("count", 0), "taken": backups.get("taken", 0),
-                                          "last_epoch": _epoch(last) if last else None}}
+                                          "last_epoch": (_epoch(last) or None) if last else None}}
         published["/metrics"] = (metrics.CONTENT_TYPE, metrics.render(exported, self.counters))
         self.published = published
         self.refreshed_at = now
@@ -225,13 +225,6 @@ def log_errors(log_dir: Path, limit: int = LOG_ERRORS) -> list[dict[str, str]]:
         found += [{"log": path.stem, "line": line[:500]} for line in lines if any(lv in line for lv in LOG_LEVELS)]
     found.sort(key=lambda e: e["line"][:23], reverse=True)  # lines start with their time
     return found[:limit]
-
-
-def _epoch(iso: str) -> float | None:
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _json(value: Any) -> bytes:

@@ -114,7 +114,8 @@ def test_a_client_sending_a_byte_a_second_is_cut_off_and_holds_nobody_up(serve) 
         except OSError:
             break  # cut off
         t = time.monotonic()
-        answered.append(httpx.get(server.url, timeout=5).status_code == 200 and time.monotonic() - t < 0.5)
+        # answered before the slow client's own deadline (1 s), even on a loaded machine
+        answered.append(httpx.get(server.url, timeout=5).status_code == 200 and time.monotonic() - t < 0.9)
         time.sleep(0.2)
         if time.monotonic() - started > 3:
             break
