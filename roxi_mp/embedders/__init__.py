@@ -21,10 +21,13 @@ if TYPE_CHECKING:
 __all__ = ["Embedder", "EmbedError", "HashingEmbedder", "make_embedder", "BACKENDS"]
 
 
-def make_embedder(cfg: "Config", backend: str | None = None) -> Embedder:
+def make_embedder(cfg: "Config", backend: str | None = None, *, fresh: bool = False) -> Embedder:
     """The embedder named by `backend` (default: embedder.backend), configured from cfg.
 
     Construction is cheap (no weights are loaded before `load()` or the first encode).
+    MiniLM's `compute = "auto"` computes in int8 unless the store was built in float32
+    (so an existing store keeps its vectors' model); `fresh` (a store about to be embedded
+    anew: `roxi reembed`) ignores what the store recorded.
     """
     name = backend or cfg.embedder.backend
     if name == "hashing":
@@ -32,7 +35,8 @@ def make_embedder(cfg: "Config", backend: str | None = None) -> Embedder:
     if name == "minilm":
         from .minilm import MiniLMEmbedder
         m = cfg.minilm
-        return MiniLMEmbedder(max_tokens=m.max_tokens, batch_tokens=m.batch_tokens, threads=m.threads)
+        return MiniLMEmbedder(max_tokens=m.max_tokens, batch_tokens=m.batch_tokens, threads=m.threads,
+                              compute=minilm_compute(cfg, fresh=fresh))
     if name == "http":
         from .http import HttpEmbedder
         h = cfg.http
@@ -46,3 +50,16 @@ def make_embedder(cfg: "Config", backend: str | None = None) -> Embedder:
                             max_batch_size=min(h.max_batch_size, cfg.embedder.batch_size),
                             initial_batch_size=h.initial_batch_size, target_fraction=h.target_fraction)
     raise ConfigError(f"unknown embedder backend {name!r}; known: {', '.join(BACKENDS)}")
+
+
+def minilm_compute(cfg: "Config", *, fresh: bool = False) -> str:
+    """minilm.compute, with "auto" resolved: "float32" for a store built with the float32
+    MiniLM, else "int8" (a new store, a fresh one, or one of another model, which the
+    store then refuses by name as before)."""
+    if cfg.minilm.compute != "auto":
+        return cfg.minilm.compute
+    from ..store import Store
+    from .minilm import MODEL_ID as FLOAT32_ID
+    if not fresh and Store.recorded_model(cfg.db_path) == FLOAT32_ID:
+        return "float32"
+    return "int8"

@@ -46,6 +46,10 @@ class Embedder(abc.ABC):
     #: encode() waits on a network service: the query server then embeds query texts off
     #: its loop, with a deadline (roxi_mp.query_embed); local models run inline, faster
     remote: bool = False
+    #: encode() computes on this machine's CPU (not a service's): the embedder role may run
+    #: one batch per core while nobody queries, and narrows the model to one call at a time
+    #: with `set_parallel` when queries come (issue 21)
+    local_compute: bool = False
 
     #: stable id recorded in the store, e.g. "hashing-v1-1024"
     model_id: str
@@ -63,6 +67,10 @@ class Embedder(abc.ABC):
         server's ModelProcess); by default the vectors are computed at once."""
         vectors = self.encode(texts)
         return lambda: vectors
+
+    def set_parallel(self, calls: int) -> None:
+        """From now on at most `calls` model calls compute at once, across all encode()
+        callers (a local model checks it before each call; no-op by default)."""
 
     def load(self) -> None:
         """Load model resources (no-op by default)."""

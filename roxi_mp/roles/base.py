@@ -55,6 +55,9 @@ class Role:
         # once), and when the next heartbeat is due (a role asleep waits until then).
         self.commands: zmq.Socket | None = None
         self.beat_due = 0.0
+        # Set by a role to send its next heartbeat after this step rather than when due
+        # (the query server's first query after a quiet spell: the embedders yield at once).
+        self.beat_soon = False
         self.step_now = 0.0  # the `now` of the step running (the Runner's clock, maybe a test's)
         # Set by the Runner: readable once a stop signal came. A wait that polls it ends at
         # once on SIGTERM (pyzmq resumes a poll interrupted by a signal: without it a role
@@ -175,7 +178,9 @@ class Runner:
         # beats seldom, so any change in what it reports (a compaction's outcome, a count)
         # goes out at once too: its steps are few, and comparing costs one info() each.
         info = self.role.info() if state == "asleep" and state == self.reported else None
-        if now >= self.next_beat or state != self.reported or (info is not None and info != self.said):
+        if now >= self.next_beat or state != self.reported or self.role.beat_soon or (
+                info is not None and info != self.said):
+            self.role.beat_soon = False
             self.seq += 1
             self.said = info if info is not None else self.role.info()
             _send_heartbeat(self.beat, self.role, self.seq, self.said)

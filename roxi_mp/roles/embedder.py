@@ -24,6 +24,12 @@ indexer), the embedder unloads its model and sleeps, looking for work every
 to sleep with work in hand, it drains first: claims nothing more, finishes and hands on
 what it has, and reports `running` until then. It yields to query traffic (smaller
 batches, pauses) and to a machine busy with other work.
+
+Concurrency (issue 21): a local model (MiniLM) uses the whole machine while nobody asks
+anything: with no query within `yield_seconds` and the rest of the machine under
+`idle_cpu_percent`, one batch per core is in flight and the model computes that many calls
+at once on one copy of its weights. A query (relayed by the supervisor) narrows it to one
+model call at a time at once, so the running batches give a core back within one call.
 """
 
 from __future__ import annotations
@@ -67,10 +73,11 @@ HEALTH_WINDOW = 120.0
 
 
 class CpuWatch:
-    """Is the machine busy with work other than ours? Sampled at most once a second."""
+    """Is the machine busy (or idle) with work other than ours? Sampled at most once a second."""
 
-    def __init__(self, threshold_percent: float) -> None:
+    def __init__(self, threshold_percent: float, idle_percent: float = 0.0) -> None:
         self.threshold = threshold_percent
+        self.idle_threshold = idle_percent
         self.me = psutil.Process()
         self.ncpu = psutil.cpu_count() or 1
         self.next_sample = 0.0
@@ -79,11 +86,18 @@ class CpuWatch:
         self.me.cpu_percent(None)
 
     def busy(self, now: float) -> bool:
+        return self._sample(now) > self.threshold
+
+    def idle(self, now: float) -> bool:
+        """Other processes use less than `idle_percent` of the machine."""
+        return self._sample(now) < self.idle_threshold
+
+    def _sample(self, now: float) -> float:
         if now >= self.next_sample:
             self.next_sample = now + 1.0
             # Our own use does not count: an embedder must not yield to itself.
             self.others = max(0.0, psutil.cpu_percent(None) - self.me.cpu_percent(None) / self.ncpu)
-        return self.others > self.threshold
+        return self.others
 
 
 class EState(enum.Enum):
@@ -128,6 +142,9 @@ class Embedder(Role):
         self.probe_size = 0  # while the service looks down: claim this few chunks (0: no limit)
         self.embedded = self.batches = self.yields = self.failed = self.splits = 0
         self.batch_seconds = Histogram()  # submit to vectors, per batch (for /metrics)
+        self.cores = 1  # batches a local model may embed at once on an idle machine
+        self.workers = 1  # batches allowed in flight now
+        self.mode = "one"  # why: "all" cores, "one" (queries or a busy machine), "service"
 
     def initialize(self) -> None:
         ecfg = self.cfg.embedder
@@ -138,11 +155,15 @@ class Embedder(Role):
         self.owner = f"{self.name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.push = protocol.configure(self.ctx.socket(zmq.PUSH), hwm=VECTORS_HWM)
         self.push.connect(self.cfg.endpoint("vectors"))
-        self.pool = cf.ThreadPoolExecutor(max_workers=self.model.max_in_flight, thread_name_prefix="embed")
+        self.cores = ecfg.idle_workers or len(os.sched_getaffinity(0))
+        self.workers = self.model.max_in_flight
+        self.mode = "one" if self.model.local_compute else "service"
+        capacity = max(self.model.max_in_flight, self.cores if self.model.local_compute else 1)
+        self.pool = cf.ThreadPoolExecutor(max_workers=capacity, thread_name_prefix="embed")
         now = time.monotonic()
         self.last_work = now
         self.next_renew = now + ecfg.lease_seconds / 3
-        self.cpu = CpuWatch(ecfg.busy_cpu_percent)
+        self.cpu = CpuWatch(ecfg.busy_cpu_percent, ecfg.idle_cpu_percent)
         self.state = EState.AWAKE
         with contextlib.suppress(OSError):  # a lower priority is a courtesy, not a need
             os.nice(NICE)
@@ -160,10 +181,26 @@ class Embedder(Role):
         if self.state is EState.ASLEEP:
             self._doze(now)
             return
-        if self.state is EState.AWAKE and not self.outbox and len(self.jobs) < self.model.max_in_flight \
+        if self.state is EState.AWAKE and not self.outbox and len(self.jobs) < self._workers(now) \
                 and now >= self.next_claim:
             self._claim(now)
         self._wait()
+
+    def _workers(self, now: float) -> int:
+        """Batches allowed in flight now: a service's own number; for a local model one
+        per core while no query came within yield_seconds and the machine is otherwise
+        idle, else one (a core left to the query server and to others)."""
+        if self.model.local_compute:
+            quiet = now - self.last_queries >= self.cfg.embedder.yield_seconds
+            self._set_workers(self.cores if quiet and self.cpu.idle(now) else 1)
+        return self.workers
+
+    def _set_workers(self, workers: int) -> None:
+        if workers != self.workers:  # debug: intermittent queries switch every yield_seconds
+            log.debug("embedding %d batch(es) at once", workers)
+            self.model.set_parallel(workers)
+        self.workers = workers
+        self.mode = "all" if workers > 1 else "one"
 
     def _wait(self) -> None:
         """Block until a job finishes, zmq can take a result, or the poll timeout passes."""
@@ -328,6 +365,8 @@ class Embedder(Role):
             self.next_claim = min(self.next_claim, now)
         elif op == "queries":  # the query server is serving: yield to it for a while
             self.last_queries = now
+            if self.model is not None and self.model.local_compute:
+                self._set_workers(1)  # running batches narrow within one model call
 
     def state_name(self) -> str:
         if self.state is EState.STARTING:
@@ -343,6 +382,7 @@ class Embedder(Role):
                 "failed": self.failed, "splits": self.splits, "in_flight": sum(len(j.ids) for j in self.jobs),
                 "backoff_seconds": self.outage_backoff,  # 0 unless the service looks down
                 "model_loaded": self.model.loaded, "model_id": self.model.model_id,
+                "concurrency": {"mode": self.mode, "workers": self.workers, "cores": self.cores},
                 "backend": self.model.status(), "metrics": {"batch_seconds": self.batch_seconds.as_dict()}}
 
     def shutdown(self) -> None:

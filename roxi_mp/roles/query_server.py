@@ -258,6 +258,9 @@ class QueryServer(Role):
         text, vector = self._parse_query(msg, extra)  # a bad request wakes nothing
         opts = hybrid.options(msg, self.cfg, text=text, has_vector=vector is not None)
         started = time.perf_counter()
+        # The first query after a quiet spell is told to the supervisor at once, which tells
+        # the embedders to leave a core free (issue 21): not up to a heartbeat later.
+        self.beat_soon |= now - self.last_query >= self.cfg.embedder.yield_seconds
         self.last_query = now
         self.wake()
         if vector is None and opts.mode != LEXICAL and self.embeds is not None:

@@ -63,4 +63,4 @@ def test_paraphrases_and_the_sample_corpus_rank_meaning_over_words(system, make_
     assert Path(gout[0]["source"]).name == "gout.md"
     status = json.loads(roxi(cfg, "status", "--json").stdout)
     embedder = next(r for r in status["roles"] if r["role"] == "embedder")
-    assert embedder["model_id"] == "all-MiniLM-L6-v2-int8"
+    assert embedder["model_id"] == "all-MiniLM-L6-v2-int8-dynamic"  # a new store computes in int8

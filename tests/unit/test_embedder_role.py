@@ -124,6 +124,7 @@ class FlakyBackend:
     """Embeds like hashing, but fails for chunks containing `poison`, or for all while `down`."""
 
     max_in_flight = 1
+    local_compute = False
 
     def __init__(self, real, *, poison: str = "POISON", input_error: bool = False) -> None:
         self.real, self.poison, self.input_error, self.down = real, poison, input_error, False
@@ -296,3 +297,98 @@ def test_asked_to_sleep_with_work_in_flight_it_drains_first(setup):
         # three stay leased: their leases run on real time and may lapse on a slow machine)
         states = dict(store.conn.execute("SELECT state, count(*) FROM chunks GROUP BY state").fetchall())
     assert states == {"leased": 3, "pending": 2}
+
+
+class LocalBackend(HeldBackend):
+    """A local model (as MiniLM): the role may run a batch per core, and narrows the model
+    with set_parallel; each encode is held until released, so the test sees what is in flight."""
+
+    max_in_flight = 1
+    local_compute = True
+
+    def __init__(self, real) -> None:
+        super().__init__(real)
+        self.parallel: list[int] = []
+
+    def set_parallel(self, calls: int) -> None:
+        self.parallel.append(calls)
+
+
+@pytest.fixture
+def local(make_config, monkeypatch):
+    """An embedder role over a local model on an idle 2-core machine (idle_workers 2)."""
+    from roxi_mp.embedders import HashingEmbedder
+    from roxi_mp.roles import embedder as role_module
+    cfg = make_config(embedder__batch_size=4, embedder__yield_batch_size=2, embedder__poll_seconds=0.01,
+                      embedder__idle_workers=2)
+    cfg.data_dir.mkdir(parents=True)
+    cfg.run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+    ctx = zmq.Context()
+    sink = protocol.configure(ctx.socket(zmq.PULL), hwm=100)
+    sink.bind(cfg.endpoint("vectors"))
+    backend = LocalBackend(HashingEmbedder(dim=cfg.hashing.dim))
+    monkeypatch.setattr(role_module, "make_embedder", lambda cfg: backend)
+    emb = Embedder(cfg, ctx)
+    emb.initialize()
+    emb.poll_timeout = lambda: 0.01
+    # The machine as the role would see it idle: pytest and other sessions load this one.
+    emb.cpu.idle = lambda now: True
+    emb.cpu.busy = lambda now: False
+    yield cfg, emb, sink, backend
+    backend.release()
+    emb.shutdown()
+    sink.close(0)
+    ctx.term()
+
+
+def concurrency(emb) -> dict:
+    return emb.info()["concurrency"]
+
+
+def test_a_local_model_embeds_a_batch_per_core_while_nobody_queries(local):
+    cfg, emb, sink, backend = local
+    add_chunks(cfg, 20)
+    emb.loop(1000.0)
+    emb.loop(1000.0)
+    emb.loop(1000.0)
+    assert [len(j.ids) for j in emb.jobs] == [4, 4]  # two full batches out, no third
+    assert backend.parallel == [2]
+    assert concurrency(emb) == {"mode": "all", "workers": 2, "cores": 2}
+    backend.release()
+    settle(emb, 1000.0)
+    assert len(received(sink)) == 20
+
+
+def test_a_query_narrows_it_to_one_call_at_once_until_quiet_again(local):
+    cfg, emb, sink, backend = local
+    add_chunks(cfg, 20)
+    emb.loop(1000.0)
+    emb.loop(1000.0)
+    assert len(emb.jobs) == 2
+    emb.command({"op": "queries"}, 1000.5)
+    # At once, not at the next claim: the batches in flight go on one model call at a time.
+    assert backend.parallel == [2, 1] and concurrency(emb)["mode"] == "one"
+    backend.release()
+    settle(emb, 1000.5)
+    emb.loop(1001.0)  # within yield_seconds: small batches, one at a time
+    assert [len(j.ids) for j in emb.jobs] <= [2]
+    settle(emb, 1001.0)
+    quiet = 1000.5 + cfg.embedder.yield_seconds + 1
+    emb.loop(quiet)
+    emb.loop(quiet)
+    assert backend.parallel[-1] == 2 and concurrency(emb)["mode"] == "all"
+    settle(emb, quiet)
+
+
+def test_a_busy_machine_keeps_it_to_one(local):
+    cfg, emb, sink, backend = local
+    emb.cpu.idle = lambda now: False  # others use the machine
+    add_chunks(cfg, 20)
+    for _ in range(3):
+        emb.loop(1000.0)
+    assert len(emb.jobs) == 1 and backend.parallel == [] and concurrency(emb)["workers"] == 1
+
+
+def test_a_service_backend_keeps_its_own_requests_in_flight(setup):
+    cfg, emb, sink = setup
+    assert concurrency(emb) == {"mode": "service", "workers": 1, "cores": emb.cores}

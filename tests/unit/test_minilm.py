@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from roxi_mp.embedders.minilm import (  # noqa: E402
     plan_batches,
 )
 from roxi_mp.errors import BadInput, ConfigError  # noqa: E402
+from tests.conftest import PATIENCE  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "roxi_mp" / "data" / "sample_corpus"
@@ -374,6 +376,49 @@ def test_concurrent_encode_and_unload(embedder: MiniLMEmbedder) -> None:
     assert not errors and len(results) == 6
     for got in results:
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_parallel_bounds_model_calls_and_keeps_vectors(embedder: MiniLMEmbedder, monkeypatch: pytest.MonkeyPatch,
+                                                       parallel: int) -> None:
+    texts = [f"{word} arthritis of the knee, case {i}" for i, word in enumerate(corpus_words()[:12])]
+    expected = embedder.encode(texts)
+    calls = {"now": 0, "most": 0}
+    count = threading.Lock()
+    inner = embedder._embed
+
+    def counted(rows):
+        with count:
+            calls["now"] += 1
+            calls["most"] = max(calls["most"], calls["now"])
+        try:
+            # Linger until the other thread's call overlaps this one (allowed only with 2),
+            # or 20 ms (with 1: time for a wrongly admitted call to show).
+            deadline = time.monotonic() + (PATIENCE if parallel == 2 else 0.02)
+            while calls["most"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return inner(rows)
+        finally:
+            with count:
+                calls["now"] -= 1
+
+    monkeypatch.setattr(embedder, "_embed", counted)
+    embedder.set_parallel(parallel)
+    try:
+        results: dict[int, np.ndarray] = {}
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, embedder.encode(texts[i::2])))
+                   for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "encode still running after 120 s"
+    finally:
+        embedder.set_parallel(1)
+    assert calls["most"] == parallel
+    assert embedder.status()["parallel"] == 1
+    np.testing.assert_allclose(results[0], expected[0::2], atol=1e-5)
+    np.testing.assert_allclose(results[1], expected[1::2], atol=1e-5)
 
 
 RSS_SCRIPT = r"""

@@ -558,6 +558,19 @@ def test_request_without_body_is_dropped_and_counted(qs: QS) -> None:
     assert qs.server.dropped == 2 and qs.server.errors == 0
 
 
+def test_the_first_query_after_a_quiet_spell_asks_for_a_heartbeat_at_once(qs: QS) -> None:
+    """So the supervisor tells the embedders to leave a core free now (issue 21)."""
+    qs.server.last_query -= qs.cfg.embedder.yield_seconds
+    assert_good_query(qs)
+    assert qs.server.beat_soon is True
+    qs.server.beat_soon = False  # the Runner's next step sends it
+    assert_good_query(qs)
+    assert qs.server.beat_soon is False  # queries flowing: the regular beats carry them
+    qs.server.last_query -= qs.cfg.embedder.yield_seconds
+    assert_good_query(qs)
+    assert qs.server.beat_soon is True
+
+
 def test_vector_query_with_zero_rows_is_a_bad_request(qs: QS) -> None:
     assert_good_query(qs)  # awake, with an index, so the search is reached
     reply = qs.ask("query", b"", dtype="float32", shape=[0, DIM])

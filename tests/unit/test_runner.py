@@ -125,6 +125,19 @@ def test_the_first_step_beats_at_once_and_runs_the_role(booted, sup) -> None:
     assert (beat["name"], beat["role"], beat["seq"], beat["state"]) == ("fake-1", "fake", 1, "running")
 
 
+def test_a_role_asking_for_a_beat_soon_gets_one_at_the_next_step(booted, sup) -> None:
+    runner, role = booted
+    runner.step(1000.0)
+    runner.step(1000.1)
+    assert runner.seq == 1
+    role.beat_soon = True  # as the query server after a quiet spell
+    runner.step(1000.2)
+    assert runner.seq == 2 and role.beat_soon is False
+    runner.step(1000.3)
+    assert runner.seq == 2  # once: then the interval again
+    assert [b["seq"] for b in sup.take_beats(2)] == [1, 2]
+
+
 def test_a_beat_at_each_interval_and_none_in_between(booted, sup) -> None:
     runner, role = booted
     for now in (1000.0, 1000.5, 1000.99):
