@@ -47,6 +47,11 @@ def print_roles(data: dict) -> None:
             click.echo(f"      requests of {backend['batch_size']} texts, {backend.get('concurrency')} at once, "
                        f"{'-' if latency is None else f'{latency:.2f}'} s/text, "
                        f"{backend.get('texts_per_second') or 0:.1f} texts/s, {backend.get('timeouts', 0)} timeouts")
+        if (conc := r.get("concurrency") or {}).get("mode") in ("all", "one") and r["state"] == "running":
+            why = "every core: nobody is querying" if conc["mode"] == "all" else \
+                "a core left to queries or other work"
+            click.echo(f"      embedding {conc['workers']} batch{'es' if conc['workers'] > 1 else ''} at once "
+                       f"({why}), {backend.get('compute', 'float32')} compute")
         if r.get("last_error"):
             click.echo(f"      commits failing ({r.get('commit_failures', 0)} attempts, retrying): {r['last_error']}")
         if r.get("index") not in (None, "exact") and r.get("ann_rows") is not None and r["name"] == "indexer":

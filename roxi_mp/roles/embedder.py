@@ -181,9 +181,13 @@ class Embedder(Role):
         if self.state is EState.ASLEEP:
             self._doze(now)
             return
-        if self.state is EState.AWAKE and not self.outbox and len(self.jobs) < self._workers(now) \
+        # Claim until every allowed batch is out (the wait below returns only when one ends).
+        while self.state is EState.AWAKE and not self.outbox and len(self.jobs) < self._workers(now) \
                 and now >= self.next_claim:
+            out = len(self.jobs)
             self._claim(now)
+            if len(self.jobs) == out:
+                break  # nothing to claim, paused, or the machine busy: next_claim says when
         self._wait()
 
     def _workers(self, now: float) -> int:

@@ -349,9 +349,9 @@ def test_a_local_model_embeds_a_batch_per_core_while_nobody_queries(local):
     cfg, emb, sink, backend = local
     add_chunks(cfg, 20)
     emb.loop(1000.0)
+    assert [len(j.ids) for j in emb.jobs] == [4, 4]  # both at once, in one step
     emb.loop(1000.0)
-    emb.loop(1000.0)
-    assert [len(j.ids) for j in emb.jobs] == [4, 4]  # two full batches out, no third
+    assert [len(j.ids) for j in emb.jobs] == [4, 4]  # and no third
     assert backend.parallel == [2]
     assert concurrency(emb) == {"mode": "all", "workers": 2, "cores": 2}
     backend.release()
@@ -392,3 +392,18 @@ def test_a_busy_machine_keeps_it_to_one(local):
 def test_a_service_backend_keeps_its_own_requests_in_flight(setup):
     cfg, emb, sink = setup
     assert concurrency(emb) == {"mode": "service", "workers": 1, "cores": emb.cores}
+
+
+def test_status_says_how_many_batches_at_once_and_why(local, capsys):
+    from roxi_mp.cli_format import print_roles
+    cfg, emb, sink, backend = local
+    add_chunks(cfg, 8)
+    emb.loop(1000.0)
+    emb.loop(1000.0)
+    row = {"name": "embedder-1", "state": "running", "pid": 42, "restarts": 0, **emb.info()}
+    print_roles({"roles": [row]})
+    emb.command({"op": "queries"}, 1000.5)
+    print_roles({"roles": [{**row, **emb.info()}]})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].strip() == "embedding 2 batches at once (every core: nobody is querying), float32 compute"
+    assert lines[3].strip() == "embedding 1 batch at once (a core left to queries or other work), float32 compute"
