@@ -5,48 +5,91 @@ imported and a session has run, ~37 MB stay in the process after unloading (meas
 which would keep a sleeping query server far above its floor. So for heavy backends the
 query server embeds through `ModelProcess`, an Embedder whose model lives in
 `python -m roxi_mp.model_process`: `load()` starts it, `unload()` ends it, and the process
-exit returns every page. It answers `encode` on a ROUTER socket in the run directory
-(same framing as the query protocol: texts in, a float32 matrix frame out), dies with its
-parent (PR_SET_PDEATHSIG plus a parent-pid check), and every wait on it is bounded.
+exit returns every page. It dies with its parent (PR_SET_PDEATHSIG plus a parent-pid
+check), and every wait on it is bounded.
+
+The two talk over a Unix socket pair made at spawn, not ZeroMQ: each message is a 4-byte
+little-endian length and a msgpack map, a reply's vectors follow their map as raw float32.
+A query's round trip is on the critical path of every text query, and a ZeroMQ message
+crosses two I/O threads each way: the pair took the model process's overhead from ~0.3 ms
+to ~0.1 ms (issue 21), and a request is in the child's socket the moment `send` returns,
+so the caller can go on with the lexical leg at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+import select
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
 from typing import Callable, Sequence
 
 import numpy as np
-import zmq
 
 from . import config as config_mod
 from . import protocol
-from .client import Client
 from .embedders import EmbedError, make_embedder
 from .embedders.base import Embedder, check_texts
-from .errors import BOOT_ERROR, ConfigError, RoxiError, Timeout
+from .errors import BOOT_ERROR, ConfigError, RoxiError
+from .protocol import ProtocolError
 
 #: seconds the child may take to load its model and answer its first ping
 START_TIMEOUT = 60.0
 #: seconds one encode request may take
 ENCODE_TIMEOUT = 60.0
+#: seconds a child that closed its end may take to exit, for its exit code
+EXIT_WAIT = 2.0
+#: the length before each message
+LENGTH = struct.Struct("<I")
+#: largest request (texts) and reply map, bytes: a query text is at most query.max_query_chars
+MAX_MESSAGE_BYTES = 64 << 20
+#: largest reply matrix, rows (a query embeds one text; the bench a few)
+MAX_ROWS = 4096
+
+
+class ChildGone(Exception):
+    """The other end closed, or a message was cut short."""
+
+
+def send_message(sock: socket.socket, msg: dict, payload: bytes | memoryview = b"") -> None:
+    body = protocol.pack(msg)
+    sock.sendall(LENGTH.pack(len(body)) + body)
+    if len(payload):
+        sock.sendall(payload)
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytearray:
+    """Exactly `size` bytes (the socket's timeout bounds each wait); ChildGone at EOF."""
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise ChildGone("connection closed")
+        got += n
+    return buf
+
+
+def recv_message(sock: socket.socket) -> dict:
+    (size,) = LENGTH.unpack(recv_exact(sock, LENGTH.size))
+    if size > MAX_MESSAGE_BYTES:
+        raise ChildGone(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return protocol.unpack_map(bytes(recv_exact(sock, size)), max_bytes=MAX_MESSAGE_BYTES)
 
 
 class ModelProcess(Embedder):
     """An Embedder whose model runs in a child process (see the module docstring)."""
 
-    def __init__(self, cfg: config_mod.Config, *, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, cfg: config_mod.Config) -> None:
         inner = make_embedder(cfg)  # cheap: only its id and dimension are used here
         self.model_id, self.dim = inner.model_id, inner.dim
         self.cfg = cfg
-        self.ctx = ctx or zmq.Context.instance()
         self.proc: subprocess.Popen | None = None
-        self.client: Client | None = None
-        self.endpoint = cfg.endpoint(f"model-{os.getpid()}")
+        self.sock: socket.socket | None = None
 
     @property
     def loaded(self) -> bool:
@@ -56,29 +99,38 @@ class ModelProcess(Embedder):
         if self.loaded:
             return
         self.unload()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roxi_mp.model_process", *self.cfg.to_argv(), "--endpoint", self.endpoint],
-            stdin=subprocess.DEVNULL, close_fds=True)
-        self.client = Client(self.endpoint, timeout=ENCODE_TIMEOUT, ctx=self.ctx,
-                             max_message_bytes=256 << 20)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            code = self.proc.poll()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "roxi_mp.model_process", *self.cfg.to_argv(), "--fd", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        try:  # the child answers once its model is loaded
+            self._exchange({"op": "ping"}, time.monotonic() + START_TIMEOUT)
+        except (OSError, ChildGone, RoxiError):
+            code = self._exit_code()
+            self.unload()
             if code is not None:
-                self.unload()
-                raise ConfigError(f"the query model process exited with {code} while starting (see the query log)")
-            try:
-                self.client.call("ping", timeout=0.5)
-                return
-            except (Timeout, RoxiError):
-                if time.monotonic() > deadline:
-                    self.unload()
-                    raise EmbedError(f"the query model process did not start within {START_TIMEOUT:g} s")
+                raise ConfigError(f"the query model process exited with {code} while starting "
+                                  f"(see the query log)") from None
+            raise EmbedError(f"the query model process did not start within {START_TIMEOUT:g} s") from None
+
+    def _exit_code(self) -> int | None:
+        """The child's exit code if it is ending (its end of the pair closed first), else None."""
+        try:
+            return self.proc.wait(timeout=EXIT_WAIT) if self.proc is not None else None
+        except subprocess.TimeoutExpired:
+            return None
 
     def unload(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.terminate()
@@ -98,88 +150,114 @@ class ModelProcess(Embedder):
         texts = list(check_texts(texts))
         if not texts:
             return lambda: np.zeros((0, self.dim), dtype=np.float32)
+        if len(texts) > MAX_ROWS:
+            raise EmbedError(f"the query model process embeds at most {MAX_ROWS} texts at once")
         self.load()
-        try:
-            sent = self.client.send("encode", texts=texts)
-        except (Timeout, RoxiError) as exc:
-            self.unload()  # a stuck or broken child is replaced on the next call
-            raise EmbedError(f"query model process: {exc}") from None
-        # The request leaves through zmq's I/O thread, woken on this core: a caller that
-        # goes straight on computing (the lexical leg) kept it waiting for the scheduler,
-        # and the model started late: 1.3-1.7 ms later at p50, measured with a SciFact query
-        # and its lexical leg (5.9 ms alone, 7.6 overlapped). A sleep(0) lets it run first:
-        # 6.2 ms overlapped (sched_yield: 6.9, a 0.1 ms sleep: 6.6).
-        time.sleep(0)
-        return lambda: self._receive(sent, len(texts))
+        deadline = time.monotonic() + ENCODE_TIMEOUT
+        self._guard(lambda: send_message(self._timed(deadline), {"op": "encode", "texts": texts}))
+        return lambda: self._vectors(deadline, len(texts))
 
-    def _receive(self, sent: tuple, count: int) -> np.ndarray:
+    def _vectors(self, deadline: float, count: int) -> np.ndarray:
+        def receive() -> np.ndarray:
+            sock = self._timed(deadline)
+            reply = recv_message(sock)
+            self._check(reply)
+            rows = reply.get("rows")
+            if not isinstance(rows, int) or isinstance(rows, bool) or rows != count:
+                raise ChildGone(f"reply of {rows!r} rows for {count} texts")
+            data = recv_exact(sock, rows * self.dim * 4)
+            return np.frombuffer(data, dtype="<f4").reshape(rows, self.dim).astype(np.float32, copy=False)
+        return self._guard(receive)
+
+    def _call(self, msg: dict, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        return self._guard(lambda: self._exchange(msg, deadline))
+
+    def _exchange(self, msg: dict, deadline: float) -> dict:
+        send_message(self._timed(deadline), msg)
+        reply = recv_message(self._timed(deadline))
+        self._check(reply)
+        return reply
+
+    def _timed(self, deadline: float) -> socket.socket:
+        if self.sock is None:
+            raise ChildGone("stopped before it answered")
+        self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+        return self.sock
+
+    @staticmethod
+    def _check(reply: dict) -> None:
+        if not reply.get("ok"):
+            raise RoxiError(str(reply.get("message", "error")))
+
+    def _guard(self, step: Callable[[], object]):
+        """Run one exchange step; a timeout, a closed pair or a garbled message end the child
+        (replaced on the next call) and surface as EmbedError; the child's own refusal of
+        the texts leaves it running."""
         try:
-            if self.client is None:
-                raise EmbedError("query model process: stopped before it answered")
-            reply, frames = self.client.receive(sent)
-        except (Timeout, RoxiError) as exc:
-            self.unload()  # a stuck or broken child is replaced on the next call
+            return step()
+        except RoxiError as exc:
+            if isinstance(exc, ProtocolError):
+                self.unload()
             raise EmbedError(f"query model process: {exc}") from None
-        if len(frames) != 1:
-            raise EmbedError("query model process sent no vector frame")
-        return np.array(protocol.decode_array(reply, frames[0], dim=self.dim, max_rows=count),
-                        dtype=np.float32)
+        except (OSError, ChildGone) as exc:  # socket.timeout is an OSError
+            self.unload()
+            what = "no answer in time" if isinstance(exc, socket.timeout) else str(exc) or type(exc).__name__
+            raise EmbedError(f"query model process: {what}") from None
 
 
 # --- the child -----------------------------------------------------------------------
-def serve(cfg: config_mod.Config, endpoint: str, parent: int) -> int:
+def serve(cfg: config_mod.Config, sock: socket.socket, parent: int) -> int:
     model = make_embedder(cfg)
     model.load()
-    ctx = zmq.Context()
-    sock = protocol.configure(ctx.socket(zmq.ROUTER), hwm=100, max_message_bytes=64 << 20)
-    sock.bind(endpoint)
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-    vector_frame: list[memoryview] = []  # the reply's second frame, set by handle()
-
-    def handle(msg: dict, extra: list[bytes]) -> dict:
-        if msg.get("op") == "ping":
-            return {"pong": True}
-        if msg.get("op") != "encode":
-            raise protocol.ProtocolError(protocol.E_UNKNOWN_OP, f"unknown op {msg.get('op')!r}")
-        vectors = np.ascontiguousarray(model.encode(msg.get("texts") or []), dtype=np.float32)
-        meta, buf = protocol.encode_array(vectors)
-        vector_frame.append(buf)
-        return meta
-
     try:
         while not stop["flag"] and os.getppid() == parent:
-            if not sock.poll(1000, zmq.POLLIN):
+            # Wait for a request a second at a time (to notice a parent gone); once one
+            # starts, it is read whole within ENCODE_TIMEOUT.
+            if not select.select([sock], [], [], 1.0)[0]:
                 continue
-            frames = sock.recv_multipart()
-            vector_frame.clear()
-            answered = protocol.answer(frames, handle, max_bytes=64 << 20)
-            if answered is None:
-                continue
-            out, ok = answered
-            if ok and vector_frame:
-                out.append(vector_frame[0])
-            sock.send_multipart(out, copy=False)
+            sock.settimeout(ENCODE_TIMEOUT)
+            try:
+                msg = recv_message(sock)
+            except (ChildGone, OSError, ProtocolError):
+                return 0  # the query server went away, or spoke garbage: nothing to serve
+            reply, payload = answer(model, msg)
+            send_message(sock, reply, payload)
+    except (ChildGone, OSError):
+        return 0  # the query server closed its end while we answered
     finally:
-        sock.close(0)
-        ctx.term()
-        if endpoint.startswith("ipc://"):
-            with contextlib.suppress(OSError):  # already gone: nothing to tidy
-                os.unlink(endpoint[len("ipc://"):])
+        sock.close()
     return 0
+
+
+def answer(model: Embedder, msg: dict) -> tuple[dict, bytes | memoryview]:
+    """The reply to one request: (map, raw float32 vectors or b"")."""
+    op = msg.get("op")
+    if op == "ping":
+        return {"ok": True, "pong": True}, b""
+    if op != "encode":
+        return {"ok": False, "message": f"unknown op {op!r}"}, b""
+    try:
+        vectors = np.ascontiguousarray(model.encode(msg.get("texts") or []), dtype="<f4")
+    except RoxiError as exc:  # texts refused, or the model failed: the child lives on
+        return {"ok": False, "message": str(exc)}, b""
+    return {"ok": True, "rows": int(vectors.shape[0])}, memoryview(vectors).cast("B")
 
 
 def main(argv: list[str] | None = None) -> int:
     from .process import child_parser, die_with_parent
 
     parser = child_parser("roxi_mp.model_process")
-    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--fd", type=int, required=True, help="this end of the socket pair")
     args = parser.parse_args(argv)
     parent = os.getppid()
     die_with_parent()
+    sock = socket.socket(fileno=args.fd)
     try:
         cfg = config_mod.load(args.config, data_dir=args.data_dir)
-        return serve(cfg, args.endpoint, parent)
+        return serve(cfg, sock, parent)
     except ConfigError as exc:
         print(f"roxi: query model process: {exc}", file=sys.stderr)
         return BOOT_ERROR

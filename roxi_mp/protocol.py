@@ -64,8 +64,9 @@ Ops of the supervisor's control socket (supervisor/commands/*.py, one module eac
     stop {"role"?}   sleep {"role"?}   wake {"role"?}
     compact -> {"started", "running", "message"} (never a second one while one runs; not
            enough disk for the new vectors file: error code busy with the reason)
-Ops of the query model process (roxi_mp.model_process, a ROUTER in the run directory):
-    ping -> {"pong": true}       encode {"texts"} -> {"dtype", "shape"} plus a float32 frame
+The query model process (roxi_mp.model_process) is not spoken to over ZeroMQ: a socket pair,
+each message a 4-byte length and a msgpack map; ping -> {"ok", "pong"}, encode {"texts"} ->
+{"ok", "rows"} followed by rows x dim little-endian float32.
 
 Pipeline sockets, inside the system only:
 

@@ -90,7 +90,7 @@ class QueryServer(Role):
     def initialize(self) -> None:
         qcfg, lim = self.cfg.query, self.cfg.limits
         if qcfg.model_process and self.cfg.embedder.backend == "minilm":
-            self.model = ModelProcess(self.cfg, ctx=self.ctx)
+            self.model = ModelProcess(self.cfg)
         else:
             self.model = make_embedder(self.cfg)
         self.cache = ResultCache(max_entries=qcfg.cache_entries, ttl_seconds=qcfg.cache_ttl_seconds)
