@@ -13,18 +13,25 @@ snapshot the query server holds (so both see the same documents as the hit looku
 - the hit lookup of the final k only: by row for embedded chunks, by chunk id for chunks
   found by their words alone. Each hit says which leg found it at which rank and whether
   it is embedded.
+
+When the lexical leg found nothing (a vector alone has no words) the answer is the dense
+leg's first k in its own order, with the scores fusion would give them (`_dense_only`),
+without making and sorting a candidate for each of the `query.candidates` rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from . import lexical
 from .errors import BadInput
-from .fusion import DENSE, HYBRID, LEXICAL, METHODS, MODES, Candidate, fuse
+from .fusion import DENSE, HYBRID, LEXICAL, METHODS, MODES, RRF, Candidate, fuse
+
+if TYPE_CHECKING:
+    from .store_hits import Hit
 
 if TYPE_CHECKING:
     from .config import Config
@@ -93,19 +100,23 @@ def _show(value: Any) -> str:
 
 
 def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, with_text: bool,
-           vector: Callable[[], np.ndarray | None]) -> tuple[list[dict], int]:
+           vector: Callable[[], np.ndarray | None],
+           lookup: Callable[[Sequence[int], bool], dict[int, Hit]] | None = None) -> tuple[list[dict], int]:
     """The query's hit maps, best first, and how many dense hits the lookup dropped as not
     live (a last line of defence: the hidden rows make it 0). Call inside one read snapshot
     of `store` that the searcher's mapping and hidden rows were synced to. `vector()` gives
-    the query vector (awaiting its embedding), called only if the dense leg runs."""
+    the query vector (awaiting its embedding), called only if the dense leg runs;
+    `lookup(rows, with_text)` finds the hits of rows (default `store.hits`)."""
     depth = max(k, opts.candidates) if opts.mode == HYBRID else k
     words = store.lexical(opts.words, depth, budget=opts.budget) if opts.mode != DENSE else []
-    dense: list[tuple[int, float]] = []
+    scores = rows = np.zeros(0)
     if opts.mode != LEXICAL:
         v = vector()
         if v is not None and searcher is not None and searcher.ntotal:
             scores, rows = searcher.search(v, depth)
-            dense = [(int(r), float(s)) for r, s in zip(rows, scores)]
+    if not words:
+        return _hits(store, _dense_only(scores, rows, k, opts), with_text=with_text, lookup=lookup)
+    dense = [(int(r), float(s)) for r, s in zip(rows.tolist(), scores.tolist())]
     if opts.mode == HYBRID:
         best = fuse(dense, words, k=k, method=opts.fusion, rrf_k=opts.rrf_k,
                     dense_weight=opts.dense_weight, lexical_weight=opts.lexical_weight)
@@ -113,11 +124,34 @@ def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, wi
         best = fuse(dense[:k], words[:k], k=k, method="rrf")
         for c in best:  # one leg: its own order and scores
             c.score = c.dense_score if c.dense_rank else c.lexical_score
-    return _hits(store, best, with_text=with_text)
+    return _hits(store, best, with_text=with_text, lookup=lookup)
 
 
-def _hits(store: Store, best: list[Candidate], *, with_text: bool) -> tuple[list[dict], int]:
-    by_row = store.hits([c.row for c in best if c.row is not None], with_text=with_text)
+def _dense_only(scores: np.ndarray, rows: np.ndarray, k: int, opts: Options) -> list[Candidate]:
+    """What `fuse` makes of the dense leg's best first (scores, rows) and no lexical
+    candidate: its first k, in its order, scored as that fusion scores them."""
+    best = [Candidate(row=r, chunk_id=None, dense_rank=rank, dense_score=s)
+            for rank, (r, s) in enumerate(zip(rows[:k].tolist(), scores[:k].tolist()), 1)]
+    if not best:
+        return best
+    if opts.mode != HYBRID:
+        for c in best:
+            c.score = c.dense_score
+    elif opts.fusion == RRF:
+        for c in best:
+            c.score = opts.dense_weight / (opts.rrf_k + c.dense_rank) + 0.0
+    else:
+        low, high = float(scores.min()), float(scores.max())  # fusion._range over every candidate
+        low, span = (low, high - low) if high > low else (low - 1.0, 1.0)
+        for c in best:
+            c.score = opts.dense_weight * (c.dense_score - low) / span + 0.0
+    return best
+
+
+def _hits(store: Store, best: list[Candidate], *, with_text: bool,
+          lookup: Callable[[Sequence[int], bool], dict[int, Hit]] | None = None) -> tuple[list[dict], int]:
+    rows = [c.row for c in best if c.row is not None]
+    by_row = store.hits(rows, with_text=with_text) if lookup is None else lookup(rows, with_text)
     by_chunk = store.chunk_hits([c.chunk_id for c in best if c.row is None], with_text=with_text)
     hits, dropped = [], 0
     for c in best:

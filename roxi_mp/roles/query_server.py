@@ -51,6 +51,9 @@ T = TypeVar("T")
 
 #: requests handled per loop step before heartbeats and follow-ups get a turn
 MAX_REQUESTS_PER_STEP = 256
+#: rows whose fields (RowFields) are read per idle loop step: a few ms of SQLite, and no
+#: query waits longer than one step for them
+FIELDS_STEP_ROWS = 10_000
 
 
 class QState(enum.Enum):
@@ -142,6 +145,8 @@ class QueryServer(Role):
 
     # --- main loop ---------------------------------------------------------------
     def poll_timeout(self) -> float:
+        if self.state is QState.AWAKE and self.view.fields_pending():
+            return 0.0  # read the next slice of row fields unless a request is waiting
         longest = super().poll_timeout()
         return longest if self.embeds is None else self.embeds.poll_timeout(longest)
 
@@ -166,6 +171,8 @@ class QueryServer(Role):
                 self.answer_parked(*ready)
         now = time.monotonic()
         if self.state is QState.AWAKE:
+            if self.view.fields_pending() and not self.router.get(zmq.EVENTS) & zmq.POLLIN:
+                self.view.extend(self.db(), FIELDS_STEP_ROWS)
             if now - self.last_follow >= self.cfg.query.follow_poll_seconds:
                 self.known = self.db().visibility()
                 self.last_follow = now
@@ -276,17 +283,18 @@ class QueryServer(Role):
         computed only on a cache miss, by the model process while the lexical leg runs."""
         key = (text, None if vector is None else vector.tobytes(), opts.key(), k, with_text)
 
-        def read() -> tuple[list[dict], dict]:
+        def read() -> list[dict]:
             hits = self.cache.get(key)
             if hits is None:
                 pending = (lambda: vector) if vector is not None or opts.mode == LEXICAL else self._start(text)
                 hits = self.search(opts, k, with_text=with_text, vector=pending)
                 self.cache.put(key, hits)
-            return hits, self.db().coverage()
+            return hits
 
-        hits, coverage = self.in_snapshot(read)
+        hits = self.in_snapshot(read)
         self.served += 1
         self.durations[opts.mode].observe(time.perf_counter() - started)
+        coverage = dict(self.view.coverage)  # read with the view's state (RowView.read)
         generation = coverage.pop("generation")
         return {"hits": hits, "rows": self.view.mapped_rows, "mode": opts.mode, "coverage": coverage,
                 "generation": generation, "took_ms": round((time.perf_counter() - started) * 1000, 3)}
@@ -295,7 +303,9 @@ class QueryServer(Role):
                vector: Callable[[], np.ndarray | None]) -> list[dict]:
         """Hits of the mapped rows and the stored words; call inside the snapshot the view
         was synced to."""
-        hits, stale = hybrid.search(self.searcher, self.db(), opts, k, with_text=with_text, vector=vector)
+        store = self.db()
+        hits, stale = hybrid.search(self.searcher, store, opts, k, with_text=with_text, vector=vector,
+                                    lookup=lambda rows, text: self.view.hits(store, rows, with_text=text))
         self.stale_dropped += stale
         return hits
 
