@@ -15,7 +15,7 @@ snapshot the query server holds (so both see the same documents as the hit looku
   it is embedded.
 
 When the lexical leg found nothing (a vector alone has no words) the answer is the dense
-leg's first k in its own order, with the scores fusion would give them (`_dense_only`),
+leg's first k in its own order, with the scores fusion would give them (`_dense_hits`),
 without making and sorting a candidate for each of the `query.candidates` rows.
 """
 
@@ -115,7 +115,8 @@ def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, wi
         if v is not None and searcher is not None and searcher.ntotal:
             scores, rows = searcher.search(v, depth)
     if not words:
-        return _hits(store, _dense_only(scores, rows, k, opts), with_text=with_text, lookup=lookup)
+        return _dense_hits(store, scores[:k].tolist(), rows[:k].tolist(), _dense_scorer(scores, opts),
+                           with_text=with_text, lookup=lookup)
     dense = [(int(r), float(s)) for r, s in zip(rows.tolist(), scores.tolist())]
     if opts.mode == HYBRID:
         best = fuse(dense, words, k=k, method=opts.fusion, rrf_k=opts.rrf_k,
@@ -127,25 +128,33 @@ def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, wi
     return _hits(store, best, with_text=with_text, lookup=lookup)
 
 
-def _dense_only(scores: np.ndarray, rows: np.ndarray, k: int, opts: Options) -> list[Candidate]:
-    """What `fuse` makes of the dense leg's best first (scores, rows) and no lexical
-    candidate: its first k, in its order, scored as that fusion scores them."""
-    best = [Candidate(row=r, chunk_id=None, dense_rank=rank, dense_score=s)
-            for rank, (r, s) in enumerate(zip(rows[:k].tolist(), scores[:k].tolist()), 1)]
-    if not best:
-        return best
+def _dense_scorer(scores: np.ndarray, opts: Options) -> Callable[[int, float], float]:
+    """score(rank, dense score) as `fuse` scores the dense leg's best first `scores` when
+    the lexical leg found nothing (a single leg: the dense score itself)."""
     if opts.mode != HYBRID:
-        for c in best:
-            c.score = c.dense_score
-    elif opts.fusion == RRF:
-        for c in best:
-            c.score = opts.dense_weight / (opts.rrf_k + c.dense_rank) + 0.0
-    else:
-        low, high = float(scores.min()), float(scores.max())  # fusion._range over every candidate
-        low, span = (low, high - low) if high > low else (low - 1.0, 1.0)
-        for c in best:
-            c.score = opts.dense_weight * (c.dense_score - low) / span + 0.0
-    return best
+        return lambda rank, s: s
+    weight = opts.dense_weight
+    if opts.fusion == RRF:
+        rrf_k = opts.rrf_k
+        return lambda rank, s: weight / (rrf_k + rank) + 0.0
+    # fusion._range over every candidate: best first, so the last is the lowest
+    low, high = (float(scores[-1]), float(scores[0])) if scores.size else (0.0, 1.0)
+    low, span = (low, high - low) if high > low else (low - 1.0, 1.0)
+    return lambda rank, s: weight * (s - low) / span + 0.0
+
+
+def _dense_hits(store: Store, scores: list[float], rows: list[int], score: Callable[[int, float], float], *,
+                with_text: bool, lookup: Callable[[Sequence[int], bool], dict[int, Hit]] | None
+                ) -> tuple[list[dict], int]:
+    """`_hits` of the dense leg's best first (scores, rows) alone: what `fuse` makes of
+    them with no lexical candidate is their own order, without a candidate for each."""
+    by_row = store.hits(rows, with_text=with_text) if lookup is None else lookup(rows, with_text)
+    hits: list[dict] = []
+    for rank, (row, s) in enumerate(zip(rows, scores), 1):
+        hit = by_row.get(row)
+        if hit is not None:
+            hits.append(_item(hit, len(hits) + 1, score(rank, s), rank, None, with_text))
+    return hits, len(rows) - len(hits)
 
 
 def _hits(store: Store, best: list[Candidate], *, with_text: bool,
@@ -159,11 +168,17 @@ def _hits(store: Store, best: list[Candidate], *, with_text: bool,
         if hit is None:
             dropped += 1  # not live (or gone): never served, never invented
             continue
-        item = {"rank": len(hits) + 1, "score": c.score, "row": hit.row, "chunk_id": hit.chunk_id,
-                "doc_id": hit.doc_id, "key": hit.key, "version": hit.version, "position": hit.position,
-                "title": hit.title, "source": hit.source, "page": hit.page, "heading": hit.heading,
-                "dense_rank": c.dense_rank, "lexical_rank": c.lexical_rank, "embedded": hit.row is not None}
-        if with_text:
-            item["text"] = hit.text
-        hits.append(item)
+        hits.append(_item(hit, len(hits) + 1, c.score, c.dense_rank, c.lexical_rank, with_text))
     return hits, dropped
+
+
+def _item(hit: Hit, rank: int, score: float, dense_rank: int | None, lexical_rank: int | None,
+          with_text: bool) -> dict:
+    """One hit of a reply."""
+    item = {"rank": rank, "score": score, "row": hit.row, "chunk_id": hit.chunk_id,
+            "doc_id": hit.doc_id, "key": hit.key, "version": hit.version, "position": hit.position,
+            "title": hit.title, "source": hit.source, "page": hit.page, "heading": hit.heading,
+            "dense_rank": dense_rank, "lexical_rank": lexical_rank, "embedded": hit.row is not None}
+    if with_text:
+        item["text"] = hit.text
+    return item

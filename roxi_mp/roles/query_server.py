@@ -339,7 +339,8 @@ class QueryServer(Role):
             vec = protocol.decode_array(msg, extra[0], dim=self._check_model(), max_rows=1)
             if vec.shape[0] != 1:
                 raise BadInput("a vector query carries exactly one vector")
-            vec = np.ascontiguousarray(vec, dtype=np.float32)
+            if vec.dtype != np.float32:  # float16 on the wire (frombuffer's arrays are contiguous)
+                vec = vec.astype(np.float32)
         elif text is None:
             raise BadInput("query needs 'text' or a vector frame with 'dtype' and 'shape'")
         else:
