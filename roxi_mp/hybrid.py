@@ -57,6 +57,10 @@ class Options:
         return (self.mode, self.fusion, self.dense_weight, self.lexical_weight, self.rrf_k, self.candidates)
 
 
+#: the request fields `options` reads
+OPTION_FIELDS = ("mode", "fusion", "weights")
+
+
 def options(msg: dict, cfg: Config, *, text: str | None, has_vector: bool) -> Options:
     """The request's mode, fusion and weights over the configured ones; BadInput for any
     value out of place (one line naming the field)."""

@@ -81,6 +81,7 @@ class QueryServer(Role):
         self.poller: zmq.Poller | None = None
         self.view = RowView(cfg, willneed=cfg.query.prewarm)  # maps nothing while asleep
         self.model_checked = False  # the store's model matches ours (until the store closes)
+        self.vector_options: hybrid.Options | None = None  # of a vector query naming no option
         # The store's vectors epoch, visibility sequence and committed rows as last heard:
         # read from the store, the rows also from the indexer's events.
         self.known = Visibility(0, 0, 0)
@@ -263,7 +264,7 @@ class QueryServer(Role):
         if not isinstance(with_text, bool):
             raise BadInput("with_text must be true or false")
         text, vector = self._parse_query(msg, extra)  # a bad request wakes nothing
-        opts = hybrid.options(msg, self.cfg, text=text, has_vector=vector is not None)
+        opts = self._options(msg, text, vector)
         started = time.perf_counter()
         self.last_query = now
         self.wake()
@@ -346,6 +347,14 @@ class QueryServer(Role):
         else:
             self._check_model()
         return text, vec
+
+    def _options(self, msg: dict, text: str | None, vector: np.ndarray | None) -> hybrid.Options:
+        """hybrid.options; those of a vector alone with no option of its own made once."""
+        if text is not None or not msg.keys().isdisjoint(hybrid.OPTION_FIELDS):
+            return hybrid.options(msg, self.cfg, text=text, has_vector=vector is not None)
+        if self.vector_options is None:
+            self.vector_options = hybrid.options({}, self.cfg, text=None, has_vector=True)
+        return self.vector_options
 
     def _check_model(self) -> int:
         if self.model_checked:

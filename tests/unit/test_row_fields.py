@@ -9,12 +9,15 @@ real ROUTER socket (tests/unit/test_roles.py), as in test_query_visibility.py.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from roxi_mp import protocol
 from roxi_mp.store import Store
+from roxi_mp.query_view import CommitWatch
 from roxi_mp.store_hits import RowFields
 from roxi_mp.vectors import VectorWriter
 
@@ -157,7 +160,7 @@ def test_rows_appended_but_not_committed_never_enter_the_fields(q: QS) -> None:
         w.append(np.ones((3, DIM), dtype=np.float32) / np.sqrt(DIM))
         w.sync()  # and then the kill: SQLite never hears of them
     with Store(q.cfg.db_path) as store:
-        store.conn.execute("UPDATE meta SET value = value WHERE key = 'generation'")  # some commit
+        store.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")  # some commit
     reply = q.ask("query", text=GOUT_QUERY, k=20, mode="dense")
     agree_with_sqlite(q, reply)
     assert len(reply["hits"]) == committed and built(q).built == committed
@@ -177,3 +180,43 @@ def test_a_query_takes_no_snapshot_while_nothing_is_committed(q: QS, monkeypatch
     assert after["generation"] == first["generation"] and after["coverage"]["chunks"] < first["coverage"]["chunks"]
     q.ask("query", text=GOUT_QUERY, k=4)
     assert taken == [1]
+
+
+# --- the commit watch --------------------------------------------------------------------------
+def test_the_commit_watch_sees_every_commit_of_another_connection(q: QS) -> None:
+    watch = CommitWatch()
+    with Store(q.cfg.db_path) as mine, Store(q.cfg.db_path) as other:
+        first = watch.mark(mine)
+        assert isinstance(first, bytes) and watch.mark(mine) == first  # the -shm header: nothing committed
+        marks = [first]
+        for step in range(3):
+            with other.transaction():
+                other.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+            if step == 1:  # the WAL checkpointed and restarted: new salts, frames from 0
+                other.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                with other.transaction():
+                    other.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+            marks.append(watch.mark(mine))
+            assert marks[-1] == watch.mark(mine)
+        assert len(set(marks)) == len(marks)
+        watch.close()
+
+
+def test_the_commit_watch_falls_back_on_data_version(q: QS, monkeypatch) -> None:
+    watch = CommitWatch()
+    with Store(q.cfg.db_path) as mine, Store(q.cfg.db_path) as other:
+        first = watch.mark(mine)
+        monkeypatch.setattr("roxi_mp.query_view.WAL_INDEX_VERSION", b"\0\0\0\0")  # a format it does not know
+        version = watch.mark(mine)
+        assert isinstance(version, int) and version != first and watch.mark(mine) == version
+        with other.transaction():
+            other.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+        assert watch.mark(mine) != version
+        monkeypatch.undo()
+        gone = q.cfg.data_dir / "gone-shm"
+        gone.write_bytes(Path(f"{mine.path}-shm").read_bytes()[:4096])
+        watch.fd = os.open(gone, os.O_RDONLY)
+        gone.unlink()  # as if the last other connection had closed and deleted it
+        assert isinstance(watch.mark(mine), int) and watch.fd == -1  # opened afresh next time
+        assert isinstance(watch.mark(mine), bytes)
+        watch.close()
