@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import struct
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -44,6 +45,10 @@ FREQUENCY_ENTRIES = 100_000
 #: a RowFields record: chunk id (0: no chunk holds the row), document id, position, page
 #: (-1: unknown) and heading (an index into RowFields.headings, 0: none)
 ROW_FIELDS = np.dtype([("chunk", "<i8"), ("doc", "<i8"), ("position", "<i4"), ("page", "<i4"), ("heading", "<i4")])
+#: the same record for struct, which reads ten of them faster than numpy indexing
+_RECORD = struct.Struct("<qqiii")
+
+assert _RECORD.size == ROW_FIELDS.itemsize
 
 
 class Hit(NamedTuple):  # a tuple: the query server builds ten of them per query
@@ -86,7 +91,8 @@ class HitLookup:
         texts and for documents not in `live` (whether each is live, kept by the caller
         for as long as nothing is committed) or not cached. As in `hits`, a row of a
         version not live is left out (and logged), and so is a row whose chunk is gone."""
-        found = [(row, rec) for row, rec in zip(rows, fields.records[rows].tolist()) if rec[0]]
+        size, records = _RECORD.size, fields.records
+        found = [(row, rec) for row in rows if (rec := _RECORD.unpack_from(records, row * size))[0]]
         docs = self._documents({rec[1] for _, rec in found}, live=live)
         stale = [row for row, rec in found if not live.get(rec[1])]
         if stale:
@@ -251,22 +257,18 @@ class RowFields:
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
         self.built = 0
-        self.records = np.zeros(0, dtype=ROW_FIELDS)
+        self.records = bytearray()  # ROW_FIELDS records of rows [0, built)
         self.headings: list[str | None] = [None]  # each distinct heading once; 0 is none
         self._heading_ids: dict[str | None, int] = {None: 0}
 
     def covers(self, rows: Sequence[int]) -> bool:
-        return all(0 <= r < self.built for r in rows)
+        return not rows or (min(rows) >= 0 and max(rows) < self.built)
 
     def add(self, stop: int, found: list[tuple]) -> None:
         """Rows [built, stop): `found` is `Store.row_fields(built, stop)` (rows no chunk
         holds are absent from it and stay chunk 0)."""
         if stop <= self.built:
             return
-        if stop > self.records.size:
-            grown = np.zeros(max(stop, self.records.size * 5 // 4), dtype=ROW_FIELDS)
-            grown[:self.built] = self.records[:self.built]
-            self.records = grown
         ids = self._heading_ids
         for heading in {f[5] for f in found} - ids.keys():
             ids[heading] = len(self.headings)
@@ -274,6 +276,9 @@ class RowFields:
         rows = np.fromiter((f[0] for f in found), dtype=np.int64, count=len(found))
         if rows.size and (rows.min() < self.built or rows.max() >= stop):
             raise ValueError(f"rows {rows.min()}..{rows.max()} are not all in [{self.built}, {stop})")
-        self.records[rows] = np.array([(chunk_id, doc_id, position, -1 if page is None else page, ids[heading])
-                                       for _, chunk_id, doc_id, position, page, heading in found], dtype=ROW_FIELDS)
+        added = np.zeros(stop - self.built, dtype=ROW_FIELDS)
+        added[rows - self.built] = np.array([(chunk_id, doc_id, position, -1 if page is None else page, ids[heading])
+                                             for _, chunk_id, doc_id, position, page, heading in found],
+                                            dtype=ROW_FIELDS)
+        self.records += added.tobytes()
         self.built = stop

@@ -160,11 +160,16 @@ class QueryServer(Role):
         # a busy server for a hung one and kill it).
         budget = time.monotonic() + self.cfg.supervisor.heartbeat_seconds / 2
         if self.router in events:
-            for _ in range(MAX_REQUESTS_PER_STEP):
-                # Asking is cheaper than a failed recv (an exception) on every request.
-                if not self.router.get(zmq.EVENTS) & zmq.POLLIN or time.monotonic() >= budget:
+            for i in range(MAX_REQUESTS_PER_STEP):
+                # Asking is cheaper than a failed recv (an exception) on every request; the
+                # poll has just said the first one is there.
+                if i and (not self.router.get(zmq.EVENTS) & zmq.POLLIN or time.monotonic() >= budget):
                     break
-                self.handle(self.router.recv_multipart(zmq.NOBLOCK), time.monotonic())
+                try:
+                    frames = self.router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.handle(frames, time.monotonic())
         if self.embeds is not None:
             if self.embeds.fileno() in events:  # a poller gives a plain descriptor back as an int
                 self.embeds.drain()
