@@ -15,7 +15,10 @@ answered when its vector comes or its deadline passes (roxi_mp.query_embed).
 Deletes and replacements take effect the moment they commit: each query reads, in one
 read snapshot of the store, which vectors file, rows and visibility sequence are current,
 brings the mapping, the hidden rows and the result cache up to them (roxi_mp.query_view),
-then searches and looks its hits up in that same snapshot.
+then searches and looks its hits up in that same snapshot; a query that finds nothing
+committed since the last such read (one pread of SQLite's WAL index) needs no snapshot,
+and looks its hits up in the row fields the server reads while idle (FIELDS_STEP_ROWS
+rows per loop step), asking SQLite only whether their documents are still live.
 """
 
 from __future__ import annotations
