@@ -13,18 +13,25 @@ snapshot the query server holds (so both see the same documents as the hit looku
 - the hit lookup of the final k only: by row for embedded chunks, by chunk id for chunks
   found by their words alone. Each hit says which leg found it at which rank and whether
   it is embedded.
+
+When the lexical leg found nothing (a vector alone has no words) the answer is the dense
+leg's first k in its own order, with the scores fusion would give them (`_dense_hits`),
+without making and sorting a candidate for each of the `query.candidates` rows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from . import lexical
 from .errors import BadInput
-from .fusion import DENSE, HYBRID, LEXICAL, METHODS, MODES, Candidate, fuse
+from .fusion import DENSE, HYBRID, LEXICAL, METHODS, MODES, RRF, Candidate, fuse
+
+if TYPE_CHECKING:
+    from .store_hits import Hit
 
 if TYPE_CHECKING:
     from .config import Config
@@ -48,6 +55,10 @@ class Options:
     def key(self) -> tuple:
         """What a cached answer depends on, besides the query itself."""
         return (self.mode, self.fusion, self.dense_weight, self.lexical_weight, self.rrf_k, self.candidates)
+
+
+#: the request fields `options` reads
+OPTION_FIELDS = ("mode", "fusion", "weights")
 
 
 def options(msg: dict, cfg: Config, *, text: str | None, has_vector: bool) -> Options:
@@ -93,19 +104,24 @@ def _show(value: Any) -> str:
 
 
 def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, with_text: bool,
-           vector: Callable[[], np.ndarray | None]) -> tuple[list[dict], int]:
+           vector: Callable[[], np.ndarray | None],
+           lookup: Callable[[Sequence[int], bool], dict[int, Hit]] | None = None) -> tuple[list[dict], int]:
     """The query's hit maps, best first, and how many dense hits the lookup dropped as not
     live (a last line of defence: the hidden rows make it 0). Call inside one read snapshot
     of `store` that the searcher's mapping and hidden rows were synced to. `vector()` gives
-    the query vector (awaiting its embedding), called only if the dense leg runs."""
+    the query vector (awaiting its embedding), called only if the dense leg runs;
+    `lookup(rows, with_text)` finds the hits of rows (default `store.hits`)."""
     depth = max(k, opts.candidates) if opts.mode == HYBRID else k
     words = store.lexical(opts.words, depth, budget=opts.budget) if opts.mode != DENSE else []
-    dense: list[tuple[int, float]] = []
+    scores = rows = np.zeros(0)
     if opts.mode != LEXICAL:
         v = vector()
         if v is not None and searcher is not None and searcher.ntotal:
             scores, rows = searcher.search(v, depth)
-            dense = [(int(r), float(s)) for r, s in zip(rows, scores)]
+    if not words:
+        return _dense_hits(store, scores[:k].tolist(), rows[:k].tolist(), _dense_scorer(scores, opts),
+                           with_text=with_text, lookup=lookup)
+    dense = [(int(r), float(s)) for r, s in zip(rows.tolist(), scores.tolist())]
     if opts.mode == HYBRID:
         best = fuse(dense, words, k=k, method=opts.fusion, rrf_k=opts.rrf_k,
                     dense_weight=opts.dense_weight, lexical_weight=opts.lexical_weight)
@@ -113,11 +129,42 @@ def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, wi
         best = fuse(dense[:k], words[:k], k=k, method="rrf")
         for c in best:  # one leg: its own order and scores
             c.score = c.dense_score if c.dense_rank else c.lexical_score
-    return _hits(store, best, with_text=with_text)
+    return _hits(store, best, with_text=with_text, lookup=lookup)
 
 
-def _hits(store: Store, best: list[Candidate], *, with_text: bool) -> tuple[list[dict], int]:
-    by_row = store.hits([c.row for c in best if c.row is not None], with_text=with_text)
+def _dense_scorer(scores: np.ndarray, opts: Options) -> Callable[[int, float], float]:
+    """score(rank, dense score) as `fuse` scores the dense leg's best first `scores` when
+    the lexical leg found nothing (a single leg: the dense score itself)."""
+    if opts.mode != HYBRID:
+        return lambda rank, s: s
+    weight = opts.dense_weight
+    if opts.fusion == RRF:
+        rrf_k = opts.rrf_k
+        return lambda rank, s: weight / (rrf_k + rank) + 0.0
+    # fusion._range over every candidate: best first, so the last is the lowest
+    low, high = (float(scores[-1]), float(scores[0])) if scores.size else (0.0, 1.0)
+    low, span = (low, high - low) if high > low else (low - 1.0, 1.0)
+    return lambda rank, s: weight * (s - low) / span + 0.0
+
+
+def _dense_hits(store: Store, scores: list[float], rows: list[int], score: Callable[[int, float], float], *,
+                with_text: bool, lookup: Callable[[Sequence[int], bool], dict[int, Hit]] | None
+                ) -> tuple[list[dict], int]:
+    """`_hits` of the dense leg's best first (scores, rows) alone: what `fuse` makes of
+    them with no lexical candidate is their own order, without a candidate for each."""
+    by_row = store.hits(rows, with_text=with_text) if lookup is None else lookup(rows, with_text)
+    hits: list[dict] = []
+    for rank, (row, s) in enumerate(zip(rows, scores), 1):
+        hit = by_row.get(row)
+        if hit is not None:
+            hits.append(_item(hit, len(hits) + 1, score(rank, s), rank, None, with_text))
+    return hits, len(rows) - len(hits)
+
+
+def _hits(store: Store, best: list[Candidate], *, with_text: bool,
+          lookup: Callable[[Sequence[int], bool], dict[int, Hit]] | None = None) -> tuple[list[dict], int]:
+    rows = [c.row for c in best if c.row is not None]
+    by_row = store.hits(rows, with_text=with_text) if lookup is None else lookup(rows, with_text)
     by_chunk = store.chunk_hits([c.chunk_id for c in best if c.row is None], with_text=with_text)
     hits, dropped = [], 0
     for c in best:
@@ -125,11 +172,17 @@ def _hits(store: Store, best: list[Candidate], *, with_text: bool) -> tuple[list
         if hit is None:
             dropped += 1  # not live (or gone): never served, never invented
             continue
-        item = {"rank": len(hits) + 1, "score": c.score, "row": hit.row, "chunk_id": hit.chunk_id,
-                "doc_id": hit.doc_id, "key": hit.key, "version": hit.version, "position": hit.position,
-                "title": hit.title, "source": hit.source, "page": hit.page, "heading": hit.heading,
-                "dense_rank": c.dense_rank, "lexical_rank": c.lexical_rank, "embedded": hit.row is not None}
-        if with_text:
-            item["text"] = hit.text
-        hits.append(item)
+        hits.append(_item(hit, len(hits) + 1, c.score, c.dense_rank, c.lexical_rank, with_text))
     return hits, dropped
+
+
+def _item(hit: Hit, rank: int, score: float, dense_rank: int | None, lexical_rank: int | None,
+          with_text: bool) -> dict:
+    """One hit of a reply."""
+    item = {"rank": rank, "score": score, "row": hit.row, "chunk_id": hit.chunk_id,
+            "doc_id": hit.doc_id, "key": hit.key, "version": hit.version, "position": hit.position,
+            "title": hit.title, "source": hit.source, "page": hit.page, "heading": hit.heading,
+            "dense_rank": dense_rank, "lexical_rank": lexical_rank, "embedded": hit.row is not None}
+    if with_text:
+        item["text"] = hit.text
+    return item

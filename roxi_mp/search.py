@@ -135,7 +135,7 @@ class Searcher:
         if (want := min(k, self.tail.ntotal - self.tail_hidden)) > 0:
             filtered = h is not None and self.tail_hidden > 0
             scores, ids = self.tail.search(query, want, params=h.tail_params if filtered else None)
-            parts.append((scores, np.where(ids >= 0, ids + self.ann_rows, -1)))
+            parts.append((scores, np.where(ids >= 0, ids + self.ann_rows, -1) if self.ann_rows else ids))
         if not parts:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         if len(parts) == 1:
@@ -145,8 +145,10 @@ class Searcher:
             ids = np.concatenate([p[1][0] for p in parts])
             best = np.argsort(-scores, kind="stable")[:k]
             scores, ids = scores[best], ids[best]
-        keep = ids >= 0
-        return scores[keep], ids[keep]
+        if ids.size and ids.min() < 0:  # faiss pads a short list with -1
+            keep = ids >= 0
+            return scores[keep], ids[keep]
+        return scores, ids
 
     def info(self) -> dict:
         out: dict[str, Any] = {"index": self.kind, "ann_rows": self.ann_rows}

@@ -13,14 +13,24 @@ line of defence a row whose chunk is not indexed or whose document is not live i
 out (and logged): a superseded recommendation is never served, even through a bug.
 `HitLookup` is a part of `Store` (a mixin over its connection), kept in its own module
 because only the query server uses it.
+
+Even one SQLite statement costs 0.1 ms on caches a 100k-row scan has just flushed, so the
+query server keeps `RowFields`: the chunk id, document id, position, page and heading of
+every row of the current vectors file, read from SQLite a slice at a time while it is
+idle. They never change while the file is current: a row is bound to its chunk when it
+is committed, and only a compaction renumbers rows, into a new file (a new epoch) the
+query server makes new RowFields for (roxi_mp.query_view owns them). Whether a row may be
+seen at all is not theirs to say: the hidden rows decide that, in the search.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from dataclasses import dataclass
-from typing import Sequence
+import struct
+from typing import NamedTuple, Sequence
+
+import numpy as np
 
 from . import lexical
 
@@ -32,10 +42,16 @@ DOC_CACHE_ENTRIES = 10_000
 LEXICAL_SLACK = 20
 #: word frequencies a connection remembers for the lexical leg
 FREQUENCY_ENTRIES = 100_000
+#: a RowFields record: chunk id (0: no chunk holds the row), document id, position, page
+#: (-1: unknown) and heading (an index into RowFields.headings, 0: none)
+ROW_FIELDS = np.dtype([("chunk", "<i8"), ("doc", "<i8"), ("position", "<i4"), ("page", "<i4"), ("heading", "<i4")])
+#: the same record for struct, which reads ten of them faster than numpy indexing
+_RECORD = struct.Struct("<qqiii")
+
+assert _RECORD.size == ROW_FIELDS.itemsize
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):  # a tuple: the query server builds ten of them per query
     row: int | None  # None: not embedded yet (found by its words alone)
     chunk_id: int
     doc_id: int
@@ -57,6 +73,47 @@ class HitLookup:
     _doc_cache: dict[int, tuple[str, int, str, str]]
     _frequencies: dict[str, int]
     _frequency_base: int
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits (PRAGMA data_version):
+        while it stands, whatever this connection read before is still current."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def row_fields(self, start: int, stop: int) -> list[tuple]:
+        """(row, chunk id, document id, position, page, heading) of the chunks holding rows
+        in [start, stop), for RowFields."""
+        return self.conn.execute("SELECT row, id, doc_id, position, page, heading FROM chunks "
+                                 "WHERE row >= ? AND row < ?", (start, stop)).fetchall()
+
+    def field_hits(self, fields: "RowFields", rows: Sequence[int], *, with_text: bool,
+                   live: dict[int, bool]) -> dict[int, Hit]:
+        """Like `hits`, from `fields` instead of the chunks table: SQLite is read only for
+        texts and for documents not in `live` (whether each is live, kept by the caller
+        for as long as nothing is committed) or not cached. As in `hits`, a row of a
+        version not live is left out (and logged), and so is a row whose chunk is gone."""
+        size, records = _RECORD.size, fields.records
+        found = [(row, rec) for row in rows if (rec := _RECORD.unpack_from(records, row * size))[0]]
+        docs = self._documents({rec[1] for _, rec in found}, live=live)
+        stale = [row for row, rec in found if not live.get(rec[1])]
+        if stale:
+            log.warning("dropped %d hits that are not live (rows %s): the hidden rows were stale",
+                        len(stale), stale[:10])
+        texts = self._texts([rec[0] for _, rec in found]) if with_text else {}
+        out: dict[int, Hit] = {}
+        headings = fields.headings
+        for row, (chunk_id, doc_id, position, page, heading) in found:
+            doc = docs.get(doc_id)
+            text = texts.get(chunk_id) if with_text else ""
+            if doc is not None and live.get(doc_id) and text is not None:
+                out[row] = Hit(row, chunk_id, doc_id, doc[0], doc[1], position, doc[2], doc[3], text,
+                               None if page < 0 else page, headings[heading])
+        return out
+
+    def _texts(self, chunk_ids: list[int]) -> dict[int, str]:
+        if not chunk_ids:
+            return {}
+        marks = ",".join("?" * len(chunk_ids))
+        return dict(self.conn.execute(f"SELECT id, text FROM chunks WHERE id IN ({marks})", chunk_ids))
 
     def hits(self, rows: Sequence[int], *, with_text: bool = True) -> dict[int, Hit]:
         """Chunk and document fields of the given vector rows that are live (only what a
@@ -171,15 +228,57 @@ class HitLookup:
                 "pending": n.get("pending", 0) + n.get("leased", 0) + n.get("copy", 0),
                 "failed": n.get("failed", 0), "generation": int(generation[0]) if generation else 0}
 
-    def _documents(self, ids: set[int]) -> dict[int, tuple[str, int, str, str]]:
+    def _documents(self, ids: set[int], *, live: dict[int, bool] | None = None
+                   ) -> dict[int, tuple[str, int, str, str]]:
         """(key, version, title, source) of documents, cached (bounded) for the life of this
-        connection: none of them ever changes."""
-        missing = [i for i in ids if i not in self._doc_cache]
+        connection: none of them ever changes. With `live`, whether each is live too, for
+        those `live` does not know yet."""
+        missing = [i for i in ids if i not in self._doc_cache or (live is not None and i not in live)]
         if missing:
             if len(self._doc_cache) + len(missing) > DOC_CACHE_ENTRIES:
                 self._doc_cache.clear()
             marks = ",".join("?" * len(missing))
-            for doc_id, key, version, title, source in self.conn.execute(
-                    f"SELECT id, key, version, title, source FROM documents WHERE id IN ({marks})", missing):
+            for doc_id, key, version, title, source, is_live in self.conn.execute(
+                    f"SELECT id, key, version, title, source, status = 'live' FROM documents WHERE id IN ({marks})",
+                    missing):
                 self._doc_cache[doc_id] = (key, version, title, source)
+                if live is not None:
+                    live[doc_id] = bool(is_live)
         return {i: self._doc_cache[i] for i in ids if i in self._doc_cache}
+
+
+class RowFields:
+    """Row -> chunk fields of one vectors file (one epoch), rows [0, built) so far.
+
+    Filled in row order by `add` from `Store.row_fields` slices, each read in a snapshot
+    of the same epoch; rows are only ever appended to a file, and a row never changes
+    chunk while its file is current, so slices read at different times agree."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.built = 0
+        self.records = bytearray()  # ROW_FIELDS records of rows [0, built)
+        self.headings: list[str | None] = [None]  # each distinct heading once; 0 is none
+        self._heading_ids: dict[str | None, int] = {None: 0}
+
+    def covers(self, rows: Sequence[int]) -> bool:
+        return not rows or (min(rows) >= 0 and max(rows) < self.built)
+
+    def add(self, stop: int, found: list[tuple]) -> None:
+        """Rows [built, stop): `found` is `Store.row_fields(built, stop)` (rows no chunk
+        holds are absent from it and stay chunk 0)."""
+        if stop <= self.built:
+            return
+        ids = self._heading_ids
+        for heading in {f[5] for f in found} - ids.keys():
+            ids[heading] = len(self.headings)
+            self.headings.append(heading)
+        rows = np.fromiter((f[0] for f in found), dtype=np.int64, count=len(found))
+        if rows.size and (rows.min() < self.built or rows.max() >= stop):
+            raise ValueError(f"rows {rows.min()}..{rows.max()} are not all in [{self.built}, {stop})")
+        added = np.zeros(stop - self.built, dtype=ROW_FIELDS)
+        added[rows - self.built] = np.array([(chunk_id, doc_id, position, -1 if page is None else page, ids[heading])
+                                             for _, chunk_id, doc_id, position, page, heading in found],
+                                            dtype=ROW_FIELDS)
+        self.records += added.tobytes()
+        self.built = stop

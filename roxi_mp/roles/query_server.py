@@ -15,7 +15,10 @@ answered when its vector comes or its deadline passes (roxi_mp.query_embed).
 Deletes and replacements take effect the moment they commit: each query reads, in one
 read snapshot of the store, which vectors file, rows and visibility sequence are current,
 brings the mapping, the hidden rows and the result cache up to them (roxi_mp.query_view),
-then searches and looks its hits up in that same snapshot.
+then searches and looks its hits up in that same snapshot; a query that finds nothing
+committed since the last such read (one pread of SQLite's WAL index) needs no snapshot,
+and looks its hits up in the row fields the server reads while idle (FIELDS_STEP_ROWS
+rows per loop step), asking SQLite only whether their documents are still live.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ T = TypeVar("T")
 
 #: requests handled per loop step before heartbeats and follow-ups get a turn
 MAX_REQUESTS_PER_STEP = 256
+#: rows whose fields (RowFields) are read per idle loop step: about 5 ms (100k rows took
+#: 0.12 s in all), the longest a query arriving meanwhile waits for it
+FIELDS_STEP_ROWS = 4_000
 
 
 class QState(enum.Enum):
@@ -78,6 +84,7 @@ class QueryServer(Role):
         self.poller: zmq.Poller | None = None
         self.view = RowView(cfg, willneed=cfg.query.prewarm)  # maps nothing while asleep
         self.model_checked = False  # the store's model matches ours (until the store closes)
+        self.vector_options: hybrid.Options | None = None  # of a vector query naming no option
         # The store's vectors epoch, visibility sequence and committed rows as last heard:
         # read from the store, the rows also from the indexer's events.
         self.known = Visibility(0, 0, 0)
@@ -142,6 +149,8 @@ class QueryServer(Role):
 
     # --- main loop ---------------------------------------------------------------
     def poll_timeout(self) -> float:
+        if self.state is QState.AWAKE and self.view.fields_pending():
+            return 0.0  # read the next slice of row fields unless a request is waiting
         longest = super().poll_timeout()
         return longest if self.embeds is None else self.embeds.poll_timeout(longest)
 
@@ -154,11 +163,16 @@ class QueryServer(Role):
         # a busy server for a hung one and kill it).
         budget = time.monotonic() + self.cfg.supervisor.heartbeat_seconds / 2
         if self.router in events:
-            for _ in range(MAX_REQUESTS_PER_STEP):
-                # Asking is cheaper than a failed recv (an exception) on every request.
-                if not self.router.get(zmq.EVENTS) & zmq.POLLIN or time.monotonic() >= budget:
+            for i in range(MAX_REQUESTS_PER_STEP):
+                # Asking is cheaper than a failed recv (an exception) on every request; the
+                # poll has just said the first one is there.
+                if i and (not self.router.get(zmq.EVENTS) & zmq.POLLIN or time.monotonic() >= budget):
                     break
-                self.handle(self.router.recv_multipart(zmq.NOBLOCK), time.monotonic())
+                try:
+                    frames = self.router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.handle(frames, time.monotonic())
         if self.embeds is not None:
             if self.embeds.fileno() in events:  # a poller gives a plain descriptor back as an int
                 self.embeds.drain()
@@ -166,6 +180,8 @@ class QueryServer(Role):
                 self.answer_parked(*ready)
         now = time.monotonic()
         if self.state is QState.AWAKE:
+            if self.view.fields_pending() and not self.router.get(zmq.EVENTS) & zmq.POLLIN:
+                self.view.extend(self.db(), FIELDS_STEP_ROWS)
             if now - self.last_follow >= self.cfg.query.follow_poll_seconds:
                 self.known = self.db().visibility()
                 self.last_follow = now
@@ -256,7 +272,7 @@ class QueryServer(Role):
         if not isinstance(with_text, bool):
             raise BadInput("with_text must be true or false")
         text, vector = self._parse_query(msg, extra)  # a bad request wakes nothing
-        opts = hybrid.options(msg, self.cfg, text=text, has_vector=vector is not None)
+        opts = self._options(msg, text, vector)
         started = time.perf_counter()
         # The first query after a quiet spell is told to the supervisor at once, which tells
         # the embedders to leave a core free (issue 21): not up to a heartbeat later.
@@ -279,17 +295,18 @@ class QueryServer(Role):
         computed only on a cache miss, by the model process while the lexical leg runs."""
         key = (text, None if vector is None else vector.tobytes(), opts.key(), k, with_text)
 
-        def read() -> tuple[list[dict], dict]:
+        def read() -> list[dict]:
             hits = self.cache.get(key)
             if hits is None:
                 pending = (lambda: vector) if vector is not None or opts.mode == LEXICAL else self._start(text)
                 hits = self.search(opts, k, with_text=with_text, vector=pending)
                 self.cache.put(key, hits)
-            return hits, self.db().coverage()
+            return hits
 
-        hits, coverage = self.in_snapshot(read)
+        hits = self.in_snapshot(read)
         self.served += 1
         self.durations[opts.mode].observe(time.perf_counter() - started)
+        coverage = dict(self.view.coverage)  # read with the view's state (RowView.read)
         generation = coverage.pop("generation")
         return {"hits": hits, "rows": self.view.mapped_rows, "mode": opts.mode, "coverage": coverage,
                 "generation": generation, "took_ms": round((time.perf_counter() - started) * 1000, 3)}
@@ -298,7 +315,9 @@ class QueryServer(Role):
                vector: Callable[[], np.ndarray | None]) -> list[dict]:
         """Hits of the mapped rows and the stored words; call inside the snapshot the view
         was synced to."""
-        hits, stale = hybrid.search(self.searcher, self.db(), opts, k, with_text=with_text, vector=vector)
+        store = self.db()
+        hits, stale = hybrid.search(self.searcher, store, opts, k, with_text=with_text, vector=vector,
+                                    lookup=lambda rows, text: self.view.hits(store, rows, with_text=text))
         self.stale_dropped += stale
         return hits
 
@@ -332,12 +351,21 @@ class QueryServer(Role):
             vec = protocol.decode_array(msg, extra[0], dim=self._check_model(), max_rows=1)
             if vec.shape[0] != 1:
                 raise BadInput("a vector query carries exactly one vector")
-            vec = np.ascontiguousarray(vec, dtype=np.float32)
+            if vec.dtype != np.float32:  # float16 on the wire (frombuffer's arrays are contiguous)
+                vec = vec.astype(np.float32)
         elif text is None:
             raise BadInput("query needs 'text' or a vector frame with 'dtype' and 'shape'")
         else:
             self._check_model()
         return text, vec
+
+    def _options(self, msg: dict, text: str | None, vector: np.ndarray | None) -> hybrid.Options:
+        """hybrid.options; those of a vector alone with no option of its own made once."""
+        if text is not None or not msg.keys().isdisjoint(hybrid.OPTION_FIELDS):
+            return hybrid.options(msg, self.cfg, text=text, has_vector=vector is not None)
+        if self.vector_options is None:
+            self.vector_options = hybrid.options({}, self.cfg, text=None, has_vector=True)
+        return self.vector_options
 
     def _check_model(self) -> int:
         if self.model_checked:

@@ -1,9 +1,11 @@
-"""The least a ZeroMQ search server can do: the floor `bench_query` holds ours against.
+"""The least a ZeroMQ search server can do: the floor `bench_query` and `bench_ann` hold ours against.
 
-    python -m tests.bench.bare_server VECTORS_FILE ROWS ENDPOINT
+    python -m tests.bench.bare_server VECTORS_FILE ROWS ENDPOINT [CONFIG DATA_DIR]
 
 A ROUTER socket; each request is one float32 vector frame; the same faiss search as the
-query server (the vectors file mapped by roxi_mp.vectors.open_index, one thread, k 10); the
+query server, one thread, k 10: the vectors file mapped by roxi_mp.vectors.open_index, or,
+given a configuration (its TOML file and data directory), the query server's own
+roxi_mp.search.Searcher over that store (its approximate index and efSearch included). The
 reply is the row numbers as raw bytes. No msgpack, no validation, no hit metadata: what is
 left between it and in-process faiss is ZeroMQ and the process boundary on this machine.
 An empty frame stops it.
@@ -12,18 +14,34 @@ An empty frame stops it.
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 import faiss
 import numpy as np
 import zmq
 
+from roxi_mp import config as config_mod
+from roxi_mp.search import Searcher
 from roxi_mp.vectors import open_index
+
+K = 10
+
+
+def searcher(argv: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """search(query of shape (1, d)) -> the best K rows."""
+    path, rows = argv[0], int(argv[1])
+    if len(argv) > 3:
+        cfg = config_mod.load(argv[3], data_dir=argv[4], env={})
+        ours = Searcher(cfg, rows=rows, vectors_path=path)
+        return lambda q: ours.search(q, K)[1]
+    index = open_index(path, rows=rows)
+    return lambda q: index.search(q, K)[1][0]
 
 
 def main(argv: list[str]) -> int:
-    path, rows, endpoint = argv[0], int(argv[1]), argv[2]
+    endpoint = argv[2]
     faiss.omp_set_num_threads(1)
-    index = open_index(path, rows=rows)
+    search = searcher(argv)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.bind(endpoint)
@@ -35,7 +53,7 @@ def main(argv: list[str]) -> int:
             if not body:
                 sock.send_multipart([ident, empty, b""])
                 return 0
-            _, found = index.search(np.frombuffer(body, dtype=np.float32)[None, :], 10)
+            found = search(np.frombuffer(body, dtype=np.float32)[None, :])
             sock.send_multipart([ident, empty, found.tobytes()])
     finally:
         sock.close(0)
