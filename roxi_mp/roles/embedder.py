@@ -155,7 +155,8 @@ class Embedder(Role):
         self.owner = f"{self.name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.push = protocol.configure(self.ctx.socket(zmq.PUSH), hwm=VECTORS_HWM)
         self.push.connect(self.cfg.endpoint("vectors"))
-        self.cores = ecfg.idle_workers or len(os.sched_getaffinity(0))
+        # Every core between the embedder processes (embedder.count) unless set.
+        self.cores = ecfg.idle_workers or max(1, len(os.sched_getaffinity(0)) // ecfg.count)
         self.workers = self.model.max_in_flight
         self.mode = "one" if self.model.local_compute else "service"
         capacity = max(self.model.max_in_flight, self.cores if self.model.local_compute else 1)

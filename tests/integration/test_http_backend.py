@@ -84,8 +84,11 @@ def test_a_chunk_that_always_fails_ends_failed_then_retry_failed_recovers(system
 
 
 def test_kill_9_embedder_with_requests_in_flight_loses_and_duplicates_nothing(system, make_config, fake, tmp_path):
-    cfg = http_config(make_config, fake, embedder__lease_seconds=2.0, http__timeout_seconds=5.0)
-    write_corpus(tmp_path / "docs", docs=40, words=600)
+    # 400 chunks in batches of 8: at 0.3 s a reply and max_in_flight requests at once, the
+    # ingest outlasts two kills and restarts
+    cfg = http_config(make_config, fake, embedder__lease_seconds=2.0, http__timeout_seconds=5.0,
+                      embedder__batch_size=8)
+    write_corpus(tmp_path / "docs", docs=100, words=600)
     fake.every(1, "slow:0.3")  # every reply takes a while: requests are in flight when we strike
     s = system(cfg)
     assert roxi(cfg, "ingest", str(tmp_path / "docs")).returncode == 0
