@@ -1,6 +1,7 @@
 """Text queries end to end against the model's own time, step by step (issue 21, acceptance 5).
 
     .venv/bin/python -m tests.bench.bench_text_query [--beir DIR] [--store ROOT] [--queries 300]
+        [--model-in-server]
 
 The store is SciFact's corpus (`../shared/beir/scifact`, BEIR layout, evaluation only: read
 from there, never copied) put over the documents endpoint and embedded by the system, or
@@ -19,7 +20,9 @@ alike while no path runs on caches another path's copy of the model has just fil
 - text query, dense and hybrid: `QueryClient.search(text, k=10)`, the reply's `took_ms`
   (time inside the query server) kept beside the client's time.
 
-The goal: text query p50 <= model alone p50 + 1 ms.
+The goal: text query p50 <= model alone p50 + 1 ms. `--model-in-server` runs the query
+server with `query.model_process = false` (the model in its own process: no round trip,
+but its runtime's memory stays after deep sleep), for comparison.
 """
 
 from __future__ import annotations
@@ -134,20 +137,20 @@ def measure_paths(s, texts: list[str]) -> dict:
             "over_model": {path: p50[path] - p50["model alone"] for path in ("text dense", "text hybrid")}}
 
 
-def measure(beir_dir: Path | None, store: Path | None, queries: int) -> dict:
+def measure(beir_dir: Path | None, store: Path | None, queries: int, *, model_in_server: bool = False) -> dict:
     root = Path(store) if store else temp_root("text-query")
     root.mkdir(parents=True, exist_ok=True)
     try:
         with bench_beir.running(root) as s:
             corpus = build(s, beir_dir)
-        with bench_beir.running(root) as s:
+        with bench_beir.running(root, query__model_process=not model_in_server) as s:
             with Store(s.cfg.db_path) as st:
                 chunks = st.stats().chunks
             out = measure_paths(s, texts_of(beir_dir, queries))
     finally:
         if not store:
             shutil.rmtree(root, ignore_errors=True)
-    return {**out, "corpus": corpus, "chunks": chunks}
+    return {**out, "corpus": corpus, "chunks": chunks, "model_in_server": model_in_server}
 
 
 def markdown(data: dict) -> str:
@@ -159,7 +162,8 @@ def markdown(data: dict) -> str:
                         for path, over in data["over_model"].items())
     return "\n".join([
         f"## Text queries vs the model ({data['corpus']}, {data['chunks']:,} chunks, "
-        f"{data['queries']} texts, MiniLM {data['compute']}, k 10 with text)", "",
+        f"{data['queries']} texts, MiniLM {data['compute']}, k 10 with text"
+        f"{', the model in the query server' if data.get('model_in_server') else ''})", "",
         table(["path", "p50 ms", "p99 ms", "inside the query server p50 ms", "vs model alone p50"], rows), "",
         f"text query p50 - model alone p50 (goal <= +{MARGIN_MS:g} ms): {verdict}"]) + "\n"
 
@@ -177,9 +181,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="SciFact in BEIR layout (absent: the sample corpus)")
     parser.add_argument("--store", type=Path, default=None, help="keep the system here for the next run")
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--model-in-server", action="store_true",
+                        help="query.model_process = false: the query model in the query server")
     args = parser.parse_args(argv)
     directory = args.beir if bench_beir.present(args.beir) else None
-    data = measure(directory, args.store, args.queries)
+    data = measure(directory, args.store, args.queries, model_in_server=args.model_in_server)
     md = markdown(data)
     path = write_results("text-query", {"machine": machine(), **data}, md)
     print(md)
