@@ -13,14 +13,16 @@ import itertools
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import zmq
 
 from . import keys, protocol
 from .config import Config
 from .errors import E_ERROR, NotRunning, ServerError, Timeout
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: default time to wait for a reply, seconds
 DEFAULT_TIMEOUT = 10.0
@@ -148,6 +150,7 @@ class QueryClient(Client):
         return self.call("query", text=text, k=k, with_text=with_text, **fields)
 
     def query_vector(self, vector: np.ndarray, *, k: int = 10, with_text: bool = True) -> list[dict]:
+        import numpy as np  # only a vector query needs it: the CLI and supervisor never do
         meta, buf = protocol.encode_array(np.asarray(vector, dtype=np.float32))
         reply, _ = self.call_raw("query", frames=[buf], k=k, with_text=with_text, **meta)
         return reply["hits"]

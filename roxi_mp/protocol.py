@@ -102,10 +102,9 @@ that does not parse is dropped by its receiver (the indexer counts and logs a ve
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import msgpack
-import numpy as np
 import zmq
 
 from .errors import (  # the codes are defined in errors (one table) and re-exported here
@@ -118,6 +117,9 @@ from .errors import (  # the codes are defined in errors (one table) and re-expo
     BadInput,
     RoxiError,
 )
+
+if TYPE_CHECKING:  # numpy is imported by the array codec when it runs: the supervisor and
+    import numpy as np  # the documents role never need it (deep sleep floors, issue 22)
 
 VERSION = 1
 
@@ -136,8 +138,8 @@ VECTORS_HEADER_BYTES = 1 << 20
 #: ops the supervisor publishes to roles; a role ignores those it has no use for
 ROLE_OPS = ("sleep", "wake", "work", "pause", "resume", "queries", "compact")
 
-#: dtypes a vector frame may carry (little-endian on the wire)
-VECTOR_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+#: dtypes a vector frame may carry: name -> numpy's little-endian type (as on the wire)
+VECTOR_DTYPES = {"float32": "<f4", "float16": "<f2"}
 
 
 class ProtocolError(BadInput):
@@ -228,6 +230,7 @@ def answer(frames: Sequence[bytes], handle: Callable[[dict, list[bytes]], dict],
 
 def encode_array(matrix: np.ndarray) -> tuple[dict, memoryview]:
     """Header fields and a raw little-endian buffer for a float16/float32 array."""
+    import numpy as np
     name = {np.dtype("float16"): "float16", np.dtype("float32"): "float32"}.get(matrix.dtype)
     if name is None:
         raise BadInput(f"arrays travel as float16 or float32, not {matrix.dtype}")
@@ -238,8 +241,9 @@ def encode_array(matrix: np.ndarray) -> tuple[dict, memoryview]:
 def decode_array(meta: dict, buffer: bytes | memoryview, *, dim: int | None = None,
                  max_rows: int = 1_000_000) -> np.ndarray:
     """Rebuild an array from its header fields and raw bytes, validating everything."""
+    import numpy as np
     name = meta.get("dtype")
-    dtype = VECTOR_DTYPES.get(name) if isinstance(name, str) else None
+    dtype = np.dtype(VECTOR_DTYPES[name]) if isinstance(name, str) and name in VECTOR_DTYPES else None
     if dtype is None:
         raise ProtocolError(E_BAD_REQUEST, f"dtype must be one of {sorted(VECTOR_DTYPES)}")
     shape = meta.get("shape")
@@ -330,6 +334,7 @@ def parse_generation_event(frames: Sequence[bytes], *, max_bytes: int = EVENT_BY
 def vectors_message(chunk_ids: Sequence[int], matrix: np.ndarray, *, model_id: str,
                     sender: str) -> list[bytes | memoryview]:
     """An embedded batch for the indexer: row i of `matrix` (sent as float16) is chunk_ids[i]."""
+    import numpy as np
     meta, buf = encode_array(np.asarray(matrix, dtype=np.float16))
     header = {"v": VERSION, "type": "vectors", "chunk_ids": list(chunk_ids), "model_id": model_id,
               "sender": sender, **meta}
@@ -350,7 +355,7 @@ def parse_vectors_message(frames: Sequence[bytes | memoryview], *, model_id: str
     _require(isinstance(ids, list) and len(ids) == matrix.shape[0]
              and all(_is_int(i) and 0 < i < 2**63 for i in ids),
              "chunk_ids must be a list of positive 64-bit integers, one per row")
-    return ids, matrix.astype(np.float16, copy=False)
+    return ids, matrix.astype("<f2", copy=False)
 
 
 def configure(sock: zmq.Socket, *, hwm: int, max_message_bytes: int | None = None) -> zmq.Socket:

@@ -25,11 +25,12 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 from .errors import NotFound
+
+if TYPE_CHECKING:  # imported where rows become arrays: the documents role never needs it
+    import numpy as np
 
 LIVE, PENDING_VERSION, DEAD = "live", "pending", "dead"
 #: chunk states added by documents that change (see roxi_mp.store_leases for the others)
@@ -280,6 +281,7 @@ class DocumentVersions:
             found = self.conn.execute(
                 "SELECT c.row FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE c.row >= ? AND c.row < ? "
                 "AND (c.state = 'dropped' OR d.status != 'live')", (start, stop)).fetchall()
+        import numpy as np
         return np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found))
 
     def changed_rows(self, since_seq: int, below: int) -> tuple[np.ndarray, np.ndarray]:
@@ -291,6 +293,7 @@ class DocumentVersions:
             "SELECT c.row, d.status = 'live' AND c.state != 'dropped' FROM documents d "
             "CROSS JOIN chunks c ON c.doc_id = d.id WHERE d.changed_seq > ? AND c.row IS NOT NULL AND c.row < ?",
             (since_seq, below)).fetchall()
+        import numpy as np
         rows = np.array([r[0] for r in found], dtype=np.int64)
         shown = np.array([bool(r[1]) for r in found], dtype=bool)
         return rows[~shown], rows[shown]

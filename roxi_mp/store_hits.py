@@ -30,8 +30,6 @@ import sqlite3
 import struct
 from typing import NamedTuple, Sequence
 
-import numpy as np
-
 from . import lexical
 
 log = logging.getLogger("roxi.query")
@@ -44,11 +42,11 @@ LEXICAL_SLACK = 20
 FREQUENCY_ENTRIES = 100_000
 #: a RowFields record: chunk id (0: no chunk holds the row), document id, position, page
 #: (-1: unknown) and heading (an index into RowFields.headings, 0: none)
-ROW_FIELDS = np.dtype([("chunk", "<i8"), ("doc", "<i8"), ("position", "<i4"), ("page", "<i4"), ("heading", "<i4")])
+#: (numpy's record type, built when rows are added: a process that never adds any, such as
+#: the documents role, never imports numpy)
+ROW_FIELDS = [("chunk", "<i8"), ("doc", "<i8"), ("position", "<i4"), ("page", "<i4"), ("heading", "<i4")]
 #: the same record for struct, which reads ten of them faster than numpy indexing
 _RECORD = struct.Struct("<qqiii")
-
-assert _RECORD.size == ROW_FIELDS.itemsize
 
 
 class Hit(NamedTuple):  # a tuple: the query server builds ten of them per query
@@ -273,12 +271,14 @@ class RowFields:
         for heading in {f[5] for f in found} - ids.keys():
             ids[heading] = len(self.headings)
             self.headings.append(heading)
+        import numpy as np
+        record = np.dtype(ROW_FIELDS)
         rows = np.fromiter((f[0] for f in found), dtype=np.int64, count=len(found))
         if rows.size and (rows.min() < self.built or rows.max() >= stop):
             raise ValueError(f"rows {rows.min()}..{rows.max()} are not all in [{self.built}, {stop})")
-        added = np.zeros(stop - self.built, dtype=ROW_FIELDS)
+        added = np.zeros(stop - self.built, dtype=record)
         added[rows - self.built] = np.array([(chunk_id, doc_id, position, -1 if page is None else page, ids[heading])
                                              for _, chunk_id, doc_id, position, page, heading in found],
-                                            dtype=ROW_FIELDS)
+                                            dtype=record)
         self.records += added.tobytes()
         self.built = stop
