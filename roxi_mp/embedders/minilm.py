@@ -116,21 +116,27 @@ def _pinned_error(
     return ConfigError(f"minilm {what} {path} has sha256 {actual}, expected {expected}")
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in blocks (OSError if it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _check_model(path: Path) -> None:
     """ConfigError unless the sha256 of the model file is MODEL_SHA256.
 
     Hashed in blocks and then loaded by path: onnxruntime keeps a model given as bytes
     alive for the session's life, 23 MB more than loading it from the file.
     """
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            while block := fh.read(HASH_BLOCK):
-                digest.update(block)
+        actual = file_sha256(path)
     except OSError as exc:
         raise _pinned_error("model", path, MODEL_SHA256, exc=exc) from None
-    if digest.hexdigest() != MODEL_SHA256:
-        raise _pinned_error("model", path, MODEL_SHA256, actual=digest.hexdigest())
+    if actual != MODEL_SHA256:
+        raise _pinned_error("model", path, MODEL_SHA256, actual=actual)
 
 
 def _read_tokenizer(path: Path) -> str:

@@ -141,14 +141,12 @@ def prepare(source_path: Path, target: Path | None = None) -> Path:
 
 
 def _sha256(path: Path) -> str | None:
-    digest = hashlib.sha256()
+    """The file's sha256, None when it cannot be read (missing: not prepared yet)."""
+    from .minilm import file_sha256  # minilm imports this module
     try:
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
+        return file_sha256(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def main() -> int:
