@@ -39,6 +39,9 @@ def print_roles(data: dict) -> None:
         up = f"{r['uptime']:.0f}s" if r.get("uptime") is not None else "-"
         click.echo(f"  {r['name']:<12} {r['state']:<9} pid {r['pid'] or '-':<8} up {up:<7} rss {rss:<10} "
                    f"cpu {cpu:<5} beat {beat:<6} restarts {r['restarts']}{mapped}")
+        if r["state"] == "suspended":
+            click.echo(f"      suspended {duration(r.get('suspended_seconds') or 0)} ago (deep sleep: no process); "
+                       f"started again when work appears ({r.get('resumes', 0)} resumes)")
         backoff = max(r.get("backoff_seconds") or 0, (r.get("backend") or {}).get("backoff_seconds") or 0)
         if backoff:
             click.echo(f"      backing off {backoff:.1f} s ({(r.get('backend') or {}).get('last_error') or 'service down'})")

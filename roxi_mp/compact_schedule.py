@@ -101,6 +101,17 @@ class Compactions:
         self.requested = True
         self.next_check = 0.0
 
+    def settled(self, store: Store) -> bool:
+        """Nothing running, asked, refused or due: the indexer may exit until work appears
+        (a compaction that is due, refused for the disk or waiting for its retry is not)."""
+        if self.running or self.requested or self.refused:
+            return False
+        vis = store.visibility()
+        if self.seen != tuple(vis):
+            self.dead, self.seen = store.dead_rows(), tuple(vis)
+        i = self.cfg.indexer
+        return not (self.dead >= i.compact_min_rows and self.dead > i.compact_dead_fraction * vis.rows)
+
     def step(self, store: Store) -> None:
         """Reap the child, clean up a little, or check whether one is due (never while
         READY or SWITCHING: the indexer drives those)."""

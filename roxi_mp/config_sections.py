@@ -164,6 +164,7 @@ class SupervisorSettings:
     ingest_sample_on_empty: bool = True
     sleep_poll_seconds: float = 5.0
     sleep_heartbeat_seconds: float = 10.0
+    suspend: bool = True
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
 

@@ -39,6 +39,9 @@ STORE = 7
 TIMEOUT = 8
 SERVER = 9
 BOOT_ERROR = 78  # sysexits EX_CONFIG, as gunicorn's WORKER_BOOT_ERROR
+#: a role's exit in deep sleep (issue 22): nothing to do, so nothing kept in memory; the
+#: supervisor starts it again when work appears (not a failure, not a stop)
+SUSPENDED = 85
 
 # Error codes: the "code" field of an error reply, and `RoxiError.code`.
 E_ERROR = "error"  #: a RoxiError with no more precise code

@@ -23,8 +23,8 @@ from .store import Store
 
 #: how often start/stop re-check while waiting, seconds
 POLL = 0.1
-#: role states that count as up
-READY_STATES = ("running", "asleep")
+#: role states that count as up ("suspended": exited in deep sleep, started again on work)
+READY_STATES = ("running", "asleep", "suspended")
 
 
 #: window over which `roxi progress` measures the indexing rate, seconds
@@ -210,6 +210,8 @@ def sleep_roles(cfg: Config, role: str | None, *, wake: bool, timeout: float = 1
     Status rows lag the roles by up to one heartbeat, so a row is believed only once its
     heartbeat sequence number has moved past the one seen when the request was sent.
     The indexer has nothing to unload and sleeps only when idle: it is not waited for.
+    A role that exits to sleep (suspended, issue 22) is done once gone; one suspended and
+    asked to wake is started by the supervisor, and waited for until it runs.
     """
     seen = {r["name"]: r.get("seq", 0) for r in control(cfg, "status")["roles"]}
     names = control(cfg, "wake" if wake else "sleep", role=role)["asked"]

@@ -95,6 +95,12 @@ class ChunkLeases:
             "SELECT c.id, d.source, c.error FROM chunks c JOIN documents d ON d.id = c.doc_id "
             "WHERE c.state='failed' ORDER BY c.id LIMIT ?", (limit,)).fetchall()
 
+    def unfinished(self, *, paused: bool = False) -> bool:
+        """Whether chunks are still on their way to a row: leased (an embedder has them),
+        to copy (the indexer's), or pending (unless `paused`: no embedder claims them)."""
+        states = "'leased', 'copy'" if paused else "'pending', 'leased', 'copy'"
+        return self.conn.execute(f"SELECT 1 FROM chunks WHERE state IN ({states}) LIMIT 1").fetchone() is not None
+
     def pending_count(self, *, now: float) -> int:
         pending = self.conn.execute("SELECT count(*) FROM chunks WHERE state='pending'").fetchone()[0]
         expired = self.conn.execute("SELECT count(*) FROM chunks WHERE state='leased' AND lease_expires < ?",

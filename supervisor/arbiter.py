@@ -9,6 +9,15 @@ blocks: a child's crash loop costs one poll timeout, never the control socket's 
 The clock and the process factory are injected (time.monotonic and subprocess.Popen by
 default), and the sockets are opened by `start` only, so tests drive `step(now)` and the
 control commands with fake processes and chosen times (tests/unit/test_arbiter.py).
+
+Suspended roles (issue 22): in deep sleep the embedders and the indexer exit with
+SUSPENDED instead of idling in memory. The arbiter starts them again (`resume`) when work
+appears: a work notice (`roxi ingest`, a documents-endpoint put), `roxi resume`,
+`roxi wake`, `roxi compact`, an embedder starting (its vectors need the indexer), and its
+own look at the store every `embedder.wake_check_seconds` while any is suspended
+(`look_for_work`: chunks pending, or for the indexer a change in what is visible, which
+may make a compaction due). A role that suspended itself for want of work is looked for
+at once, so a notice that reached it as it was leaving is not lost.
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ LOOP_TIMEOUT = 0.25
 #: stop order: the documents endpoint first (no put lands after the indexer flushed), then
 #: embedders (stop producing), then the indexer (flushes), then queries
 STOP_ORDER = ("documents", "embedder", "indexer", "query")
+#: states of a child that cost no CPU: the loop polls slowly when every child is in one
+QUIET_STATES = (ChildState.ASLEEP, ChildState.STOPPED, ChildState.FAILED, ChildState.SUSPENDED)
 #: signals the arbiter handles (queued by the handler, dispatched by the loop)
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP)
 
@@ -75,6 +86,8 @@ class Arbiter:
         self.poller = zmq.Poller()  # binds nothing: children's outputs join it without sockets
         self.store_counts = StoreCounts()
         self.dashboard: Dashboard | None = None
+        self.next_look = 0.0  # when to look at the store for suspended roles' work
+        self.visible_at_suspend: tuple | None = None  # the store's visibility when the indexer left
 
     # --- start -------------------------------------------------------------------
     def acquire(self) -> None:
@@ -138,6 +151,7 @@ class Arbiter:
         self.reap_children(now)
         self.kill_stalled_children(now)
         self.manage_children(now)
+        self.look_for_work(now)
         if self.backups is not None:
             self.backups.manage(now, stopping=self.shutdown_phase is not None)
         self.manage_shutdown(now)
@@ -163,7 +177,7 @@ class Arbiter:
     def loop_timeout(self) -> float:
         """Poll slowly while every role sleeps: the sleeping system should cost ~no CPU."""
         if self.shutdown_phase is None and self.children and all(
-                c.state in (ChildState.ASLEEP, ChildState.STOPPED, ChildState.FAILED) for c in self.children):
+                c.state in QUIET_STATES for c in self.children):
             return self.cfg.supervisor.sleep_poll_seconds
         return LOOP_TIMEOUT
 
@@ -201,6 +215,8 @@ class Arbiter:
                                      backups=cfg.supervisor.log_backups)
         child.spawned(proc, now)
         log.info("spawned %s (pid %d)", child.name, proc.pid)
+        if child.kind == "embedder":
+            self.resume("indexer", now, "an embedder started: its vectors need the indexer")
 
     def drain_output(self, child: Child, *, limit: int = 1 << 20) -> None:
         """Copy what the child wrote to its log; bounded so a flood cannot starve the loop."""
@@ -233,8 +249,14 @@ class Arbiter:
                 self.poller.unregister(child.proc.stdout.fileno())
                 child.proc.stdout.close()
             child.exited(code, now, shutting_down=self.shutdown_phase is not None)
-            level = logging.INFO if child.state is ChildState.STOPPED else logging.WARNING
+            level = logging.INFO if child.state in (ChildState.STOPPED, ChildState.SUSPENDED) else logging.WARNING
             log.log(level, "%s exited with %d -> %s", child.name, code, child.state.value)
+            if child.state is ChildState.SUSPENDED:
+                if child.kind == "indexer":
+                    self.visible_at_suspend = tuple(self.store.visibility()) if self.store is not None else None
+                # Gone for want of work: look at once (a notice may have reached it as it
+                # left). Asked to sleep: look when it would have, after wake_check_seconds.
+                self.next_look = now + self.cfg.embedder.wake_check_seconds if child.sleep_asked else now
 
     def kill_stalled_children(self, now: float) -> None:
         s = self.cfg.supervisor
@@ -262,6 +284,45 @@ class Arbiter:
         for child in self.children:
             if child.state is ChildState.BACKOFF and now >= child.next_start:
                 self.spawn_child(child, now)
+            elif child.queued and child.state in LIVE_STATES:  # asked of it while it was suspended
+                for op in child.queued:
+                    self.publish(child.name, op)
+                child.queued = []
+
+    def resume(self, target: str, now: float, why: str, *, then: str | None = None) -> list[Child]:
+        """Start the suspended children of `target` (a kind or a name) again; `then`: a
+        command each gets once ready. Returns those started."""
+        if self.shutdown_phase is not None:
+            return []
+        chosen = [c for c in self.children if target in (c.kind, c.name) and c.state is ChildState.SUSPENDED]
+        for child in chosen:
+            log.info("resuming %s: %s", child.name, why)
+            child.queued = [then] if then else []
+            self.spawn_child(child, now)
+        return chosen
+
+    def suspended(self, kind: str | None = None) -> bool:
+        """Whether a child (of `kind`) is suspended."""
+        return any(c.state is ChildState.SUSPENDED and kind in (None, c.kind) for c in self.children)
+
+    def look_for_work(self, now: float, *, force: bool = False) -> None:
+        """While a role is suspended, look at the store for its work now and then: pending
+        chunks (the embedders, and the indexer that commits their vectors), chunks to copy,
+        or a change in what is visible since the indexer left (a delete may make a
+        compaction due; the indexer decides)."""
+        if self.shutdown_phase is not None or self.store is None or not (force or now >= self.next_look):
+            return
+        if not self.suspended():
+            return
+        self.next_look = now + self.cfg.embedder.wake_check_seconds
+        paused = self.store.paused()
+        if self.suspended("embedder") and not paused and self.store.pending_count(now=time.time()) > 0:
+            self.resume("embedder", now, "chunks are pending")  # the indexer follows (spawn_child)
+        if self.suspended("indexer"):
+            if self.store.unfinished(paused=paused):
+                self.resume("indexer", now, "chunks are on their way to rows")
+            elif tuple(self.store.visibility()) != self.visible_at_suspend:
+                self.resume("indexer", now, "documents changed: a compaction may be due")
 
     def kill_child(self, child: Child, now: float) -> None:
         """SIGTERM now, SIGKILL at the end of the grace period if it is still there."""
@@ -324,13 +385,31 @@ class Arbiter:
             self.commands.send_multipart(protocol.role_command(target, op), zmq.NOBLOCK)
 
     def publish_work(self) -> None:
-        """New chunks are pending: embedders look at once, the indexer for vectors to copy."""
+        """New chunks are pending: embedders look at once, the indexer for vectors to copy;
+        suspended ones are started (embedders only if not paused: they would claim nothing)."""
+        now = self.clock()
+        self.resume("indexer", now, "work was added")
+        if self.suspended("embedder") and (self.store is None or not self.store.paused()):
+            self.resume("embedder", now, "work was added")
         self.publish("embedder", "work")
         self.publish("indexer", "work")
 
+    def resume_processing(self) -> None:
+        """`roxi resume`: suspended embedders start again if chunks are pending."""
+        self.look_for_work(self.clock(), force=True)
+        self.publish("embedder", "resume")
+
     def sleep_roles(self, target: str | None, *, wake: bool) -> list[str]:
+        """Ask roles to sleep or to wake (prewarm). A suspended role asked to wake is
+        started: a fresh one is awake, its model loaded. One asked to sleep that is
+        suspended already has nothing more to give back."""
         chosen = self.select(target) if target else self.children
+        now = self.clock()
         for child in chosen:
+            if wake and child.state is ChildState.SUSPENDED:
+                self.resume(child.name, now, "asked to wake")
+                continue
+            child.sleep_asked = not wake
             self.publish(child.name, "wake" if wake else "sleep")
         return [c.name for c in chosen]
 

@@ -10,7 +10,9 @@ The restart policy is capped exponential backoff that resets after a stable run,
 flapping detection: `flap_count` failures within `flap_window_seconds` put the child in
 FAILED, where it stays until an operator restarts it. A child that exits with BOOT_ERROR
 goes straight to FAILED: it cannot start until something is fixed, so respawning it is a
-tight loop that helps no one.
+tight loop that helps no one. A child that exits with SUSPENDED (a role in deep sleep with
+nothing to do, issue 22) is SUSPENDED: neither failed nor stopped, no backoff, no restart
+counted; the arbiter starts it again (`resumed`) when work appears for it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import collections
 import enum
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ import psutil
 
 from roxi_mp.compact import is_vectors_file
 from roxi_mp.config import RestartSettings
-from roxi_mp.errors import BOOT_ERROR
+from roxi_mp.errors import BOOT_ERROR, SUSPENDED
 from roxi_mp.logs import RotatingLog, tail
 from roxi_mp.memory import Mapped, mapped_where
 
@@ -42,6 +45,7 @@ class ChildState(enum.Enum):
     FAILED = "failed"
     ASLEEP = "asleep"  # running, and in deep sleep by its own report
     RESTARTING = "restarting"  # an operator restart: stopping, then respawned at once
+    SUSPENDED = "suspended"  # exited in deep sleep with nothing to do; started again on work
 
     @property
     def shown(self) -> str:
@@ -61,6 +65,9 @@ def mapped_vectors(pid: int, data_dir: Path) -> Mapped:
     prefix = os.path.realpath(data_dir) + "/"  # /proc names the resolved path
     return mapped_where(pid, lambda path: path.startswith(prefix) and is_vectors_file(path[len(prefix):]))
 
+
+#: heartbeat fields a suspended child's status row keeps from its last process
+KEPT_SUSPENDED = ("compaction", "model_id")
 
 #: module under roxi_mp.roles of each role kind
 MODULES = {"embedder": "embedder", "indexer": "indexer", "query": "query_server", "documents": "documents"}
@@ -83,6 +90,11 @@ class Child:
     failures: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
     backoff: float = 0.0
     sink: RotatingLog | None = None  # the child's log file, fed from its stdout pipe
+    resumes: int = 0  # starts out of SUSPENDED (not restarts: nothing failed)
+    suspended_at: float = 0.0  # monotonic time of the last suspension
+    suspended_since: float = 0.0  # and the same in wall-clock time, for status
+    sleep_asked: bool = False  # an operator asked this process to sleep (`roxi sleep`)
+    queued: list[str] = field(default_factory=list)  # commands to send once it is ready
     _ps: psutil.Process | None = None
 
     @property
@@ -97,8 +109,11 @@ class Child:
         self.state = state
 
     def spawned(self, proc: subprocess.Popen, now: float) -> None:
-        if self.exit_code is not None:  # an earlier process of this child exited: a restart
+        if self.state is ChildState.SUSPENDED:
+            self.resumes += 1
+        elif self.exit_code is not None:  # an earlier process of this child exited: a restart
             self.restarts += 1
+        self.sleep_asked = False
         self.proc = proc
         self.started = self.last_beat = now
         self.kill_at = None
@@ -121,6 +136,13 @@ class Child:
             return
         if code == BOOT_ERROR:
             self._set_state(ChildState.FAILED)
+            return
+        if code == SUSPENDED:
+            self.suspended_at, self.suspended_since = now, time.time()
+            # What the process said of itself (a loaded model, counts) left with it; what
+            # the store keeps anyway (the compactions) stays in status.
+            self.info = {k: v for k, v in self.info.items() if k in KEPT_SUSPENDED}
+            self._set_state(ChildState.SUSPENDED)
             return
         s = self.settings
         if now - self.started >= s.stable_seconds:
@@ -191,6 +213,11 @@ class Child:
                     self._mapped = (self.proc.pid, now, mapped_vectors(self.proc.pid, vectors_dir))
                 held = self._mapped[2]
                 row["mapped_bytes"], row["mapped_rss"] = held.size, held.rss
+        if self.state is ChildState.SUSPENDED:
+            row["suspended_since"] = round(self.suspended_since, 1)
+            row["suspended_seconds"] = round(now - self.suspended_at, 1)
+        if self.resumes:
+            row["resumes"] = self.resumes
         if self.state is ChildState.BACKOFF:
             row["restart_in"] = round(max(0.0, self.next_start - now), 2)
         if self.state is ChildState.FAILED and self.sink is not None:

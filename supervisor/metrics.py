@@ -24,7 +24,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: chunk states exported (the store's counts)
 CHUNK_STATES = ("pending", "leased", "indexed", "failed")
 #: the states a process row may show
-ROLE_STATES = ("starting", "running", "asleep", "backoff", "stopping", "stopped", "failed")
+ROLE_STATES = ("starting", "running", "asleep", "suspended", "backoff", "stopping", "stopped", "failed")
 
 
 def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -11,7 +11,10 @@ logic and tests can call `loop(now)`, or `Runner.step(now)`, directly with a cho
 - a heartbeat goes to the supervisor every `heartbeat_seconds` (the first one is READY),
   and at once when the role's state changes;
 - an error during `initialize()` that retrying cannot fix exits with BOOT_ERROR, so the
-  supervisor stops respawning it.
+  supervisor stops respawning it;
+- a role in deep sleep with nothing left to do sets `suspend`: the process exits with
+  SUSPENDED, giving all its memory back, and the supervisor starts it again when work
+  appears (issue 22: a process that unloads a model keeps tens of MB of its runtime).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import zmq
 
 from .. import config as config_mod
 from .. import protocol
-from ..errors import BOOT_ERROR, ConfigError, RoxiError, StoreError
+from ..errors import BOOT_ERROR, SUSPENDED, ConfigError, RoxiError, StoreError
 from ..process import child_parser, die_with_parent
 
 log = logging.getLogger("roxi")
@@ -58,6 +61,9 @@ class Role:
         # Set by a role to send its next heartbeat after this step rather than when due
         # (the query server's first query after a quiet spell: the embedders yield at once).
         self.beat_soon = False
+        # Set by a role asleep with nothing in hand and nothing due (and supervisor.suspend
+        # on): the Runner ends after this step and the process exits with SUSPENDED.
+        self.suspend = False
         self.step_now = 0.0  # the `now` of the step running (the Runner's clock, maybe a test's)
         # Set by the Runner: readable once a stop signal came. A wait that polls it ends at
         # once on SIGTERM (pyzmq resumes a poll interrupted by a signal: without it a role
@@ -253,10 +259,14 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
     try:
         code = runner.boot()
         if code == 0:
-            while not stop["flag"] and runner.step(time.monotonic()):
+            while not stop["flag"] and runner.step(time.monotonic()) and not runner.role.suspend:
                 pass
             runner.role.stopping = True
-            log.info("%s stopping", args.name)
+            if runner.role.suspend and not stop["flag"]:
+                code = SUSPENDED
+                log.info("%s suspended: nothing to do; the supervisor starts it again on work", args.name)
+            else:
+                log.info("%s stopping", args.name)
     except RoxiError as exc:
         log.error("%s failed: %s", args.name, exc)
         code = 1

@@ -19,8 +19,10 @@ embedder backs off, probing with ever smaller batches: an outage must not mark t
 corpus failed, and a bad chunk in the very first batch must still be found.
 
 Idle for `idle_seconds` (nothing claimed, nothing in flight, nothing waiting for the
-indexer), the embedder unloads its model and sleeps, looking for work every
-`wake_check_seconds` with a count query, or at once when `roxi ingest` notifies it. Asked
+indexer), the embedder sleeps: it exits (SUSPENDED, `supervisor.suspend`), and the
+supervisor starts it again when work appears; with `suspend = false` it unloads its model
+and stays, looking for work every `wake_check_seconds` with a count query, or at once when
+`roxi ingest` notifies it. Asked
 to sleep with work in hand, it drains first: claims nothing more, finishes and hands on
 what it has, and reports `running` until then. It yields to query traffic (smaller
 batches, pauses) and to a machine busy with other work.
@@ -339,6 +341,11 @@ class Embedder(Role):
             return
         self.state = EState.ASLEEP
         self.next_check = now + self.cfg.embedder.wake_check_seconds
+        if self.cfg.supervisor.suspend:
+            # An unloaded model leaves ~50 MB of its runtime behind: exit instead (SUSPENDED).
+            self.suspend = True
+            log.info("asleep (no work for %.0f s): exiting until there is work", now - self.last_work)
+            return
         self._unload()
         log.info("asleep (no work for %.0f s): model unloaded", now - self.last_work)
 

@@ -6,6 +6,10 @@ fsync, one SQLite transaction, header) and publishes `(generation, rows)` to the
 server. On start it truncates rows a crashed commit left past `committed_rows`; those
 chunks were never marked and are embedded again when their leases expire. Received batches
 are grouped for up to `commit_max_ms` or `commit_max_rows` so one fsync serves many.
+
+Idle for `embedder.idle_seconds`, it reports asleep; asleep with nothing of its own due
+(`_settled`) it exits (SUSPENDED, `supervisor.suspend`) and the supervisor starts it again
+when chunks are pending, a compaction may be due or it is asked for one.
 """
 
 from __future__ import annotations
@@ -157,6 +161,19 @@ class Indexer(Role):
             # supervisor slow down once every role is idle.
             self.state = IState.ASLEEP
             memory.release()
+        if self.state is IState.ASLEEP and self.cfg.supervisor.suspend and self._settled():
+            self.suspend = True  # exit (SUSPENDED): the supervisor starts us again on work
+
+    def _settled(self) -> bool:
+        """Nothing in hand and nothing of our own due: no rows to commit, no build or
+        compaction running or due, and no chunk on its way to a row (leased by an embedder,
+        to copy, or pending while not paused). Asleep, asked at most once a poll."""
+        if self.pending or self.commit_failures or self.builds.proc is not None or self.compactions.running:
+            return False
+        i, rows = self.cfg.indexer, self.writer.rows
+        if i.index != "exact" and rows >= i.ann_min_rows and rows > self.builds.covered:
+            return False  # the rows not yet covered get their build (ann_update_seconds)
+        return self.compactions.settled(self.store) and not self.store.unfinished(paused=self.store.paused())
 
     def _compact(self, now: float) -> None:
         """Drive the compactions; when one is ready to switch, switch between two commits."""

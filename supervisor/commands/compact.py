@@ -5,7 +5,8 @@ the indexer's last heartbeat says whether one runs, and the disk check the index
 (roxi_mp.compact_schedule.disk_refusal) refuses one the disk cannot hold, as a `busy`
 error with the reason. An accepted request counts as running for a few heartbeats, until
 the indexer reports it (or restarts, or reports an outcome: a finished, failed or refused
-compaction), so a second request meanwhile never asks for a second compaction.
+compaction), so a second request meanwhile never asks for a second compaction. A suspended
+indexer (deep sleep, issue 22) is started for it and asked once it is ready.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import weakref
 from roxi_mp.compact_schedule import disk_refusal
 from roxi_mp.errors import Busy
 
-from ..child import LIVE_STATES
+from ..child import LIVE_STATES, ChildState
 
 NAME = "compact"
 HELP = "compact the store now: a new vectors file of the live rows, SQLite space given back"
@@ -29,7 +30,8 @@ _asked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def execute(arbiter, msg: dict) -> dict:
     indexer = next((c for c in arbiter.children if c.kind == "indexer"), None)
-    if indexer is None or indexer.state not in LIVE_STATES:
+    suspended = indexer is not None and indexer.state is ChildState.SUSPENDED
+    if indexer is None or not (indexer.state in LIVE_STATES or suspended):
         state = indexer.state.shown if indexer is not None else "absent"
         raise Busy(f"the indexer is {state}: a compaction needs it running")
     info = indexer.info.get("compaction") or {}
@@ -46,7 +48,11 @@ def execute(arbiter, msg: dict) -> dict:
     refusal = disk_refusal(arbiter.cfg, live_rows=rows - dead, dim=model[1])
     if refusal is not None:
         raise Busy(refusal)
-    arbiter.publish("indexer", "compact")
+    if suspended:  # started for it, and asked once ready (the new process is what is watched)
+        arbiter.resume("indexer", now, "a compaction was asked for", then="compact")
+        said = (indexer.pid, *said[1:])
+    else:
+        arbiter.publish("indexer", "compact")
     _asked[arbiter] = (now, said)
     return {"started": True, "running": True,
             "message": f"compaction started: {dead} dead of {rows} rows to reclaim"}

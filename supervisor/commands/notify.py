@@ -17,6 +17,8 @@ def execute(arbiter, msg: dict) -> dict:
         raise BadInput(f"notify takes one of {', '.join(EVENTS)}, not {event!r}")
     if event == "work":
         arbiter.publish_work()  # the indexer too: chunks it copies rather than an embedder buys
+    elif event == "resume":
+        arbiter.resume_processing()  # suspended embedders start again if chunks are pending
     else:
         arbiter.publish("embedder", event)
     return {"notified": event}

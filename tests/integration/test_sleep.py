@@ -1,5 +1,7 @@
 """Deep sleep with real processes (issue 4's acceptance): memory back to the floor, lazy
-wake, an embedder that sleeps and wakes on ingest, a sleeping system that costs no CPU."""
+wake, an embedder that sleeps and wakes on ingest, a sleeping system that costs no CPU;
+and issue 22's: embedders and the indexer exit in deep sleep (suspended) and come back on
+work, and the whole system asleep fits in 110 MB."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 import psutil
 import pytest
 
+from roxi_mp.ingest import ingest_paths
 from roxi_mp.memory import mapped, maps_file
 from roxi_mp.service import READY_STATES
 from roxi_mp.store import Store
@@ -44,6 +47,28 @@ def wait_asleep(s, name: str, timeout: float = PATIENCE, *, sleeps_above: int | 
         return row["state"] == "asleep" and (sleeps_above is None or row.get("sleeps", 0) > sleeps_above)
 
     s.wait_for(asleep, timeout=timeout, what=f"{name} asleep")
+
+
+#: states of a role in whole-system deep sleep
+SLEEPING = ("asleep", "suspended")
+
+
+def wait_suspended(s, *names: str, timeout: float = PATIENCE) -> None:
+    s.wait_for(lambda: all(s.role(n)["state"] == "suspended" for n in names), timeout=timeout,
+               what=f"{', '.join(names)} suspended")
+
+
+def total_rss(data_dir) -> tuple[int, dict[str, int]]:
+    """The RSS of every process of this data directory, from /proc, and each by command line."""
+    each = {}
+    for p in roxi_processes(data_dir):
+        try:
+            cmd = p.cmdline()
+            name = cmd[cmd.index("--name") + 1] if "--name" in cmd else " ".join(cmd[1:3])
+            each[f"{name}[{p.pid}]"] = p.memory_info().rss
+        except (psutil.Error, ValueError):
+            continue
+    return sum(each.values()), each
 
 
 @pytest.fixture
@@ -93,13 +118,14 @@ def test_sleeps_by_itself_after_idle_seconds(system, make_config):
 
 
 def test_sleeping_embedder_holds_no_model_and_wakes_on_ingest(system, make_config, tmp_path):
-    """Acceptance 3: asleep, the embedder's model is unloaded; `roxi ingest` wakes it at once.
+    """Acceptance 3: asleep, the embedder's model is unloaded (suspend off: it stays up);
+    `roxi ingest` wakes it at once.
 
     "At once" means woken by the ingest's notification, not by its own check 60 s later:
     under 1 s on an idle machine, but bounded here by 20 s, which a loaded machine's slow
     commits (fsync) cannot exceed and the 60 s check cannot meet.
     """
-    cfg = make_config(embedder__idle_seconds=0.5, embedder__wake_check_seconds=60.0)
+    cfg = make_config(embedder__idle_seconds=0.5, embedder__wake_check_seconds=60.0, supervisor__suspend=False)
     write_corpus(tmp_path / "a", docs=5, words=300, seed=1)
     write_corpus(tmp_path / "b", docs=5, words=300, seed=2)
     s = system(cfg)
@@ -116,9 +142,71 @@ def test_sleeping_embedder_holds_no_model_and_wakes_on_ingest(system, make_confi
     assert took < 20.0, f"picked up {took:.2f} s after ingest (wake_check_seconds is 60)"
 
 
+def test_suspended_roles_exit_and_come_back_on_ingest(system, make_config, tmp_path):
+    """Issue 22: idle, the embedder and the indexer exit (suspended: no process, not
+    failed, no restart counted); `roxi ingest` starts them again at once (the notice, not
+    the store look 60 s later), and the new chunks are committed."""
+    cfg = make_config(embedder__idle_seconds=0.5, embedder__wake_check_seconds=60.0)
+    write_corpus(tmp_path / "a", docs=5, words=300, seed=1)
+    write_corpus(tmp_path / "b", docs=5, words=300, seed=2)
+    s = system(cfg)
+    assert roxi(cfg, "ingest", str(tmp_path / "a")).returncode == 0
+    s.wait_indexed(s.stats().chunks)
+    wait_suspended(s, "embedder-1", "indexer")
+    for name in ("embedder-1", "indexer"):
+        row = s.role(name)
+        assert row["pid"] is None and row["restarts"] == 0 and row["exit_code"] == 85
+        assert row["suspended_seconds"] >= 0 and row["suspended_since"] <= time.time()
+    out = roxi(cfg, "status").stdout
+    assert "suspended" in out and "started again when work appears" in out
+    assert len(scan(s)) == 10  # queries need neither of them
+    assert roxi(cfg, "ingest", str(tmp_path / "b")).returncode == 0
+    ingested = time.monotonic()
+    s.wait_indexed(s.stats().chunks, timeout=PATIENCE)
+    took = time.monotonic() - ingested
+    assert took < 20.0, f"picked up {took:.2f} s after ingest (wake_check_seconds is 60)"
+    for name in ("embedder-1", "indexer"):
+        assert s.role(name)["resumes"] >= 1 and s.role(name)["restarts"] == 0
+    wait_suspended(s, "embedder-1", "indexer")  # and gone again once idle
+
+
+def test_the_store_look_finds_work_added_behind_the_supervisors_back(system, make_config, tmp_path):
+    """Chunks added with no notice (a crashed `roxi ingest`, a lease of a dead embedder
+    lapsing) are found by the supervisor's look every wake_check_seconds."""
+    cfg = make_config(embedder__idle_seconds=0.5, embedder__wake_check_seconds=1.0)
+    s = system(cfg)
+    wait_suspended(s, "embedder-1", "indexer")
+    write_corpus(tmp_path / "a", docs=3, words=200, seed=4)
+    with Store.open(cfg) as store:  # the library call: no notice to the supervisor
+        ingest_paths(store, [tmp_path / "a"], chunk_words=cfg.store.chunk_words, chunk_overlap=cfg.store.chunk_overlap,
+                     max_document_bytes=cfg.store.max_document_bytes)
+    s.wait_indexed(s.stats().chunks, timeout=PATIENCE)
+    assert s.role("embedder-1")["resumes"] >= 1
+
+
+def test_sleep_and_wake_with_suspended_roles(system, make_config):
+    """`roxi sleep` makes the embedder and (once idle) the indexer exit; `roxi wake` starts
+    the embedder again with its model loaded; `roxi stop` and `restart` keep their rules."""
+    cfg = make_config(embedder__idle_seconds=2.0)
+    s = system(cfg)
+    result = roxi(cfg, "sleep")
+    assert result.returncode == 0, result.stderr
+    wait_suspended(s, "embedder-1", "indexer")
+    assert s.role("query")["state"] == "asleep"
+    result = roxi(cfg, "wake", "embedder")
+    assert result.returncode == 0, result.stderr
+    row = s.role("embedder-1")
+    assert row["state"] == "running" and row["model_loaded"] is True and row["resumes"] == 1
+    assert roxi(cfg, "stop", "embedder").returncode == 0
+    s.wait_for(lambda: s.role("embedder-1")["state"] == "stopped", timeout=PATIENCE, what="embedder stopped")
+    assert roxi(cfg, "restart", "embedder").returncode == 0
+    assert s.role("embedder-1")["state"] in READY_STATES and s.role("embedder-1")["restarts"] == 1
+
+
 def test_embedder_floor_when_asleep(system, make_config, tmp_path):
-    """The sleeping embedder's RSS is back near a fresh embedder's after real work."""
-    cfg = make_config(embedder__idle_seconds=0.5, hashing__dim=1024)
+    """The sleeping embedder's RSS is back near a fresh embedder's after real work (suspend
+    off: it stays up; on, it holds nothing at all)."""
+    cfg = make_config(embedder__idle_seconds=0.5, hashing__dim=1024, supervisor__suspend=False)
     s = system(cfg)
     floor = rss(s.pid("embedder-1"))
     write_corpus(tmp_path / "docs", docs=200, words=700)
@@ -134,9 +222,9 @@ def test_whole_system_sleep_costs_under_one_percent_cpu(system, make_config):
     populate(cfg, rows=1000)
     s = system(cfg)
     scan(s)
-    s.wait_for(lambda: all(r["state"] == "asleep" for r in s.status()["roles"]), timeout=PATIENCE,
-               what="every role asleep")
-    procs = [psutil.Process(s.proc.pid)] + [psutil.Process(r["pid"]) for r in s.status()["roles"]]
+    s.wait_for(lambda: all(r["state"] in SLEEPING for r in s.status()["roles"]), timeout=PATIENCE,
+               what="every role asleep or suspended")
+    procs = [psutil.Process(s.proc.pid)] + [psutil.Process(r["pid"]) for r in s.status()["roles"] if r["pid"]]
 
     def cpu() -> float:
         return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
@@ -144,7 +232,7 @@ def test_whole_system_sleep_costs_under_one_percent_cpu(system, make_config):
     start_cpu, start = cpu(), time.monotonic()
     time.sleep(60)
     used = (cpu() - start_cpu) / (time.monotonic() - start)
-    assert all(r["state"] == "asleep" for r in s.status()["roles"])
+    assert all(r["state"] in SLEEPING for r in s.status()["roles"])
     assert used < 0.01, f"{used * 100:.2f} % of one core while asleep"
 
 
@@ -238,3 +326,23 @@ def test_model_process_dies_with_a_killed_supervisor(system, make_config):
     s.proc.wait(timeout=PATIENCE)
     wait_until(lambda: model_processes(cfg) == [] and roxi_processes(cfg.data_dir) == [],
                timeout=PATIENCE, what="every child gone after its supervisor")
+
+
+def test_whole_system_asleep_fits_in_110_mb(system, make_config):
+    """Issue 22, acceptance 1: the MiniLM system on the sample corpus, after real work (the
+    sample embedded, text queries answered) and `roxi sleep`: every roxi process together
+    (read from /proc) holds <= 110 MB; and a query while everything sleeps answers."""
+    cfg = make_config(embedder__backend="minilm", supervisor__ingest_sample_on_empty=True,
+                      embedder__idle_seconds=2.0)
+    s = system(cfg)
+    s.wait_indexed(s.stats().chunks, timeout=180)
+    first = scan(s, "heart attack", k=3)
+    result = roxi(cfg, "sleep")
+    assert result.returncode == 0, result.stderr
+    wait_suspended(s, "embedder-1", "indexer")
+    s.wait_for(lambda: all(r["state"] in SLEEPING for r in s.status()["roles"]), timeout=PATIENCE,
+               what="every role asleep or suspended")
+    wait_until(lambda: model_processes(cfg) == [], timeout=PATIENCE, what="the query model process gone")
+    total, each = total_rss(cfg.data_dir)
+    assert total <= 110 * MB, f"{total / MB:.1f} MB asleep: " + ", ".join(f"{k} {v / MB:.1f}" for k, v in each.items())
+    assert [h["chunk_id"] for h in scan(s, "heart attack", k=3)] == [h["chunk_id"] for h in first]

@@ -15,8 +15,9 @@ import signal
 
 import pytest
 
-from roxi_mp.errors import BadInput
+from roxi_mp.errors import SUSPENDED, BadInput
 from roxi_mp.store import Stats
+from supervisor import commands
 from supervisor.arbiter import LOOP_TIMEOUT, STOP_ORDER, Arbiter
 from supervisor.child import ChildState
 
@@ -96,6 +97,21 @@ class Clock:
 class FakeStore:
     def __init__(self) -> None:
         self.counted = 0
+        self.pending, self.on_the_way, self.is_paused, self.seq = 0, False, False, 1
+        self.looks = 0  # pending-count queries
+
+    def paused(self) -> bool:
+        return self.is_paused
+
+    def pending_count(self, *, now: float) -> int:
+        self.looks += 1
+        return self.pending
+
+    def unfinished(self, *, paused: bool = False) -> bool:
+        return self.on_the_way
+
+    def visibility(self) -> tuple:
+        return (0, self.seq, 5)
 
     def stats(self) -> Stats:
         self.counted += 1
@@ -135,6 +151,8 @@ class Rig:
         self.arbiter = Arbiter(cfg, clock=self.clock, popen=self.popen)
         self.arbiter.store = FakeStore()
         self.arbiter.backups = FakeBackups()
+        self.sent: list[tuple[str, str]] = []  # commands published to roles (no socket here)
+        self.arbiter.publish = lambda target, op: self.sent.append((target, op))
         self.arbiter.spawn_children(self.clock())
         self.silent: set[str] = set()  # children that send no heartbeat (hung)
 
@@ -159,6 +177,12 @@ class Rig:
         for child in self.arbiter.children:
             if child.proc is not None and child.name not in self.silent:
                 child.beat({"state": "running", "pid": child.pid}, self.clock.now)
+
+    def suspend(self, *names: str) -> None:
+        """The roles exit in deep sleep (SUSPENDED), then one loop step."""
+        for name in names:
+            self.proc(name).exit(SUSPENDED)
+        self.arbiter.step(self.clock.now)
 
     def crash(self, name: str, code: int = -signal.SIGKILL) -> None:
         self.proc(name).exit(code)
@@ -451,3 +475,143 @@ def test_the_loop_polls_slowly_only_while_every_role_sleeps(rig):
 
 def test_cleanup_of_an_arbiter_that_never_started(make_config):
     Arbiter(make_config()).cleanup()  # every attribute exists from __init__: nothing to probe
+
+
+# --- suspended roles (issue 22) --------------------------------------------------------
+SLEEPERS = ("indexer", "embedder-1", "embedder-2")
+
+
+def spawns(r: Rig, name: str) -> int:
+    return len(r.popen.of(name))
+
+
+def test_a_suspended_exit_is_neither_a_failure_nor_a_stop(rig):
+    r = rig()
+    r.suspend(*SLEEPERS)
+    r.run(60.0)  # far past any backoff: nothing is respawned without work
+    for name in SLEEPERS:
+        row = r.row(name)
+        assert r.child(name).state is ChildState.SUSPENDED and spawns(r, name) == 1
+        assert row["state"] == "suspended" and row["pid"] is None and row["restarts"] == 0
+        assert row["suspended_seconds"] == pytest.approx(60.0, abs=0.5) and row["suspended_since"] > 0
+    for name in ("query", "documents"):
+        r.child(name).beat({"state": "asleep"}, r.clock.now)
+    assert r.arbiter.loop_timeout() == r.arbiter.cfg.supervisor.sleep_poll_seconds  # the system costs no CPU
+
+
+def test_work_resumes_the_suspended_embedders_and_the_indexer(rig):
+    r = rig()
+    r.suspend(*SLEEPERS)
+    commands.dispatch(r.arbiter, {"op": "notify", "event": "work"})
+    r.run(0.5)
+    for name in SLEEPERS:
+        assert spawns(r, name) == 2 and r.child(name).state is ChildState.RUNNING
+        assert r.row(name)["restarts"] == 0 and r.row(name)["resumes"] == 1
+
+
+def test_work_while_paused_resumes_only_the_indexer(rig):
+    r = rig()
+    r.suspend(*SLEEPERS)
+    r.arbiter.store.is_paused = True
+    commands.dispatch(r.arbiter, {"op": "notify", "event": "work"})
+    assert spawns(r, "indexer") == 2  # chunks to copy are the indexer's, paused or not
+    assert spawns(r, "embedder-1") == spawns(r, "embedder-2") == 1
+    r.arbiter.store.is_paused, r.arbiter.store.pending = False, 3
+    commands.dispatch(r.arbiter, {"op": "notify", "event": "resume"})  # `roxi resume`
+    assert spawns(r, "embedder-1") == spawns(r, "embedder-2") == 2
+
+
+def test_the_store_is_looked_at_for_pending_chunks_while_suspended(rig):
+    r = rig()
+    r.suspend(*SLEEPERS)  # gone for want of work: looked for at once, nothing found
+    looks = r.arbiter.store.looks
+    assert looks >= 1
+    r.arbiter.store.pending = 3  # added behind the supervisor's back (no notice)
+    r.run(r.arbiter.cfg.embedder.wake_check_seconds - 1.0)
+    assert spawns(r, "embedder-1") == 1 and r.arbiter.store.looks == looks  # not yet due
+    r.run(1.5)
+    assert spawns(r, "embedder-1") == spawns(r, "embedder-2") == spawns(r, "indexer") == 2
+
+
+def test_a_notice_that_reached_a_leaving_role_is_not_lost(rig):
+    r = rig()
+    r.arbiter.store.pending = 2  # a put landed as the embedder decided it had nothing to do
+    r.suspend("embedder-1")
+    assert spawns(r, "embedder-1") == 2
+
+
+def test_a_role_asked_to_sleep_is_looked_for_only_after_wake_check_seconds(rig):
+    r = rig()
+    r.arbiter.store.pending = 5  # `roxi sleep` in the middle of an ingest
+    r.arbiter.sleep_roles(None, wake=False)
+    r.suspend("embedder-1", "embedder-2")
+    r.run(r.arbiter.cfg.embedder.wake_check_seconds - 1.0)
+    assert spawns(r, "embedder-1") == 1  # asleep as asked, for now
+    r.run(1.5)
+    assert spawns(r, "embedder-1") == 2  # as an embedder asleep in memory would have woken
+
+
+def test_the_indexer_is_resumed_for_chunks_on_their_way_or_a_visible_change(rig):
+    r = rig()
+    r.suspend("indexer")
+    wait = r.arbiter.cfg.embedder.wake_check_seconds + 0.5
+    r.run(wait)
+    assert spawns(r, "indexer") == 1
+    r.arbiter.store.seq += 1  # a delete: a compaction may be due, the indexer decides
+    r.run(wait)
+    assert spawns(r, "indexer") == 2
+    r.run(0.5)
+    r.suspend("indexer")
+    r.arbiter.store.on_the_way = True  # e.g. chunks to copy
+    r.run(wait)
+    assert spawns(r, "indexer") == 3
+
+
+def test_an_embedder_started_by_hand_brings_the_indexer_back(rig):
+    r = rig()
+    r.suspend(*SLEEPERS)
+    r.arbiter.restart_role("embedder-2")
+    assert spawns(r, "embedder-2") == 2 and spawns(r, "indexer") == 2  # its vectors need a committer
+    assert spawns(r, "embedder-1") == 1
+
+
+def test_wake_starts_suspended_roles_and_stop_and_restart_keep_their_rules(rig):
+    r = rig()
+    sent = r.sent
+    r.suspend(*SLEEPERS)
+    assert r.arbiter.sleep_roles("embedder-1", wake=True) == ["embedder-1"]
+    assert spawns(r, "embedder-1") == 2 and ("embedder-1", "wake") not in sent  # a fresh one is awake
+    assert r.arbiter.stop_role("embedder-2") == ["embedder-2"]
+    assert r.child("embedder-2").state is ChildState.STOPPED  # stopped by hand: work does not start it
+    r.arbiter.store.pending = 4
+    r.run(r.arbiter.cfg.embedder.wake_check_seconds + 0.5)
+    assert spawns(r, "embedder-2") == 1 and r.child("embedder-2").state is ChildState.STOPPED
+    r.arbiter.restart_role("embedder-2")
+    assert spawns(r, "embedder-2") == 2
+
+
+def test_compact_starts_a_suspended_indexer_and_asks_it_once_ready(rig):
+    r = rig()
+    sent = r.sent
+    store = r.arbiter.store
+    store.dead_rows, store.committed_rows, store.model = (lambda: 3), (lambda: 10), (lambda: ("m", 8))
+    r.suspend("indexer")
+    reply = commands.dispatch(r.arbiter, {"op": "compact"})
+    assert reply["started"] and spawns(r, "indexer") == 2 and ("indexer", "compact") not in sent
+    r.run(0.5)  # READY: then it is asked
+    assert sent.count(("indexer", "compact")) == 1
+    assert not commands.dispatch(r.arbiter, {"op": "compact"})["started"]  # no second one
+
+
+def test_shutdown_stops_suspended_roles_at_once(rig):
+    r = rig()
+    r.suspend(*SLEEPERS)
+    r.arbiter.begin_shutdown("test")
+    r.run(2.0)
+    for name in ("documents", "query"):
+        if r.child(name).proc is not None:
+            r.proc(name).exit(0)
+    r.run(1.0)
+    assert r.arbiter.finished()
+    assert all(c.state is ChildState.STOPPED for c in r.arbiter.children)
+    assert all(spawns(r, name) == 1 for name in SLEEPERS)

@@ -20,7 +20,8 @@ from tests.conftest import PATIENCE
 def setup(make_config):
     cfg = make_config(embedder__batch_size=16, embedder__yield_batch_size=4, embedder__idle_seconds=5.0,
                       embedder__wake_check_seconds=30.0, embedder__poll_seconds=0.01,
-                      embedder__busy_cpu_percent=100.0)  # never yield to this busy test machine
+                      embedder__busy_cpu_percent=100.0,  # never yield to this busy test machine
+                      supervisor__suspend=False)  # asleep in memory (suspension: its own tests)
     cfg.data_dir.mkdir(parents=True)
     cfg.run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
     ctx = zmq.Context()
@@ -101,6 +102,29 @@ def test_sleeps_when_idle_and_wakes_on_work(setup):
     emb.loop(1008.1)
     settle(emb, 1008.1)
     assert sorted(received(sink)) == [1, 2, 3]
+
+
+def test_idle_with_suspend_exits_instead_of_unloading(setup):
+    cfg, emb, sink = setup
+    cfg.supervisor.suspend = True
+    emb.last_work = 1000.0
+    emb.loop(1001.0)
+    assert not emb.suspend
+    emb.loop(1006.0)  # idle 6 s of 5: asleep, and the Runner ends the process (SUSPENDED)
+    assert emb.state is EState.ASLEEP and emb.suspend
+
+
+def test_asked_to_sleep_with_suspend_drains_first(setup):
+    cfg, emb, sink = setup
+    cfg.supervisor.suspend = True
+    add_chunks(cfg, 20)
+    emb.loop(1000.0)  # a batch in hand
+    emb.command({"op": "sleep"}, 1000.0)
+    assert emb.state is EState.DRAINING and not emb.suspend
+    settle(emb, 1000.0)
+    emb.loop(1000.0)
+    assert emb.state is EState.ASLEEP and emb.suspend
+    assert len(received(sink)) >= 16  # what it had in hand was handed on before it left
 
 
 def test_asleep_finds_work_at_the_periodic_check(setup):

@@ -184,6 +184,30 @@ def test_indexer_commits_received_vectors(indexer_setup) -> None:
                                              "refused": None, "count": 0, "error": None}}
 
 
+def test_indexer_idle_suspends_only_when_no_chunk_is_on_its_way(indexer_setup) -> None:
+    cfg, ids, indexer, push = indexer_setup
+    assert cfg.supervisor.suspend
+    indexer.last_activity = time.monotonic() - cfg.embedder.idle_seconds - 1
+    indexer.loop(time.monotonic())
+    assert indexer.state_name() == "asleep" and not indexer.suspend  # chunks pending: embedders will send
+    with Store(cfg.db_path) as store:
+        store.set_paused(True)
+    indexer.loop(time.monotonic())
+    assert indexer.suspend  # paused: nobody will send any until `roxi resume` (which resumes it)
+    indexer.suspend = False
+    with Store(cfg.db_path) as store:
+        store.set_paused(False)
+        store.claim("embedder-1:1:x", len(ids), now=time.time(), lease_seconds=60)
+    indexer.loop(time.monotonic())
+    assert not indexer.suspend  # leased: an embedder has them in hand
+    push.send_multipart(vectors_message(ids, embed(chunk_texts(cfg, ids))))
+    drive(indexer, lambda: indexer.rows_committed == len(ids), what="the rows committed")
+    assert indexer.state_name() == "running" and not indexer.suspend
+    indexer.last_activity = time.monotonic() - cfg.embedder.idle_seconds - 1
+    indexer.loop(time.monotonic())
+    assert indexer.state_name() == "asleep" and indexer.suspend  # nothing left: the process exits
+
+
 @pytest.mark.parametrize("fault", ["disk full", "sqlite full"])
 def test_indexer_keeps_rows_through_a_failed_commit_and_retries(indexer_setup, monkeypatch, fault) -> None:
     cfg, ids, indexer, push = indexer_setup
