@@ -30,7 +30,7 @@ from .common import stop_on_sigterm
 #: benchmark modules, in the order they run
 MODULES = ("bench_query", "bench_ann", "bench_throughput", "bench_ingest", "bench_sleep", "bench_minilm_ingest",
            "bench_query_embed", "bench_filter", "bench_compact", "bench_documents", "bench_extract", "bench_hybrid", "bench_web",
-           "bench_embed_concurrency", "bench_text_query")
+           "bench_embed_concurrency", "bench_text_query", "bench_deep_sleep")
 
 
 def main(argv: list[str] | None = None) -> int:
