@@ -36,7 +36,6 @@ from . import migrations
 from .backup_manifest import FORMAT_VERSION, KINDS, BackupError, Manifest
 from .compact import is_vectors_file
 from .config import Config
-from .embedders import make_embedder
 from .errors import BadInput, StoreError
 from .lock import DataDirLock
 from .staging import checkpoint, complete_swap, fsync_path, stage_dir, swap_in
@@ -224,6 +223,8 @@ def restore(cfg: Config, path: Path, *, progress: Progress | None = None) -> Man
                 if _stream(path / name, meter, copy_to=stage / name) != want["sha256"]:
                     raise BackupError(f"{path / name}: checksum mismatch (changed while being restored)")
             if manifest.model_id is None:
+                from .embedders import make_embedder  # numpy: the supervisor lists backups, never restores
+
                 model = make_embedder(cfg)  # cheap: only its id and dim, no weights
                 VectorWriter(stage / VECTORS, dim=model.dim, model_id=model.model_id).close()
             _reset_epoch(stage / DB)  # installed as vectors.faiss (a backup's own copy says 0 already)

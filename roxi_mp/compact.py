@@ -35,13 +35,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from .errors import BOOT_ERROR, ConfigError, RoxiError, StoreError
 from .staging import fsync_path
 from .vectors import HEADER_BYTES, VectorWriter, read_header
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy is imported where rows become arrays: the supervisor, which only
+    import numpy as np  # asks is_vectors_file, never needs it (deep sleep floors, issue 22)
+
     from .config import Config
     from .store import Store
 
@@ -100,6 +100,7 @@ def remove_strays(cfg: Config, epoch: int) -> list[Path]:
 def snapshot(store: Store) -> tuple[int, int, np.ndarray]:
     """(epoch, committed rows R, sorted rows below R held by chunks not dropped), read in
     one transaction."""
+    import numpy as np
     with store.snapshot() as conn:
         epoch, rows = store.vectors_epoch(), store.committed_rows()
         cur = conn.execute("SELECT row FROM chunks WHERE row IS NOT NULL AND row < ? AND state != 'dropped' "
@@ -123,6 +124,7 @@ def write_rows(src: Path, dst: Path, rows: np.ndarray, *, dim: int, model_id: st
 
 def _read_block(fd: int, rows: np.ndarray, code: int) -> np.ndarray:
     """The rows' bytes, reading each run of consecutive rows with one pread."""
+    import numpy as np
     out = np.empty((len(rows), code), dtype=np.uint8)
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     for run in np.split(np.arange(len(rows)), breaks):
@@ -148,6 +150,8 @@ def _write_durably(path: Path, write) -> None:
 
 def run(cfg: Config, epoch: int) -> Result:
     """The child's work: snapshot, new vectors file, sidecar, result (written last)."""
+    import numpy as np
+
     from .store import Store
 
     started = time.monotonic()
@@ -171,6 +175,7 @@ def run(cfg: Config, epoch: int) -> Result:
 
 def read_result(cfg: Config, epoch: int) -> tuple[Result, np.ndarray]:
     """The child's result and sidecar for `epoch`; StoreError if either is missing or wrong."""
+    import numpy as np
     try:
         raw = json.loads(result_path(cfg, epoch).read_text())
         result = Result(**raw)

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from . import compact
 from .errors import StoreError
 from .vectors import HEADER_BYTES, VectorWriter
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy is imported where rows are copied and renumbered: the supervisor,
+    import numpy as np  # which only reads compact_schedule.disk_refusal, never needs it (issue 22)
+
     from .config import Config
     from .store import Store
 
@@ -66,6 +66,7 @@ def history(store: Store) -> tuple[int, dict | None]:
 
 def copy_tail(old: Path, writer: VectorWriter, start: int, stop: int) -> None:
     """Append rows [start, stop) of the old file to the new one (appended since the snapshot)."""
+    import numpy as np
     code = 2 * writer.dim
     with open(old, "rb") as f:
         for first in range(start, stop, TAIL_BLOCK_ROWS):
@@ -82,6 +83,7 @@ def renumbering(store: Store, kept: np.ndarray, rows_before: int) -> tuple[np.nd
 
     Read outside the switch's transaction: only the indexer (this process, which commits
     nothing meanwhile) gives chunks rows, and `switch` checks nothing changed."""
+    import numpy as np
     found = np.fromiter(store.conn.execute(
         "SELECT id, row, state = 'dropped' FROM chunks WHERE row IS NOT NULL ORDER BY row"),
         dtype=[("id", "<i8"), ("row", "<i8"), ("dropped", "<i8")])  # no list of 1M tuples

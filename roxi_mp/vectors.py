@@ -23,12 +23,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from roxi_mp.errors import BadInput, ModelMismatch, StoreError
 
-if TYPE_CHECKING:
-    import faiss
+if TYPE_CHECKING:  # numpy is imported where rows become arrays: the supervisor, which only
+    import faiss  # reads HEADER_BYTES and headers, never needs it (deep sleep floors, issue 22)
+    import numpy as np
 
 #: size of the faiss IxSQ header; the float16 rows start here
 HEADER_BYTES = 81
@@ -180,6 +179,7 @@ class VectorWriter:
 
     def append(self, matrix: np.ndarray) -> int:
         """Write rows after the last one (header untouched); return the first row number."""
+        import numpy as np
         m = np.asarray(matrix)
         if m.ndim != 2 or m.shape[1] != self.dim or not np.issubdtype(m.dtype, np.floating):
             raise BadInput(f"expected a float matrix of shape (n, {self.dim}), "
@@ -198,6 +198,7 @@ class VectorWriter:
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """The float16 vectors of `rows` (each below `self.rows`), as an (n, dim) matrix:
         the indexer copies a vector it already holds instead of embedding its text again."""
+        import numpy as np
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= self._rows):
             raise StoreError(f"{self.path}: rows {rows.min()}..{rows.max()} are not all among its {self._rows}")
@@ -254,6 +255,7 @@ def open_index(path: Path, *, rows: int | None = None, start: int = 0,
     does not fault them in page by page.
     """
     import faiss  # lazily: the indexer only writes and need not load faiss
+    import numpy as np
 
     path = Path(path)
     if rows is not None and rows < 0:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..errors import E_EMBED_FAILED, BadInput, RoxiError
+
+if TYPE_CHECKING:  # only the annotations name it: EmbedError alone must not load numpy
+    import numpy as np
 
 
 class EmbedError(RoxiError):
