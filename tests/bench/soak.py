@@ -7,7 +7,11 @@ feeder runs `roxi ingest` on a fresh batch of generated documents every few seco
 clients (own processes' worth of sockets, in threads) ask for the exact text of a random
 chunk already indexed; the chaos loop kill -9's a random role (embedder, indexer, query)
 every few seconds, and once, halfway, the supervisor itself (its roles die with it; the
-system is started again). At the end, with the chaos stopped, everything must get indexed:
+system is started again). Deep sleep is mixed in (issue 22): some rounds send `sleep` or
+`wake` to every role instead of a kill, and the feeder now and then pauses longer than
+the embedders' idle time, so the embedders and the indexer exit (suspended) and are
+started again by the next ingest, by the supervisor's look at the store, or by a wake,
+while queries and kills go on. At the end, with the chaos stopped, everything must get indexed:
 
 - nothing lost, nothing duplicated: every chunk indexed once, rows exactly 0..n-1, each
   row holding its own chunk's vector (tests.corpus.check_exactly_once);
@@ -15,13 +19,15 @@ system is started again). At the end, with the chaos stopped, everything must ge
   text, with score ~1 (the hashing backend is deterministic), and every hit's row, chunk and
   document agree with the store. Failed requests (a query server being killed) are counted, not wrong.
 
-Issue 8's acceptance 4: 5 minutes with >= 20 kills, nothing lost or duplicated. Exit code
+Issue 8's acceptance 4: 5 minutes with >= 20 kills, nothing lost or duplicated; issue 22's
+4: the same with deep sleep cycles (>= 3 sleeps, roles resumed from suspended). Exit code
 0 when every check holds, 1 otherwise. Not part of the test suite (it takes minutes).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -52,7 +58,14 @@ SETTINGS = {
     # The chaos kills the same role often; the point is recovery, not the flapping guard.
     "restart__flap_count": 10_000,
     "backup__milestones": False,
+    # Idle this long, embedders and the indexer sleep (and exit): within the soak, often.
+    "embedder__idle_seconds": 3.0,
+    "embedder__wake_check_seconds": 2.0,
 }
+#: chance that a chaos round sends `sleep` / `wake` to every role instead of a kill
+SLEEP_CHANCE, WAKE_CHANCE = 0.2, 0.1
+#: every this many ingest batches the feeder pauses past the idle time: the roles suspend
+QUIET_EVERY = 4
 
 
 class Soak:
@@ -68,6 +81,8 @@ class Soak:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.kills: Counter[str] = Counter()
+        self.cycles: Counter[str] = Counter()  # sleep and wake commands sent, suspensions seen
+        self.resumes = 0  # starts out of suspended, summed over the supervisor's lives
         self.queries: Counter[str] = Counter()  # ok, failed, wrong, not yet followed
         self.wrong: list[str] = []
         self.batches = 0
@@ -83,7 +98,8 @@ class Soak:
                                    str(docs[0].parent)], capture_output=True, text=True, env=clean_env(), timeout=120)
             if done.returncode != 0:
                 self.ingest_failures += 1  # each document is its own transaction: none is half in
-            self.stop.wait(2.0)
+            quiet = self.batches % QUIET_EVERY == 0  # long enough for the roles to suspend
+            self.stop.wait(SETTINGS["embedder__idle_seconds"] + 4.0 if quiet else 2.0)
 
     def ask(self) -> None:
         client = QueryClient.for_config(self.cfg, timeout=5.0)
@@ -152,9 +168,21 @@ class Soak:
                 self.kill_supervisor()
                 continue
             try:
-                roles = [r for r in self.system.status()["roles"] if r["state"] in READY_STATES and r["pid"]]
+                rows = self.system.status()["roles"]
             except RoxiError:
                 continue  # the supervisor is busy or starting: try at the next round
+            self.cycles["suspended seen"] += sum(r["state"] == "suspended" for r in rows)
+            roll = self.rng.random()
+            if roll < SLEEP_CHANCE + WAKE_CHANCE:
+                op = "sleep" if roll < SLEEP_CHANCE else "wake"
+                try:
+                    with self.system.control() as control:
+                        control.command(op)
+                    self.cycles[op] += 1
+                except RoxiError:
+                    pass
+                continue
+            roles = [r for r in rows if r["state"] in READY_STATES and r["pid"]]
             if roles:
                 victim = self.rng.choice(roles)
                 try:
@@ -163,7 +191,12 @@ class Soak:
                 except ProcessLookupError:
                     pass
 
+    def count_resumes(self) -> None:
+        with contextlib.suppress(RoxiError):
+            self.resumes += sum(r.get("resumes", 0) for r in self.system.status()["roles"])
+
     def kill_supervisor(self) -> None:
+        self.count_resumes()  # the supervisor's counts die with it
         self.system_down.set()
         os.kill(self.system.proc.pid, signal.SIGKILL)
         self.system.proc.wait(timeout=10)
@@ -192,7 +225,9 @@ class Soak:
         indexed_once = check_exactly_once(self.cfg)
         with self.system.control() as c:
             restarts = {r["name"]: r["restarts"] for r in c.command("status")["roles"]}
+        self.count_resumes()
         return {"seconds": round(chaos_seconds, 1), "kills": dict(self.kills), "kills_total": sum(self.kills.values()),
+                "sleep_cycles": dict(self.cycles), "resumes": self.resumes,
                 "chunks": total, "indexed_exactly_once": indexed_once, "ingest_batches": self.batches,
                 "ingest_failures": self.ingest_failures, "queries": dict(self.queries),
                 "wrong_examples": self.wrong[:10], "restarts_since_last_start": restarts}
@@ -215,14 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         soak.system.stop()
         soak.system.kill_everything()
     ok = (result["indexed_exactly_once"] == result["chunks"] and not result["queries"].get("wrong")
-          and result["kills_total"] >= 20)
+          and result["kills_total"] >= 20 and result["sleep_cycles"].get("sleep", 0) >= 3 and result["resumes"] >= 1)
     rows = [[f"{result['seconds']:.0f}", result["kills_total"], ", ".join(f"{k} {v}" for k, v in sorted(result["kills"].items())),
              result["chunks"], result["indexed_exactly_once"], result["queries"].get("ok", 0),
-             result["queries"].get("failed", 0), result["queries"].get("wrong", 0), result["ingest_failures"]]]
+             result["queries"].get("failed", 0), result["queries"].get("wrong", 0), result["ingest_failures"],
+             ", ".join(f"{k} {v}" for k, v in sorted(result["sleep_cycles"].items())), result["resumes"]]]
     md = "\n".join(["## Soak: ingest + queries + kill -9 chaos", "",
                     table(["seconds", "kills", "by role", "chunks", "indexed exactly once", "queries ok",
-                           "queries failed (server killed)", "wrong answers", "ingest runs failed"], rows),
-                    "", f"result: {'PASS' if ok else 'FAIL'} (nothing lost or duplicated, no wrong answer, >= 20 kills)"]) + "\n"
+                           "queries failed (server killed)", "wrong answers", "ingest runs failed",
+                           "deep sleep", "resumes"], rows),
+                    "", f"result: {'PASS' if ok else 'FAIL'} (nothing lost or duplicated, no wrong answer, >= 20 kills, "
+                    ">= 3 sleeps and a role resumed from suspended)"]) + "\n"
     path = write_results("soak", {"machine": machine(), **result, "pass": ok}, md)
     print(md)
     print(json.dumps(result["wrong_examples"], indent=1) if result["wrong_examples"] else "no wrong answers")
