@@ -21,7 +21,6 @@ is gone: the backup is taken again, once.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -361,6 +360,7 @@ def _copy_vectors(live: Path, copy: Path, *, rows: int, dim: int, model_id: str,
 
 def _stream(src: Path, meter: Meter, *, copy_to: Path | None = None, limit: int | None = None) -> str:
     """sha256 of a file (or its first `limit` bytes); with `copy_to`, also copied and fsynced."""
+    import hashlib  # here, not at import: libcrypto is 3.6 MB of a process asleep
     digest, left = hashlib.sha256(), limit
     with open(src, "rb") as fin, (open(copy_to, "wb") if copy_to else contextlib.nullcontext()) as fout:
         while block := fin.read(BLOCK_BYTES if left is None else min(BLOCK_BYTES, left)):

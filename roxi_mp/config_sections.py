@@ -10,7 +10,6 @@ nothing checks ranges: that is `roxi_mp.config` and `roxi_mp.config_checks`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,6 +312,8 @@ class Config:
             return local
         # Deep temporary directories overflow sun_path; a short, stable per-data-dir path
         # keeps every process agreeing on the endpoints.
+        import hashlib  # here, not at import: libcrypto is 3.6 MB of every process asleep
+
         digest = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:16]
         return Path("/tmp") / f"roxi-{os.getuid()}-{digest}"
 

@@ -17,7 +17,6 @@ Nothing here touches the store or a socket.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -135,6 +134,7 @@ def finish(checked: Checked, extracted: Extracted | None, *, limits: DocumentsSe
     """The Upload of a checked put: its text (or the sections extracted from it) cut into chunk
     rows, as `roxi ingest` cuts a file; the title is the put's, else the document's, else
     the first line of a text (as ingest takes it), else the key."""
+    import hashlib  # here, not at import: libcrypto is 3.6 MB of a process asleep
     limit = min(TITLE_CHARS, limits.max_title_chars)
     if extracted is None:
         if checked.text is None:
@@ -276,6 +276,7 @@ def _heading(where: tuple[int | None, str | None]) -> str | None:
 
 
 def _rows(tagged: Iterable[tuple[str, Any]], words: int, overlap: int) -> Iterator[ChunkRow]:
+    import hashlib  # here, not at import: libcrypto is 3.6 MB of a process asleep
     # A heading starts a new chunk: a hit is cited under the heading its text is under.
     for chunk in iter_tagged_chunks(tagged, size=words, overlap=overlap, section_of=_heading):
         page, heading = chunk.tag

@@ -28,7 +28,6 @@ holding a PNG, is refused with one line and leaves the store as it was.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -218,6 +217,7 @@ def _ingest_extracted(store: Store, path: Path, report: IngestReport, *, key: st
                       extractor: Extractor, chunk_words: int, chunk_overlap: int) -> str:
     """A PDF, HTML or Word file: read whole, hashed, checked against its name, and, when
     changed, extracted by the child. ExtractError and OSError go to the caller's report."""
+    import hashlib  # here, not at import: libcrypto is 3.6 MB of a process asleep
     size = path.stat().st_size
     if size > settings.max_file_bytes:
         raise ExtractError(f"{size} bytes exceeds extract.max_file_bytes ({settings.max_file_bytes})")
@@ -300,6 +300,7 @@ class _Empty(Exception):
 
 
 def _hash_file(path: Path) -> tuple[int, str]:
+    import hashlib  # here, not at import: libcrypto is 3.6 MB of a process asleep
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as fh:

@@ -20,7 +20,6 @@ import collections
 import json
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -71,6 +70,8 @@ class Dashboard:
         self.slow: dict[str, Any] = {"backups": {}, "log_errors": [], "failures": []}
         self.asleep_since: dict[str, float] = {}
         self.counters = metrics.Counters()  # role counters, kept across restarts
+        #: what /metrics renders (in the server thread, when asked): (status, counters)
+        self.metrics_input: tuple[dict[str, Any], metrics.Counters] = ({"roles": []}, metrics.Counters())
         self.server: Any = None
         self.url: str | None = None
         self.error: str | None = None
@@ -92,8 +93,12 @@ class Dashboard:
                 return Response(200, body, content_type)
             return serve
 
+        def scrape() -> Response:  # rendered here, on demand: see supervisor.metrics
+            self.read_at = time.monotonic()
+            return Response(200, metrics.render(*self.metrics_input), metrics.content_type())
+
         routes = {"/": lambda: Response(200, self.page, "text/html; charset=utf-8"),
-                  **{p: route(p) for p in ("/status.json", "/page.json", "/metrics")}}
+                  **{p: route(p) for p in ("/status.json", "/page.json")}, "/metrics": scrape}
         self.publish(time.monotonic())
         try:
             self.server = WebServer(web.host, web.port, routes, token=token, public=("/",),
@@ -129,6 +134,8 @@ class Dashboard:
         """The bearer token of a non-loopback bind: made once (0600), kept across restarts."""
         path = self.token_path
         if not path.exists():
+            import secrets  # only for a non-loopback bind: it loads libcrypto (3.6 MB)
+
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_urlsafe(32) + "\n")
@@ -169,7 +176,7 @@ class Dashboard:
         last = backups.get("last")
         exported = {**status, "backups": {"count": backups.get("count", 0), "taken": backups.get("taken", 0),
                                           "last_epoch": (_epoch(last) or None) if last else None}}
-        published["/metrics"] = (metrics.CONTENT_TYPE, metrics.render(exported, self.counters))
+        self.metrics_input = (exported, self.counters.copy())  # replaced whole, never changed
         self.published = published
         self.refreshed_at = now
 

@@ -1,7 +1,9 @@
 """/metrics: the Prometheus text format of the supervisor's snapshot (issue 20).
 
 The exposition is made by prometheus_client (a custom collector over a fresh registry per
-render; nothing hand-formatted). Names follow Prometheus's rules: one `roxi_` prefix, base
+render; nothing hand-formatted), imported at the first render: it brings http.server,
+wsgiref, urllib and ssl along, 9 MB that a supervisor nobody scrapes does not hold
+(issue 22: the whole system asleep in 110 MB). Names follow Prometheus's rules: one `roxi_` prefix, base
 units (`_seconds`, `_bytes`), `_total` on counters; per process series carry a `role`
 label (the process name: `query`, `embedder-1`, `supervisor`).
 
@@ -15,12 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
 from roxi_mp.histogram import BUCKETS
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: chunk states exported (the store's counts)
 CHUNK_STATES = ("pending", "leased", "indexed", "failed")
 #: the states a process row may show
@@ -70,6 +68,14 @@ class Counters:
     def names(self) -> list[str]:
         return sorted(set(self.base) | set(self.last))
 
+    def copy(self) -> "Counters":
+        """A snapshot that later observations do not change (rendered by another thread)."""
+        out = Counters()
+        out.base = {k: dict(v) for k, v in self.base.items()}
+        out.last = {k: dict(v) for k, v in self.last.items()}
+        out.pids = dict(self.pids)
+        return out
+
 
 def role_counts(row: dict[str, Any]) -> dict[str, Any]:
     """What `Counters` follows of a status row: the role's own counters and its CPU time."""
@@ -88,6 +94,8 @@ class _Snapshot:
         self.status, self.counters = status, counters
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
         status, c = self.status, self.counters
         store = status.get("store") or {}
         rows = [r for r in status.get("roles", []) if isinstance(r, dict) and r.get("name")]
@@ -197,20 +205,32 @@ def _cumulative(counts: list[float]) -> list[tuple[str, float]]:
     return out
 
 
-def _gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:
+def _gauge(name: str, doc: str, value: Any) -> Any:
+    from prometheus_client.core import GaugeMetricFamily
+
     family = GaugeMetricFamily(name, doc)
     family.add_metric([], value or 0)
     return family
 
 
-def _counter(name: str, doc: str, value: Any) -> CounterMetricFamily:
+def _counter(name: str, doc: str, value: Any) -> Any:
+    from prometheus_client.core import CounterMetricFamily
+
     family = CounterMetricFamily(name, doc)
     family.add_metric([], value or 0)
     return family
 
 
+def content_type() -> str:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return CONTENT_TYPE_LATEST
+
+
 def render(status: dict[str, Any], counters: Counters) -> bytes:
     """The exposition of one snapshot (status as the dashboard builds it, plus "backups")."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(status, counters))
     return generate_latest(registry)

@@ -10,24 +10,44 @@ requests per connection, headers of `max_header_bytes`, no request bodies, at mo
 
 A non-loopback bind is given a bearer token; every path but the `public` ones (the page
 shell, which holds no data) then needs `Authorization: Bearer <token>`.
+
+The server speaks no TLS, so asyncio is imported without ssl (`_asyncio_without_ssl`):
+asyncio binds ssl when it is importable and leaves it None when not, and ssl brings 4 MB
+of libssl and libcrypto into a supervisor that must stay small asleep (issue 22). A later
+`import ssl` elsewhere in the process (prometheus_client, on a scrape) works as usual.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
-import hmac
 import ipaddress
 import http
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 import h11
 
+
+
+def _asyncio_without_ssl():
+    """asyncio, imported (if it is not yet) while ssl cannot be: see the module docstring."""
+    blocked = "ssl" not in sys.modules
+    if blocked:
+        sys.modules["ssl"] = None  # an import of ssl raises ImportError, which asyncio expects
+    try:
+        import asyncio
+    finally:
+        if blocked and sys.modules.get("ssl", 0) is None:
+            del sys.modules["ssl"]
+    return asyncio
+
+
+asyncio = _asyncio_without_ssl()
 log = logging.getLogger("roxi.web")
 
 #: requests one connection may make before it is closed
@@ -285,6 +305,8 @@ class WebServer:
         path = request.target.split(b"?", 1)[0].split(b"#", 1)[0].decode("ascii", "replace")
         if self.token is not None and path not in self.public:
             scheme, _, given = headers.get(b"authorization", b"").strip().partition(b" ")
+            import hmac  # only with a token (a non-loopback bind): it loads libcrypto
+
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token.encode()):
                 return _plain(401, "a bearer token is needed (see web.token in the data directory)",
                               ("WWW-Authenticate", 'Bearer realm="roxi"')), head

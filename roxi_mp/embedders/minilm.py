@@ -18,7 +18,6 @@ padded tokens rather than by count, so `unload` gives the model's memory back.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -118,6 +117,7 @@ def _pinned_error(
 
 def file_sha256(path: Path) -> str:
     """The sha256 of a file, read in blocks (OSError if it cannot be read)."""
+    import hashlib  # here, not at import: libcrypto is 3.6 MB of a process asleep
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(HASH_BLOCK):
@@ -144,6 +144,7 @@ def _read_tokenizer(path: Path) -> str:
 
     The text that was hashed is the text used: the file cannot change in between.
     """
+    import hashlib  # here, not at import: libcrypto is 3.6 MB of a process asleep
     try:
         data = path.read_bytes()
     except OSError as exc:
