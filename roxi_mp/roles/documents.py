@@ -250,7 +250,9 @@ class DocumentsRole(Role):
         else:
             self.added += result.outcome == "added"
             self.replaced += result.outcome == "replaced"
-            self.work += result.chunks > 0  # told to the embedders with the next heartbeat
+            if result.chunks > 0:  # told with a heartbeat at once: suspended embedders start on it
+                self.work += 1
+                self.beat_soon = True
         return {"outcome": result.outcome, "key": result.key, "version": result.version,
                 "chunks": result.chunks, "reused": result.reused, "superseded": result.superseded}
 

@@ -219,7 +219,7 @@ def kill_trial(s, cfg, target: str, window: dict, rng: random.Random) -> dict:
         for orphan in roxi_processes(cfg.data_dir):
             orphan.wait(timeout=120)
         s.start(timeout=300)
-    s.wait_for(lambda: s.role("indexer")["state"] in ("running", "asleep"), timeout=600, what="the indexer back")
+    s.wait_for(lambda: s.role("indexer")["state"] in ("running", "asleep", "suspended"), timeout=600, what="the indexer back")
     s.wait_for(lambda: not compaction(s).get("running"), timeout=600, what="no compaction running")
     facts = audit(cfg, dim=DIM, embed=embed_texts)
     return {"target": target, "killed": killed, "at_seconds": round(delay, 2), "phase": phase,

@@ -97,7 +97,7 @@ def measure_asleep(seconds: float) -> dict:
         s.start()
         with s.query_client() as client:
             client.query("synovial joint inflammation", k=5)
-        s.wait_for(lambda: all(r["state"] == "asleep" for r in s.status()["roles"]), timeout=60,
+        s.wait_for(lambda: all(r["state"] in ("asleep", "suspended") for r in s.status()["roles"]), timeout=60,
                    what="every role asleep")
         url = url_of(s)
         query = s.pid("query")
@@ -113,7 +113,7 @@ def measure_asleep(seconds: float) -> dict:
             time.sleep(max(0.0, started + int(elapsed) + 1 - time.monotonic()))
         after, elapsed = cpu_seconds(procs), time.monotonic() - started
         per = {name: (after[name] - before[name]) / elapsed for name in procs}
-        asleep = all(r["state"] == "asleep" for r in s.status()["roles"])
+        asleep = all(r["state"] in ("asleep", "suspended") for r in s.status()["roles"])
         grown = rss(query) - floor
         return {"seconds": round(elapsed, 1), "requests": reads, "cpu_fraction_of_one_core": per,
                 "total": sum(per.values()), "all_asleep_at_end": asleep, "query_rss_growth": grown,

@@ -171,7 +171,7 @@ def test_kill_9_during_a_compaction_then_restart_is_consistent(system, make_conf
     # (and the killed child's failure reported: until then the supervisor takes a second
     # request for the first, still running)
     s.wait_for(lambda: (s.pid("indexer") != killed if target != "child" else bool(compaction(s).get("error")))
-               and s.role("indexer")["state"] in ("running", "asleep") and not compaction(s).get("running"),
+               and s.role("indexer")["state"] in ("running", "asleep", "suspended") and not compaction(s).get("running"),
                timeout=PATIENCE, what="the indexer, with no compaction running")
     assert audit(cfg, dim=DIM, embed=hashing_vectors(DIM), strays_allowed=True)["epoch"] in (0, 1)
     with s.control() as c:  # and the next one goes through

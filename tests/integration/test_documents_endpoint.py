@@ -50,7 +50,8 @@ def texts(s, query: str) -> list[str]:
 def test_put_query_replace_delete_and_survive_kill_9(system):
     s = system(embedder__idle_seconds=1.0, embedder__wake_check_seconds=300.0,
                restart__backoff_initial_seconds=0.2)
-    s.wait_for(lambda: s.role("embedder-1")["state"] == "asleep", timeout=PATIENCE, what="embedder asleep")
+    s.wait_for(lambda: s.role("embedder-1")["state"] in ("asleep", "suspended"), timeout=PATIENCE,
+               what="embedder asleep")
     with DocumentsClient.for_config(s.cfg, timeout=30) as client:
         assert client.ping()
         first = client.put("guides/hcq", V1, content_type="text/markdown", metadata={"source": "ACR 2020"})

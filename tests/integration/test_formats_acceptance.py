@@ -195,7 +195,7 @@ def test_no_extraction_worker_outlives_the_ingest_once_asleep(system, make_confi
     assert report["added"] == 4 and workers
     s.wait_indexed(s.stats().chunks, timeout=2 * PATIENCE)
     assert roxi(cfg, "sleep").returncode == 0
-    s.wait_for(lambda: all(r["state"] == "asleep" for r in s.status()["roles"]), timeout=PATIENCE,
+    s.wait_for(lambda: all(r["state"] in ("asleep", "suspended") for r in s.status()["roles"]), timeout=PATIENCE,
                what="every role asleep")
     assert not [pid for pid in workers if psutil.pid_exists(pid) and _is_worker(pid)]
     tree = psutil.Process(s.proc.pid).children(recursive=True)

@@ -5,7 +5,8 @@ processes that never make an array must not load it, neither at import nor when 
 supervisor does its daily work (boot, status, the resources page and /metrics, the backup
 schedule, the compact and notify commands). A fresh interpreter does each of these in turn
 and reports which heavy modules it holds after each; a backup itself runs in a child process
-(roxi_mp.backup_job) and may import what it likes.
+(roxi_mp.backup_job) and may import what it likes. prometheus_client (9 MB) comes in only
+when /metrics is scraped, and ssl (4 MB, which asyncio would bring along) not at all.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ TIMEOUT = 120.0
 
 SCRIPT = r"""
 import json, os, sys, time
-HEAVY = ("numpy", "faiss", "onnxruntime", "tokenizers")
+HEAVY = ("numpy", "faiss", "onnxruntime", "tokenizers", "prometheus_client", "ssl")
 seen = {}
 def check(step):
     seen[step] = sorted(m for m in HEAVY if m in sys.modules)
