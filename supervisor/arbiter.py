@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from typing import Any, Callable
 
 import zmq
 
-from roxi_mp import protocol
+from roxi_mp import memory, protocol
 from roxi_mp.config import Config
 from roxi_mp.errors import BadInput
 from roxi_mp.lock import DataDirLock
@@ -88,6 +89,7 @@ class Arbiter:
         self.dashboard: Dashboard | None = None
         self.next_look = 0.0  # when to look at the store for suspended roles' work
         self.visible_at_suspend: tuple | None = None  # the store's visibility when the indexer left
+        self.trimmed = False  # memory given back since every role went quiet
 
     # --- start -------------------------------------------------------------------
     def acquire(self) -> None:
@@ -157,6 +159,17 @@ class Arbiter:
         self.manage_shutdown(now)
         if self.dashboard is not None:
             self.dashboard.tick(now)
+        self.trim_when_quiet()
+
+    def trim_when_quiet(self) -> None:
+        """Once every role sleeps, give back what the busy spell left: SQLite's page cache
+        (status counts over a million chunks fill it) and the allocator's free memory."""
+        quiet = self.loop_timeout() != LOOP_TIMEOUT
+        if quiet and not self.trimmed and self.store is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.store.conn.execute("PRAGMA shrink_memory")
+            memory.release()
+        self.trimmed = quiet
 
     def wait(self) -> None:
         for sock, _ in self.poller.poll(int(self.loop_timeout() * 1000)):

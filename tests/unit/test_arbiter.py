@@ -99,6 +99,11 @@ class FakeStore:
         self.counted = 0
         self.pending, self.on_the_way, self.is_paused, self.seq = 0, False, False, 1
         self.looks = 0  # pending-count queries
+        self.conn = self  # what the arbiter runs on the connection itself
+        self.executed: list[str] = []
+
+    def execute(self, sql: str):
+        self.executed.append(sql)
 
     def paused(self) -> bool:
         return self.is_paused
@@ -615,3 +620,18 @@ def test_shutdown_stops_suspended_roles_at_once(rig):
     assert r.arbiter.finished()
     assert all(c.state is ChildState.STOPPED for c in r.arbiter.children)
     assert all(spawns(r, name) == 1 for name in SLEEPERS)
+
+
+def test_once_every_role_is_quiet_the_supervisor_gives_memory_back_once(rig):
+    r = rig()
+    r.suspend(*SLEEPERS)
+    for name in ("query", "documents"):
+        r.child(name).beat({"state": "asleep"}, r.clock.now)
+    r.arbiter.step(r.clock.now)
+    r.arbiter.step(r.clock.now)
+    assert r.arbiter.store.executed == ["PRAGMA shrink_memory"]  # once per quiet spell
+    r.child("query").beat({"state": "running"}, r.clock.now)
+    r.arbiter.step(r.clock.now)
+    r.child("query").beat({"state": "asleep"}, r.clock.now)
+    r.arbiter.step(r.clock.now)
+    assert r.arbiter.store.executed == ["PRAGMA shrink_memory"] * 2
