@@ -13,6 +13,7 @@ import time
 import psutil
 import pytest
 
+from roxi_mp.client import DocumentsClient
 from roxi_mp.ingest import ingest_paths
 from roxi_mp.memory import mapped, maps_file
 from roxi_mp.service import READY_STATES
@@ -182,6 +183,26 @@ def test_the_store_look_finds_work_added_behind_the_supervisors_back(system, mak
                      max_document_bytes=cfg.store.max_document_bytes)
     s.wait_indexed(s.stats().chunks, timeout=PATIENCE)
     assert s.role("embedder-1")["resumes"] >= 1
+
+
+def test_a_put_wakes_suspended_roles_and_a_compaction_starts_a_suspended_indexer(system, make_config):
+    """A documents-endpoint put starts the suspended embedder and indexer (the role's `work`
+    heartbeat); once they are gone again, `roxi compact` starts the indexer for it."""
+    cfg = make_config(embedder__idle_seconds=1.0, embedder__wake_check_seconds=60.0)
+    s = system(cfg)
+    wait_suspended(s, "embedder-1", "indexer")
+    with DocumentsClient.for_config(cfg, timeout=30) as client:
+        put = client.put("guides/gout", "# Gout\n\nColchicine and allopurinol for gout flares.\n")
+        assert put["outcome"] == "added" and put["chunks"] >= 1
+        s.wait_indexed(s.stats().chunks, timeout=PATIENCE)  # the look is 60 s away: the put did it
+        wait_suspended(s, "embedder-1", "indexer")
+        assert client.delete("guides/gout") == 1
+    result = roxi(cfg, "compact")
+    assert result.returncode == 0, result.stderr
+    s.wait_for(lambda: (s.role("indexer").get("compaction") or {}).get("count", 0) >= 1, timeout=PATIENCE,
+               what="a compaction by the indexer started for it")
+    assert s.role("indexer")["resumes"] >= 2 and s.role("indexer")["restarts"] == 0
+    assert scan(s, "colchicine gout") == []  # the deleted document answers nothing
 
 
 def test_sleep_and_wake_with_suspended_roles(system, make_config):
