@@ -349,17 +349,20 @@ def test_model_process_dies_with_a_killed_supervisor(system, make_config):
                timeout=PATIENCE, what="every child gone after its supervisor")
 
 
-def test_whole_system_asleep_fits_in_110_mb(system, make_config):
+@pytest.mark.parametrize("how", ["roxi sleep", "idle timers"])
+def test_whole_system_asleep_fits_in_110_mb(system, make_config, how):
     """Issue 22, acceptance 1: the MiniLM system on the sample corpus, after real work (the
-    sample embedded, text queries answered) and `roxi sleep`: every roxi process together
-    (read from /proc) holds <= 110 MB; and a query while everything sleeps answers."""
+    sample embedded, text queries answered) and `roxi sleep` or its idle timers alone: every
+    roxi process together (read from /proc) holds <= 110 MB; a query while everything
+    sleeps answers."""
     cfg = make_config(embedder__backend="minilm", supervisor__ingest_sample_on_empty=True,
-                      embedder__idle_seconds=2.0)
+                      embedder__idle_seconds=2.0, query__idle_seconds=3.0 if how == "idle timers" else 300.0)
     s = system(cfg)
     s.wait_indexed(s.stats().chunks, timeout=180)
     first = scan(s, "heart attack", k=3)
-    result = roxi(cfg, "sleep")
-    assert result.returncode == 0, result.stderr
+    if how == "roxi sleep":
+        result = roxi(cfg, "sleep")
+        assert result.returncode == 0, result.stderr
     wait_suspended(s, "embedder-1", "indexer")
     s.wait_for(lambda: all(r["state"] in SLEEPING for r in s.status()["roles"]), timeout=PATIENCE,
                what="every role asleep or suspended")
