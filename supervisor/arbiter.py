@@ -168,7 +168,7 @@ class Arbiter:
         if quiet and not self.trimmed and self.store is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.store.conn.execute("PRAGMA shrink_memory")
-            memory.release()
+            memory.release(file_pages=True)
         self.trimmed = quiet
 
     def wait(self) -> None:

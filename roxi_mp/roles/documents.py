@@ -358,7 +358,7 @@ class DocumentsRole(Role):
         self.close_db()
         self.extractions.close()
         self.state = DState.ASLEEP
-        memory.release()  # a large put's buffers
+        memory.release(file_pages=True)  # a large put's buffers, and the libraries' pages
         if was_awake:
             self.sleeps += 1
             log.info("asleep")

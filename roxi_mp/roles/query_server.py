@@ -424,7 +424,7 @@ class QueryServer(Role):
             self.embeds.release()  # idle workers exit; parked queries are still answered
         self.close_db()
         self.state = QState.ASLEEP
-        memory.release()
+        memory.release(file_pages=True)  # the libraries' code too: faiss, numpy, OpenBLAS
         if was_awake:
             self.sleeps += 1
             log.info("deep sleep")
