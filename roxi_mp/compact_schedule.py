@@ -106,11 +106,15 @@ class Compactions:
         (a compaction that is due, refused for the disk or waiting for its retry is not)."""
         if self.running or self.requested or self.refused:
             return False
-        vis = store.visibility()
+        return not self._due(store.visibility(), store)
+
+    def _due(self, vis: Any, store: Store) -> bool:
+        """Whether the dead rows call for a compaction (counted again only when the visible
+        rows changed since the last count)."""
         if self.seen != tuple(vis):
             self.dead, self.seen = store.dead_rows(), tuple(vis)
         i = self.cfg.indexer
-        return not (self.dead >= i.compact_min_rows and self.dead > i.compact_dead_fraction * vis.rows)
+        return self.dead >= i.compact_min_rows and self.dead > i.compact_dead_fraction * vis.rows
 
     def step(self, store: Store) -> None:
         """Reap the child, clean up a little, or check whether one is due (never while
@@ -129,10 +133,8 @@ class Compactions:
         i = self.cfg.indexer
         self.next_check = now + i.compact_check_seconds
         vis = store.visibility()
-        if self.seen != tuple(vis):
-            self.dead, self.seen = store.dead_rows(), tuple(vis)
+        due = self._due(vis, store)
         asked, self.requested = self.requested, False
-        due = self.dead >= i.compact_min_rows and self.dead > i.compact_dead_fraction * vis.rows
         if asked and not self.dead:
             log.info("compaction asked for, but there are no dead rows to reclaim")
         if not self.dead or not (asked or (due and now >= self.retry_at)):
