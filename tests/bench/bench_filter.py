@@ -1,4 +1,4 @@
-"""Search with hidden rows (issue 17, acceptance 3 and 6): cost of the selector, exactness, recall.
+"""Search with hidden rows (issue 17, acceptance 3 and 6): cost of hiding rows, exactness, recall.
 
     .venv/bin/python -m tests.bench.bench_filter [--rows 100000] [--index hnsw] [--hidden 0.3]
         [--queries 200] [--latency-queries 500] [--tail 0.02]
@@ -7,10 +7,12 @@ A vectors file of N dim-384 rows (bench_ann's clustered, L2-normalised vectors) 
 in a temporary directory and searched in this process through roxi_mp.search.Searcher,
 faiss on one thread, one query at a time:
 
-- exact-search latency p50 / p99 with no filter, with the selector on and (almost) nothing
-  hidden (one row: a bitmap without any set bit passes no selector at all), and with a
-  random `--hidden` fraction hidden; the three are timed in turn for each query, so a
-  neighbour's load on a shared machine falls on all of them alike. Goal: <= 1.1x.
+- exact-search latency p50 / p99 with no filter, with (almost) nothing hidden (one row: a
+  bitmap without any set bit hides nothing at all), with a random `--hidden` fraction
+  hidden, and the same searched with faiss's selector alone (how every exact scan with
+  hidden rows was made before roxi_mp.search asked for more rows without it; not held to
+  the goal); the four are timed in turn for each query, so a neighbour's load on a shared
+  machine falls on all of them alike. Goal: <= 1.1x.
 - exact top-10 against a numpy brute force over the visible rows (float32 products of the
   file's float16 values), for `--queries` queries: it must be equal.
 - for each `--index` kind (hnsw, ivf): an index built over the first (1 - tail) N rows, the
@@ -43,6 +45,8 @@ MODEL = "bench/filter"
 BATCH = 40_000
 #: untimed queries before the timed ones: the first ones fault the mapping in
 WARMUP = 50
+#: names the variant timed only to compare with (not held to the goal)
+OLD_WAY = "(before)"
 #: "each query's own H nearest rows hidden": the H measured
 CORRELATED = (100, 300, 1000)
 
@@ -88,18 +92,22 @@ def searcher(cfg: Config, rows: int, hidden: np.ndarray | None) -> Searcher:
 def exact_latency(cfg: Config, n: int, hidden: np.ndarray, queries: np.ndarray) -> dict[str, dict]:
     one = np.zeros(n, dtype=bool)
     one[n // 2] = True
-    variants = {"no filter": searcher(cfg, n, None), "selector, 1 row hidden": searcher(cfg, n, one),
-                f"selector, {hidden.mean():.0%} hidden": searcher(cfg, n, hidden)}
-    assert variants["no filter"].hidden is None and variants["selector, 1 row hidden"].tail_hidden == 1
+    plain, single, many = searcher(cfg, n, None), searcher(cfg, n, one), searcher(cfg, n, hidden)
+    assert plain.hidden is None and single.tail_hidden == 1 and many.hidden.tail_params is not None
+    variants = {"no filter": lambda q: plain.search(q, K), "1 row hidden": lambda q: single.search(q, K),
+                f"{hidden.mean():.0%} hidden": lambda q: many.search(q, K),
+                f"{hidden.mean():.0%} hidden, selector alone {OLD_WAY}":
+                    lambda q: many.tail.search(q, K, params=many.hidden.tail_params)}
     names = list(variants)
     for q in queries[:WARMUP]:
-        for s in variants.values():
-            s.search(q[None, :], K)
+        for search in variants.values():
+            search(q[None, :])
     times: dict[str, list[float]] = {name: [] for name in names}
     for i, q in enumerate(queries[WARMUP:]):
-        for name in names[i % 3:] + names[:i % 3]:  # each variant goes first as often
+        turn = i % len(names)
+        for name in names[turn:] + names[:turn]:  # each variant goes first as often
             started = time.perf_counter()
-            variants[name].search(q[None, :], K)
+            variants[name](q[None, :])
             times[name].append(time.perf_counter() - started)
     base = percentile(times["no filter"], 50)
     return {name: {"p50": percentile(t, 50), "p99": percentile(t, 99), "ratio": percentile(t, 50) / base}
@@ -196,12 +204,12 @@ def run(quick: bool, *, rows: int = 100_000, kinds: list[str] | None = None, fra
 
 def report(rows: int, fraction: float, tail: float, latency: dict, exact: dict, anns: list[dict],
            queries: int) -> dict:
-    worst = max(v["ratio"] for v in latency.values())
+    worst = max(v["ratio"] for name, v in latency.items() if not name.endswith(OLD_WAY))
     lines = [f"## Search with hidden rows: {rows:,} x {DIM}, k {K}, one thread (bench_filter.py)", "",
              table(["exact search", "p50 ms", "p99 ms", "p50 / no filter"],
                    [[name, f"{v['p50'] * 1e3:.2f}", f"{v['p99'] * 1e3:.2f}", f"{v['ratio']:.3f}"]
                     for name, v in latency.items()]),
-             "", f"selector cost (goal <= 1.1x): {'pass' if worst <= 1.1 else 'FAIL'} (worst {worst:.3f}x)", "",
+             "", f"cost of hiding rows (goal <= 1.1x): {'pass' if worst <= 1.1 else 'FAIL'} (worst {worst:.3f}x)", "",
              f"exact top-{K} with {fraction:.0%} hidden vs numpy over visible rows: {exact['equal']}/{exact['queries']} "
              f"equal, {exact['ties']} equal up to tied scores: "
              f"{'pass' if exact['equal'] + exact['ties'] == exact['queries'] else 'FAIL'}"]

@@ -193,8 +193,50 @@ def test_nothing_hidden_passes_no_selector(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got[0], plain[0])
     assert tail.params == [None, None, None]
     searcher.set_hidden(np.packbits(np.arange(1000) == 7, bitorder="little"))
-    assert 7 not in searcher.search(x[7][None, :], 10)[1]
-    assert tail.params[-1] is not None and tail.params[-1].sel is not None
+    scores, rows = searcher.search(x[7][None, :], 10)
+    # One row hidden: the best 11 asked with no selector, row 7 dropped from them.
+    assert 7 not in rows and rows.tolist() == [r for r in plain[1].tolist() if r != 7] + [rows[-1]]
+    assert len(rows) == 10 and tail.params[-1] is None
+
+
+def test_hidden_rows_crowding_a_query_fall_back_to_the_selector(tmp_path: Path) -> None:
+    # Each query's own nearest 1000 rows hidden: the best rows asked without a selector are
+    # all hidden, so the scan is made again with it, and the answer is still exact.
+    cfg = make_cfg(tmp_path)
+    x = unit_rows(5000, seed=14)
+    append(cfg, x)
+    queries = x[[10, 20]]
+    scores_all = queries @ x.astype(np.float16).astype(np.float32).T
+    for q, own in zip(queries, scores_all):
+        hidden = np.zeros(len(x), dtype=bool)
+        hidden[np.argsort(-own)[:1000]] = True
+        hidden[np.random.default_rng(15).random(len(x)) < 0.2] = True  # and 20 % at random
+        searcher = Searcher(cfg, rows=len(x))
+        searcher.set_hidden(np.packbits(hidden, bitorder="little"))
+        searcher.tail = tail = Recording(searcher.tail)
+        truth, truth_scores = reference_scored(x, hidden, q[None, :], 10)
+        scores, rows = searcher.search(q[None, :], 10)
+        assert not hidden[rows].any() and len(rows) == 10
+        np.testing.assert_allclose(scores, truth_scores[0], atol=1e-5)
+        assert [p is not None and p.sel is not None for p in tail.params] == [False, True]
+
+
+def test_hidden_rows_at_random_need_no_selector(tmp_path: Path) -> None:
+    # 30 % hidden at random: twice the rows the visible fraction needs hold 10 visible ones.
+    cfg = make_cfg(tmp_path)
+    x = unit_rows(5000, seed=16)
+    append(cfg, x)
+    hidden, bitmap = tombstones(len(x), 0.3, seed=17)
+    searcher = Searcher(cfg, rows=len(x))
+    searcher.set_hidden(bitmap)
+    searcher.tail = tail = Recording(searcher.tail)
+    queries = unit_rows(20, seed=18)
+    truth, truth_scores = reference_scored(x, hidden, queries, 10)
+    for q, ts in zip(queries, truth_scores):
+        scores, rows = searcher.search(q[None, :], 10)
+        assert not hidden[rows].any() and len(rows) == 10
+        np.testing.assert_allclose(scores, ts, atol=1e-5)
+    assert tail.params == [None] * 20
 
 
 def test_the_bitmap_is_copied_and_must_be_packed_bytes(tmp_path: Path) -> None:
