@@ -14,6 +14,11 @@ A query's round trip is on the critical path of every text query, and a ZeroMQ m
 crosses two I/O threads each way: the pair took the model process's overhead from ~0.3 ms
 to ~0.1 ms (issue 21), and a request is in the child's socket the moment `send` returns,
 so the caller can go on with the lexical leg at once.
+
+Replies come in the order of their requests. A caller may send a text and never read its
+vector (the query failed in between: its lexical leg raised), so each request is numbered
+and a new one first reads and drops every reply still unread: a query never gets the
+vector of an earlier text, and the abandoned waiter, asked later, refuses.
 """
 
 from __future__ import annotations
@@ -90,6 +95,9 @@ class ModelProcess(Embedder):
         self.cfg = cfg
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
+        # Requests sent and replies read on the current pair, and the pair's number: a
+        # waiter knows its request by (pair, number).
+        self.pair = self.sent = self.read = 0
 
     @property
     def loaded(self) -> bool:
@@ -110,6 +118,7 @@ class ModelProcess(Embedder):
         finally:
             theirs.close()
         self.sock = ours
+        self.pair, self.sent, self.read = self.pair + 1, 0, 0
         try:  # the child answers once its model is loaded
             self._exchange({"op": "ping"}, time.monotonic() + START_TIMEOUT)
         except (OSError, ChildGone, RoxiError):
@@ -154,28 +163,48 @@ class ModelProcess(Embedder):
             raise EmbedError(f"the query model process embeds at most {MAX_ROWS} texts at once")
         self.load()
         deadline = time.monotonic() + ENCODE_TIMEOUT
-        self._guard(lambda: send_message(self._timed(deadline), {"op": "encode", "texts": texts}))
-        return lambda: self._vectors(deadline, len(texts))
+        self._guard(lambda: self._send(deadline, {"op": "encode", "texts": texts}))
+        ticket = (self.pair, self.sent)
+        return lambda: self._vectors(deadline, len(texts), ticket)
 
-    def _vectors(self, deadline: float, count: int) -> np.ndarray:
+    def _vectors(self, deadline: float, count: int, ticket: tuple[int, int]) -> np.ndarray:
+        if ticket != (self.pair, self.read + 1):
+            raise EmbedError("query model process: a newer request was sent before this one's vectors were read")
+
         def receive() -> np.ndarray:
-            sock = self._timed(deadline)
-            reply = recv_message(sock)
+            reply, data = self._reply(deadline)
             self._check(reply)
             rows = reply.get("rows")
             if not isinstance(rows, int) or isinstance(rows, bool) or rows != count:
                 raise ChildGone(f"reply of {rows!r} rows for {count} texts")
-            data = recv_exact(sock, rows * self.dim * 4)
             return np.frombuffer(data, dtype="<f4").reshape(rows, self.dim).astype(np.float32, copy=False)
         return self._guard(receive)
+
+    def _send(self, deadline: float, msg: dict) -> None:
+        """Send a request, once every earlier reply is read (and dropped if nobody did)."""
+        while self.read < self.sent:
+            self._reply(deadline)
+        send_message(self._timed(deadline), msg)
+        self.sent += 1
+
+    def _reply(self, deadline: float) -> tuple[dict, bytearray]:
+        """The next reply: its map and the vectors after it (none unless ok with rows)."""
+        sock = self._timed(deadline)
+        reply = recv_message(sock)
+        rows = reply.get("rows", 0) if reply.get("ok") else 0  # a pong has none
+        if not isinstance(rows, int) or isinstance(rows, bool) or not 0 <= rows <= MAX_ROWS:
+            raise ChildGone(f"reply of {rows!r} rows")
+        data = recv_exact(sock, rows * self.dim * 4)
+        self.read += 1
+        return reply, data
 
     def _call(self, msg: dict, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         return self._guard(lambda: self._exchange(msg, deadline))
 
     def _exchange(self, msg: dict, deadline: float) -> dict:
-        send_message(self._timed(deadline), msg)
-        reply = recv_message(self._timed(deadline))
+        self._send(deadline, msg)
+        reply, _ = self._reply(deadline)
         self._check(reply)
         return reply
 

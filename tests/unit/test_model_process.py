@@ -133,3 +133,17 @@ def test_garbage_from_the_parent_ends_the_child_cleanly(cfg) -> None:
     ours.sendall(model_process.LENGTH.pack(3) + b"\xc1\xc1\xc1")  # not msgpack
     assert proc.wait(timeout=PATIENCE) == 0
     ours.close()
+
+
+def test_a_reply_nobody_read_is_never_taken_for_the_next_one(child) -> None:
+    # A query that fails between sending its text and reading its vector (its lexical leg
+    # raised, say) leaves that vector in the pair: the next query must get its own.
+    first, second = child.encode(TEXTS[:1]), child.encode(TEXTS[1:])
+    assert not np.array_equal(first, second)
+    abandoned = child.encode_later(TEXTS[:1])
+    np.testing.assert_array_equal(child.encode(TEXTS[1:]), second)
+    with pytest.raises(EmbedError, match="newer request"):
+        abandoned()  # its reply was skipped: it must not read another's
+    later = [child.encode_later(TEXTS[:1]), child.encode_later(TEXTS[1:])]
+    np.testing.assert_array_equal(later[1](), second)
+    np.testing.assert_array_equal(child.encode(TEXTS[:1]), first)
