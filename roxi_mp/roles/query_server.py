@@ -417,6 +417,10 @@ class QueryServer(Role):
     def sleep(self) -> None:
         """Deep sleep: drop every reference to the mapping and every cache, give memory back."""
         was_awake = self.state is QState.AWAKE
+        # Asleep, only a request that wakes nothing (a bad vector query) may have opened
+        # the store since: a sleep then has nothing to give back (and the pages of the
+        # libraries, ~7 ms to let go of, were let go of by the sleep before).
+        held = was_awake or self.store is not None or self.model.loaded or self.searcher is not None
         self.view.drop()  # the mappings and the hidden rows
         self.cache.invalidate()
         self.model.unload()
@@ -424,7 +428,8 @@ class QueryServer(Role):
             self.embeds.release()  # idle workers exit; parked queries are still answered
         self.close_db()
         self.state = QState.ASLEEP
-        memory.release(file_pages=True)  # the libraries' code too: faiss, numpy, OpenBLAS
+        if held:
+            memory.release(file_pages=True)  # the libraries' code too: faiss, numpy, OpenBLAS
         if was_awake:
             self.sleeps += 1
             log.info("deep sleep")

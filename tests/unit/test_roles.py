@@ -725,6 +725,24 @@ def test_sleep_drops_cache_model_and_connection(qs: QS) -> None:
     assert_good_query(qs)  # and everything comes back on demand
 
 
+def test_a_sleep_gives_memory_back_only_when_something_was_held(qs: QS, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Letting go of the libraries' pages costs ~7 ms and a full collection more: a server
+    # asked to sleep over and over (a stream of `roxi sleep`) must not spend itself on it.
+    released: list[bool] = []
+    monkeypatch.setattr(query_server.memory, "release", lambda *, file_pages=False: released.append(file_pages))
+    assert_good_query(qs)
+    qs.ask("sleep")
+    assert released == [True]
+    for _ in range(3):
+        qs.ask("sleep")  # asleep, nothing opened since: nothing to give back
+    assert released == [True]
+    vector = np.zeros(DIM + 1, dtype=np.float32)  # a bad vector query opens the store, wakes nothing
+    meta, buf = protocol.encode_array(vector[None, :])
+    assert qs.ask("query", buf, k=1, **meta)["ok"] is False and qs.server.store is not None
+    qs.ask("sleep")
+    assert released == [True, True] and qs.server.store is None
+
+
 def test_bad_request_does_not_wake_a_sleeping_server(qs: QS) -> None:
     reply = qs.ask("query", text="   ")
     assert reply["ok"] is False and qs.server.state is QState.ASLEEP and qs.server.searcher is None
