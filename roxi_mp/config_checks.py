@@ -71,6 +71,7 @@ def check_backends(cfg: Config) -> None:
     _require(h.initial_batch_size <= h.max_batch_size, "http.initial_batch_size", "<= max_batch_size",
              h.initial_batch_size)
     _require(0 < h.target_fraction <= 1, "http.target_fraction", "in (0, 1]", h.target_fraction)
+    _require(0 < h.query_share < 1, "http.query_share", "in (0, 1)", h.query_share)
     if e.backend == "http":  # only checked when used: the defaults describe no service
         _require(h.base_url.startswith(("http://", "https://")), "http.base_url",
                  "an http:// or https:// URL", h.base_url)

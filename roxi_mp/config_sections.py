@@ -85,6 +85,7 @@ class HttpSettings:
     max_batch_size: int = 2048
     initial_batch_size: int = 8
     target_fraction: float = 0.5
+    query_share: float = 0.1
 
 
 @dataclass

@@ -18,16 +18,29 @@ from .hashing import HashingEmbedder
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["Embedder", "EmbedError", "HashingEmbedder", "make_embedder", "BACKENDS"]
+__all__ = ["Embedder", "EmbedError", "HashingEmbedder", "make_embedder", "rate_share", "BACKENDS"]
 
 
-def make_embedder(cfg: "Config", backend: str | None = None, *, fresh: bool = False) -> Embedder:
+def rate_share(cfg: "Config", role: str) -> float:
+    """The part of the http rate limits one process of `role` may use: each process holds
+    its own buckets, and the limits are the service's, for the whole system. The query
+    server keeps `http.query_share`; the `embedder.count` embedders split the rest."""
+    if role == "query":
+        return cfg.http.query_share
+    if role == "embedder":
+        return (1.0 - cfg.http.query_share) / cfg.embedder.count
+    raise ValueError(f"no rate share for role {role!r}")
+
+
+def make_embedder(cfg: "Config", backend: str | None = None, *, fresh: bool = False,
+                  share: float = 1.0) -> Embedder:
     """The embedder named by `backend` (default: embedder.backend), configured from cfg.
 
     Construction is cheap (no weights are loaded before `load()` or the first encode).
     MiniLM's `compute = "auto"` computes in int8 unless the store was built in float32
     (so an existing store keeps its vectors' model); `fresh` (a store about to be embedded
-    anew: `roxi reembed`) ignores what the store recorded.
+    anew: `roxi reembed`) ignores what the store recorded. An http embedder uses `share`
+    of the configured rate limits (`rate_share`: several processes call one service).
     """
     name = backend or cfg.embedder.backend
     if name == "hashing":
@@ -41,7 +54,8 @@ def make_embedder(cfg: "Config", backend: str | None = None, *, fresh: bool = Fa
         from .http import HttpEmbedder
         h = cfg.http
         return HttpEmbedder(base_url=h.base_url, model=h.model, dim=h.dim, api_key_env=h.api_key_env,
-                            requests_per_minute=h.requests_per_minute, tokens_per_minute=h.tokens_per_minute,
+                            requests_per_minute=h.requests_per_minute * share,
+                            tokens_per_minute=h.tokens_per_minute * share,
                             max_in_flight=h.max_in_flight, timeout_seconds=h.timeout_seconds,
                             max_retries=h.max_retries, backoff_initial_seconds=h.backoff_initial_seconds,
                             backoff_max_seconds=h.backoff_max_seconds, max_wait_seconds=h.max_wait_seconds,

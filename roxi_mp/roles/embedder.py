@@ -51,7 +51,7 @@ import zmq
 
 from .. import memory, protocol
 from ..config import Config
-from ..embedders import EmbedError, make_embedder
+from ..embedders import EmbedError, make_embedder, rate_share
 from ..embedders import Embedder as Model
 from ..errors import ConfigError
 from ..histogram import Histogram
@@ -151,7 +151,7 @@ class Embedder(Role):
     def initialize(self) -> None:
         ecfg = self.cfg.embedder
         self.store = Store.open(self.cfg)
-        self.model = make_embedder(self.cfg)
+        self.model = make_embedder(self.cfg, share=rate_share(self.cfg, "embedder"))
         self.store.ensure_model(self.model.model_id, self.model.dim)
         self.model.load()  # a missing or corrupt model is a boot failure, not a batch failure
         self.owner = f"{self.name}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

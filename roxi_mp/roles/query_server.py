@@ -36,7 +36,7 @@ import zmq
 from .. import hybrid, keys, memory, protocol
 from ..cache import ResultCache
 from ..config import Config
-from ..embedders import make_embedder
+from ..embedders import make_embedder, rate_share
 from ..model_process import ModelProcess
 from ..fusion import LEXICAL, MODES
 from ..histogram import Histogram
@@ -99,7 +99,7 @@ class QueryServer(Role):
         if qcfg.model_process and self.cfg.embedder.backend == "minilm":
             self.model = ModelProcess(self.cfg)
         else:
-            self.model = make_embedder(self.cfg)
+            self.model = make_embedder(self.cfg, share=rate_share(self.cfg, "query"))
         self.cache = ResultCache(max_entries=qcfg.cache_entries, ttl_seconds=qcfg.cache_ttl_seconds)
         faiss.omp_set_num_threads(qcfg.threads)
         # The socket's hard cap is twice the request limit: a request between the two gets a

@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from roxi_mp import protocol
-from roxi_mp.embedders import EmbedError
+from roxi_mp.embedders import EmbedError, rate_share
 from roxi_mp.roles.embedder import EState, Embedder, Job
 from roxi_mp.store import Store
 from tests.conftest import PATIENCE
@@ -351,9 +351,11 @@ def local(make_config, monkeypatch):
     sink = protocol.configure(ctx.socket(zmq.PULL), hwm=100)
     sink.bind(cfg.endpoint("vectors"))
     backend = LocalBackend(HashingEmbedder(dim=cfg.hashing.dim))
-    monkeypatch.setattr(role_module, "make_embedder", lambda cfg: backend)
+    made: list[dict] = []
+    monkeypatch.setattr(role_module, "make_embedder", lambda cfg, **kw: made.append(kw) or backend)
     emb = Embedder(cfg, ctx)
     emb.initialize()
+    assert made == [{"share": rate_share(cfg, "embedder")}]  # its part of the http rate limits
     emb.poll_timeout = lambda: 0.01
     # The machine as the role would see it idle: pytest and other sessions load this one.
     emb.cpu.idle = lambda now: True

@@ -480,3 +480,28 @@ def test_fake_server_models_a_slow_cpu_server():
         for t in threads:
             t.join(60)
         assert max(took[1:]) >= 0.4  # the second waited for the first: one at a time
+
+
+def test_the_processes_share_the_configured_rate_limits(make_config) -> None:
+    # Each process holds its own buckets, while the limits are the service's: the query
+    # server and the embedders together must stay within them (they used to take them each).
+    from roxi_mp.embedders import make_embedder, rate_share
+    from roxi_mp.embedders.http import RATE_HEADROOM
+    cfg = make_config(embedder__backend="http", embedder__count=3, http__base_url="http://127.0.0.1:9/v1",
+                      http__model="m", http__dim=8, http__requests_per_minute=1200.0,
+                      http__tokens_per_minute=60_000.0, http__query_share=0.25)
+    assert rate_share(cfg, "query") == 0.25 and rate_share(cfg, "embedder") == pytest.approx(0.25)
+    query = make_embedder(cfg, share=rate_share(cfg, "query"))._limiter
+    embedders = [make_embedder(cfg, share=rate_share(cfg, "embedder"))._limiter for _ in range(3)]
+    for limit, configured in (("requests_per_minute", 1200.0), ("tokens_per_minute", 60_000.0)):
+        used = getattr(query, limit) + sum(getattr(e, limit) for e in embedders)
+        assert used == pytest.approx(configured * RATE_HEADROOM)
+    assert make_embedder(cfg)._limiter.requests_per_minute == pytest.approx(1200.0 * RATE_HEADROOM)  # reembed: alone
+    with pytest.raises(ValueError):
+        rate_share(cfg, "indexer")
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, -0.1, 1.5])
+def test_a_query_share_outside_0_1_is_refused(make_config, share: float) -> None:
+    with pytest.raises(ConfigError, match="http.query_share"):
+        make_config(http__query_share=share)

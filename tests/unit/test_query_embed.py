@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from roxi_mp import protocol
-from roxi_mp.embedders import EmbedError, Embedder, HashingEmbedder
+from roxi_mp.embedders import EmbedError, Embedder, HashingEmbedder, rate_share
 from roxi_mp.roles.query_server import QState
 from tests.conftest import FakeClock
 
@@ -65,8 +65,10 @@ def slow(qs_factory, monkeypatch):  # noqa: F811 (the fixture imported above)
     def make(*, max_in_flight: int = 2, **overrides) -> tuple[QS, SlowRemote, FakeClock]:
         model = SlowRemote(max_in_flight=max_in_flight)
         models.append(model)
-        monkeypatch.setattr("roxi_mp.roles.query_server.make_embedder", lambda cfg: model)
+        made: list[dict] = []
+        monkeypatch.setattr("roxi_mp.roles.query_server.make_embedder", lambda cfg, **kw: made.append(kw) or model)
         q = qs_factory(query__max_k=20, query__embed_timeout_seconds=DEADLINE, **overrides)
+        assert made == [{"share": rate_share(q.cfg, "query")}]  # its part of the http rate limits
         clock = FakeClock()
         q.server.embeds.clock = clock
         return q, model, clock
