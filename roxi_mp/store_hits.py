@@ -46,7 +46,7 @@ FREQUENCY_ENTRIES = 100_000
 #: the documents role, never imports numpy)
 ROW_FIELDS = [("chunk", "<i8"), ("doc", "<i8"), ("position", "<i4"), ("page", "<i4"), ("heading", "<i4")]
 #: the same record for struct, which reads ten of them faster than numpy indexing
-_RECORD = struct.Struct("<qqiii")
+RECORD = struct.Struct("<qqiii")
 
 
 class Hit(NamedTuple):  # a tuple: the query server builds ten of them per query
@@ -89,22 +89,29 @@ class HitLookup:
         texts and for documents not in `live` (whether each is live, kept by the caller
         for as long as nothing is committed) or not cached. As in `hits`, a row of a
         version not live is left out (and logged), and so is a row whose chunk is gone."""
-        size, records = _RECORD.size, fields.records
-        found = [(row, rec) for row in rows if (rec := _RECORD.unpack_from(records, row * size))[0]]
-        docs = self._documents({rec[1] for _, rec in found}, live=live)
-        stale = [row for row, rec in found if not live.get(rec[1])]
+        size, records, unpack = RECORD.size, fields.records, RECORD.unpack_from
+        found = [(row, rec) for row in rows if (rec := unpack(records, row * size))[0]]
+        cache = self._doc_cache
+        for _, rec in found:  # one pass when every document is known, as after the first queries
+            if rec[1] not in live or rec[1] not in cache:
+                self._documents({rec[1] for _, rec in found}, live=live)
+                break
+        texts = self._texts([rec[0] for _, rec in found]) if with_text else None
+        out: dict[int, Hit] = {}
+        stale = []
+        headings = fields.headings
+        for row, (chunk_id, doc_id, position, page, heading) in found:
+            if not live.get(doc_id):
+                stale.append(row)
+                continue
+            doc = cache.get(doc_id)
+            text = "" if texts is None else texts.get(chunk_id)
+            if doc is not None and text is not None:
+                out[row] = Hit(row, chunk_id, doc_id, doc[0], doc[1], position, doc[2], doc[3], text,
+                               None if page < 0 else page, headings[heading])
         if stale:
             log.warning("dropped %d hits that are not live (rows %s): the hidden rows were stale",
                         len(stale), stale[:10])
-        texts = self._texts([rec[0] for _, rec in found]) if with_text else {}
-        out: dict[int, Hit] = {}
-        headings = fields.headings
-        for row, (chunk_id, doc_id, position, page, heading) in found:
-            doc = docs.get(doc_id)
-            text = texts.get(chunk_id) if with_text else ""
-            if doc is not None and live.get(doc_id) and text is not None:
-                out[row] = Hit(row, chunk_id, doc_id, doc[0], doc[1], position, doc[2], doc[3], text,
-                               None if page < 0 else page, headings[heading])
         return out
 
     def _texts(self, chunk_ids: list[int]) -> dict[int, str]:
@@ -235,6 +242,7 @@ class HitLookup:
         if missing:
             if len(self._doc_cache) + len(missing) > DOC_CACHE_ENTRIES:
                 self._doc_cache.clear()
+                missing = list(ids)  # the cleared ones too: every document asked for is read
             marks = ",".join("?" * len(missing))
             for doc_id, key, version, title, source, is_live in self.conn.execute(
                     f"SELECT id, key, version, title, source, status = 'live' FROM documents WHERE id IN ({marks})",

@@ -327,3 +327,15 @@ def test_hits_document_cache_stays_bounded(store: Store, monkeypatch) -> None:
     store.commit_rows([(1, 0), (2, 1), (3, 2)], rows=3)
     assert [store.hits([r])[r].title for r in (0, 1, 2, 0)] == ["A", "B", "C", "A"]
     assert len(store._doc_cache) <= 2
+
+
+def test_a_document_cache_cleared_in_a_lookup_still_answers_every_row(store: Store, monkeypatch) -> None:
+    """A lookup whose new documents overflow the cache clears it, and reads again the cached
+    ones it asked for too: their hits were silently left out before."""
+    monkeypatch.setattr("roxi_mp.store_hits.DOC_CACHE_ENTRIES", 2)
+    for name in ("a", "b", "c"):
+        add(store, name, 1, title=name.upper())
+    store.commit_rows([(1, 0), (2, 1), (3, 2)], rows=3)
+    assert store.hits([0])[0].title == "A"  # cached
+    hits = store.hits([0, 1, 2])  # two more: over the bound, so the cache is cleared first
+    assert {row: hit.title for row, hit in hits.items()} == {0: "A", 1: "B", 2: "C"}
