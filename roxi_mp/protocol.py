@@ -231,8 +231,8 @@ def answer(frames: Sequence[bytes], handle: Callable[[dict, list[bytes]], dict],
 def encode_array(matrix: np.ndarray) -> tuple[dict, memoryview]:
     """Header fields and a raw little-endian buffer for a float16/float32 array."""
     import numpy as np
-    name = {np.dtype("float16"): "float16", np.dtype("float32"): "float32"}.get(matrix.dtype)
-    if name is None:
+    name = matrix.dtype.name  # of either byte order: the little-endian copy below is what travels
+    if matrix.dtype.kind != "f" or name not in VECTOR_DTYPES:
         raise BadInput(f"arrays travel as float16 or float32, not {matrix.dtype}")
     arr = np.ascontiguousarray(matrix, dtype=VECTOR_DTYPES[name])
     return {"dtype": name, "shape": list(arr.shape)}, memoryview(arr).cast("B")

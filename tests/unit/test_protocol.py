@@ -124,6 +124,14 @@ def test_one_dimensional_shape_is_promoted_to_one_row() -> None:
     np.testing.assert_array_equal(back[0], v)
 
 
+@pytest.mark.parametrize("dtype", [">f4", ">f2"])
+def test_a_big_endian_array_travels_little_endian(dtype) -> None:
+    m = np.linspace(-2, 2, 16).reshape(2, 8).astype(dtype)
+    meta, buf = encode_array(m)
+    assert meta == {"dtype": np.dtype(dtype).name, "shape": [2, 8]}
+    np.testing.assert_array_equal(decode_array(meta, bytes(buf), dim=8), m)
+
+
 def test_encode_refuses_other_dtypes() -> None:
     with pytest.raises(BadInput):
         encode_array(np.zeros((2, 8), dtype=np.float64))
