@@ -21,6 +21,7 @@ without making and sorting a candidate for each of the `query.candidates` rows.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -52,6 +53,7 @@ class Options:
     words: tuple[str, ...]  # what the lexical leg searches (lexical.terms); none: an empty leg
     budget: int  # chunks the lexical leg scores, about (lexical.split_by_frequency)
 
+    @functools.cached_property
     def key(self) -> tuple:
         """What a cached answer depends on, besides the query itself."""
         return (self.mode, self.fusion, self.dense_weight, self.lexical_weight, self.rrf_k, self.candidates)
@@ -113,14 +115,14 @@ def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, wi
     the query vector (awaiting its embedding), called only if the dense leg runs;
     `lookup(rows, with_text)` finds the hits of rows (default `store.hits`)."""
     depth = max(k, opts.candidates) if opts.mode == HYBRID else k
-    words = store.lexical(opts.words, depth, budget=opts.budget) if opts.mode != DENSE else []
+    words = store.lexical(opts.words, depth, budget=opts.budget) if opts.mode != DENSE and opts.words else []
     scores = rows = np.zeros(0)
     if opts.mode != LEXICAL:
         v = vector()
         if v is not None and searcher is not None and searcher.ntotal:
             scores, rows = searcher.search(v, depth)
     if not words:
-        return _dense_hits(store, scores[:k].tolist(), rows[:k].tolist(), _dense_scorer(scores, opts),
+        return _dense_hits(store, scores[:k].tolist(), rows[:k].tolist(), dense_scorer(scores, opts),
                            with_text=with_text, lookup=lookup)
     dense = [(int(r), float(s)) for r, s in zip(rows.tolist(), scores.tolist())]
     if opts.mode == HYBRID:
@@ -133,7 +135,7 @@ def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, wi
     return _hits(store, best, with_text=with_text, lookup=lookup)
 
 
-def _dense_scorer(scores: np.ndarray, opts: Options) -> Callable[[int, float], float]:
+def dense_scorer(scores: np.ndarray, opts: Options) -> Callable[[int, float], float]:
     """score(rank, dense score) as `fuse` scores the dense leg's best first `scores` when
     the lexical leg found nothing (a single leg: the dense score itself)."""
     if opts.mode != HYBRID:
@@ -179,7 +181,8 @@ def _hits(store: Store, best: list[Candidate], *, with_text: bool,
 
 def _item(hit: Hit, rank: int, score: float, dense_rank: int | None, lexical_rank: int | None,
           with_text: bool) -> dict:
-    """One hit of a reply."""
+    """One hit of a reply. (QueryServer._fast_hits builds the same map for a vector alone:
+    change both; tests/unit/test_query_fast.py compares them byte for byte.)"""
     item = {"rank": rank, "score": score, "row": hit.row, "chunk_id": hit.chunk_id,
             "doc_id": hit.doc_id, "key": hit.key, "version": hit.version, "position": hit.position,
             "title": hit.title, "source": hit.source, "page": hit.page, "heading": hit.heading,

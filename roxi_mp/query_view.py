@@ -94,6 +94,14 @@ class CommitWatch:
             return raw
         return store.data_version()
 
+    def unchanged(self, store: Store, mark: bytes | int | None) -> bool:
+        """Whether `store` still shows `mark` (an earlier `mark(store)`), read the quick way:
+        a header mark read again from the same linked file, or failing that `mark` again."""
+        if store is self.store and self.fd >= 0 and type(mark) is bytes:
+            if os.pread(self.fd, WAL_INDEX_HEADER_BYTES, 0) == mark and os.fstat(self.fd).st_nlink:
+                return True  # the bytes a valid header had, in the live file
+        return self.mark(store) == mark
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -116,7 +124,8 @@ class RowView:
         self.watch = CommitWatch()
         self.version: bytes | int | None = None  # CommitWatch.mark before the last full read; None: read again
         self.vis = Visibility(0, 0, 0)  # of the last full read
-        self.coverage: dict = {}  # Store.coverage() of the last full read
+        self.coverage: dict = {}  # Store.coverage() of the last full read, less its generation (never changed: replaced)
+        self.generation = 0  # the store's generation, as of the last full read
         self.live: dict[int, bool] = {}  # document id: live? read since the last full read
 
     @property
@@ -149,7 +158,9 @@ class RowView:
                     vis = store.visibility()
                     if self.sync(store, vis):
                         on_change()
-                    self.coverage = store.coverage()
+                    coverage = store.coverage()
+                    self.generation = coverage.pop("generation")
+                    self.coverage = coverage
                     self.live = {}  # anything may have changed: ask again
                     out = read()
                 self.version, self.vis = version, vis

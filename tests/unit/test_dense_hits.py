@@ -65,12 +65,12 @@ def test_dense_hits_equal_the_fused_answer(mode: str, fusion: str) -> None:
         expected = by_fusion(scores, rows, k, opts, lookup, with_text)
         search_depth = max(k, depth) if mode == HYBRID else min(k, depth)
         got = hybrid._dense_hits(None, scores[:k].tolist(), rows[:k].tolist(),
-                                 hybrid._dense_scorer(scores[:search_depth], opts), with_text=with_text, lookup=lookup)
+                                 hybrid.dense_scorer(scores[:search_depth], opts), with_text=with_text, lookup=lookup)
         assert got == expected, (trial, mode, fusion)
 
 
 def test_no_dense_rows_no_hits() -> None:
     empty = np.zeros(0, dtype=np.float32)
     for mode, fusion in [(DENSE, RRF), (HYBRID, WEIGHTED), (HYBRID, RRF)]:
-        scorer = hybrid._dense_scorer(empty, options(mode, fusion, 1.0))
+        scorer = hybrid.dense_scorer(empty, options(mode, fusion, 1.0))
         assert hybrid._dense_hits(None, [], [], scorer, with_text=True, lookup=lookup_of([], set())) == ([], 0)

@@ -109,7 +109,7 @@ def test_stop_words_only_give_an_empty_lexical_leg(cfg) -> None:
 
 
 def test_the_cache_key_tells_every_option_apart(cfg) -> None:
-    keys = {options(msg, cfg, text="gout", has_vector=False).key() for msg in (
+    keys = {options(msg, cfg, text="gout", has_vector=False).key for msg in (
         {}, {"mode": "dense"}, {"mode": "lexical"}, {"fusion": "weighted"}, {"weights": {"dense": 0.1}},
         {"weights": {"lexical": 0.1}})}
     assert len(keys) == 6
