@@ -15,8 +15,9 @@ while queries and kills go on. At the end, with the chaos stopped, everything mu
 
 - nothing lost, nothing duplicated: every chunk indexed once, rows exactly 0..n-1, each
   row holding its own chunk's vector (tests.corpus.check_exactly_once);
-- no wrong answer: every reply's first hit for a chunk's own text (a dense query) is that
-  text, with score ~1 (the hashing backend is deterministic), and every hit's row, chunk and
+- no wrong answer: every reply's first hit for a chunk's own text (a dense query) or, every
+  other query, for its own vector (the query server's fast path, issue 21) is that text,
+  with score ~1 (the hashing backend is deterministic), and every hit's row, chunk and
   document agree with the store. Failed requests (a query server being killed) are counted, not wrong.
 
 Issue 8's acceptance 4: 5 minutes with >= 20 kills, nothing lost or duplicated; issue 22's
@@ -40,7 +41,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from roxi_mp import protocol
 from roxi_mp.client import QueryClient
+from roxi_mp.embedders import make_embedder
 from roxi_mp.errors import RoxiError
 from roxi_mp.service import READY_STATES
 from roxi_mp.store import Store
@@ -83,7 +86,8 @@ class Soak:
         self.kills: Counter[str] = Counter()
         self.cycles: Counter[str] = Counter()  # sleep and wake commands sent, suspensions seen
         self.resumes = 0  # starts out of suspended, summed over the supervisor's lives
-        self.queries: Counter[str] = Counter()  # ok, failed, wrong, not yet followed
+        self.queries: Counter[str] = Counter()  # ok, failed, wrong, not yet followed; by vector, by text
+        self.fast_total = self.fast_last = 0  # fast-path answers seen in earlier server lives, and this one
         self.wrong: list[str] = []
         self.batches = 0
         self.ingest_failures = 0
@@ -103,7 +107,9 @@ class Soak:
 
     def ask(self) -> None:
         client = QueryClient.for_config(self.cfg, timeout=5.0)
+        model = make_embedder(self.cfg)  # the hashing backend: the vectors the store holds
         store: Store | None = None
+        by_vector = False
         while not self.stop.is_set():
             if self.system_down.is_set():
                 time.sleep(0.2)
@@ -118,7 +124,12 @@ class Soak:
                 # Dense: a chunk's own text is then its own best hit with score ~1 (hybrid,
                 # the default since issue 19, may rank an overlapping neighbour first: its
                 # words weigh in). Every hit's identity is checked below either way.
-                reply = client.call("query", text=row[1], k=5, mode="dense")
+                by_vector = not by_vector
+                if by_vector:  # every other query: the chunk's own vector, which the fast path answers
+                    meta, buf = protocol.encode_array(model.encode([row[1]])[0])
+                    reply, _ = client.call_raw("query", frames=[buf], k=5, **meta)
+                else:
+                    reply = client.call("query", text=row[1], k=5, mode="dense")
             except RoxiError:
                 self._count("failed")
                 time.sleep(0.1)
@@ -126,8 +137,11 @@ class Soak:
             if row[2] >= reply["rows"]:
                 self._count("not yet followed")  # committed a moment ago; the server maps it next
                 continue
-            problem = self._check(store, row, reply["hits"])
+            problem = self._check(store, row, reply["hits"], scored=not by_vector)
             self._count("wrong" if problem else "ok")
+            self._count("by vector" if by_vector else "by text")
+            if by_vector and self.queries["by vector"] % 50 == 0:
+                self._fast_served(client)
             if problem:
                 with self.lock:
                     self.wrong.append(problem)
@@ -135,10 +149,12 @@ class Soak:
         if store is not None:
             store.close()
 
-    def _check(self, store: Store, asked: tuple[int, str, int], hits: list[dict]) -> str | None:
+    def _check(self, store: Store, asked: tuple[int, str, int], hits: list[dict], *, scored: bool) -> str | None:
+        """`scored`: a dense text query, whose first score is the cosine (a vector alone is
+        scored as the configured mode says: its first hit is still the chunk itself)."""
         if not hits:
             return f"no hit for indexed chunk {asked[0]}"
-        if hits[0]["text"] != asked[1] or hits[0]["score"] < 0.999:
+        if hits[0]["text"] != asked[1] or (hits[0]["score"] < 0.999 if scored else hits[0]["dense_rank"] != 1):
             return f"chunk {asked[0]}: first hit is chunk {hits[0]['chunk_id']} with score {hits[0]['score']:.4f}"
         for hit in hits:
             if hit["row"] is None:
@@ -152,6 +168,17 @@ class Soak:
             if found != (hit["chunk_id"], hit["doc_id"]):
                 return f"row {hit['row']} is chunk {found} in the store, the reply says {hit['chunk_id']}"
         return None
+
+    def _fast_served(self, client: QueryClient) -> None:
+        """Count the query server's fast-path answers, across its restarts (at least)."""
+        try:
+            now = client.stats().get("fast_served", 0)
+        except RoxiError:
+            return
+        with self.lock:
+            if now < self.fast_last:  # a new server life
+                self.fast_total += self.fast_last
+            self.fast_last = now
 
     def _count(self, what: str) -> None:
         with self.lock:
@@ -230,6 +257,7 @@ class Soak:
                 "sleep_cycles": dict(self.cycles), "resumes": self.resumes,
                 "chunks": total, "indexed_exactly_once": indexed_once, "ingest_batches": self.batches,
                 "ingest_failures": self.ingest_failures, "queries": dict(self.queries),
+                "fast_path_answers_at_least": self.fast_total + self.fast_last,
                 "wrong_examples": self.wrong[:10], "restarts_since_last_start": restarts}
 
 
@@ -259,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                     table(["seconds", "kills", "by role", "chunks", "indexed exactly once", "queries ok",
                            "queries failed (server killed)", "wrong answers", "ingest runs failed",
                            "deep sleep", "resumes"], rows),
+                    "", f"queries by text {result['queries'].get('by text', 0)}, by vector "
+                    f"{result['queries'].get('by vector', 0)}; the fast path answered at least "
+                    f"{result['fast_path_answers_at_least']}",
                     "", f"result: {'PASS' if ok else 'FAIL'} (nothing lost or duplicated, no wrong answer, >= 20 kills, "
                     ">= 3 sleeps and a role resumed from suspended)"]) + "\n"
     path = write_results("soak", {"machine": machine(), **result, "pass": ok}, md)
