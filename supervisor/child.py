@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import collections
 import enum
+import math
 import os
 import subprocess
 import time
@@ -214,7 +215,9 @@ class Child:
                 held = self._mapped[2]
                 row["mapped_bytes"], row["mapped_rss"] = held.size, held.rss
         if self.state is ChildState.SUSPENDED:
-            row["suspended_since"] = round(self.suspended_since, 1)
+            # to 0.1 s, down: a moment is never reported as later than it was (round() put it
+            # up to 0.05 s in the future, and a status read at once saw a time not yet come)
+            row["suspended_since"] = math.floor(self.suspended_since * 10) / 10
             row["suspended_seconds"] = round(now - self.suspended_at, 1)
         if self.resumes:
             row["resumes"] = self.resumes

@@ -504,6 +504,14 @@ def test_a_suspended_exit_is_neither_a_failure_nor_a_stop(rig):
     assert r.arbiter.loop_timeout() == r.arbiter.cfg.supervisor.sleep_poll_seconds  # the system costs no CPU
 
 
+def test_the_moment_a_role_was_suspended_is_never_reported_later_than_it_was(rig):
+    r = rig()
+    r.suspend(*SLEEPERS)
+    r.run(1.0)
+    r.child(SLEEPERS[0]).suspended_since = 1_795_781_844.06  # rounded, it was .1: in the future
+    assert r.row(SLEEPERS[0])["suspended_since"] == 1_795_781_844.0
+
+
 def test_work_resumes_the_suspended_embedders_and_the_indexer(rig):
     r = rig()
     r.suspend(*SLEEPERS)
