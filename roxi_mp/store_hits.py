@@ -91,11 +91,7 @@ class HitLookup:
         version not live is left out (and logged), and so is a row whose chunk is gone."""
         size, records, unpack = RECORD.size, fields.records, RECORD.unpack_from
         found = [(row, rec) for row in rows if (rec := unpack(records, row * size))[0]]
-        cache = self._doc_cache
-        for _, rec in found:  # one pass when every document is known, as after the first queries
-            if rec[1] not in live or rec[1] not in cache:
-                self._documents({rec[1] for _, rec in found}, live=live)
-                break
+        cache = self.know_documents([rec[1] for _, rec in found], live)
         texts = self._texts([rec[0] for _, rec in found]) if with_text else None
         out: dict[int, Hit] = {}
         stale = []
@@ -113,6 +109,18 @@ class HitLookup:
             log.warning("dropped %d hits that are not live (rows %s): the hidden rows were stale",
                         len(stale), stale[:10])
         return out
+
+    def know_documents(self, doc_ids: list[int], live: dict[int, bool]) -> dict[int, tuple[str, int, str, str]]:
+        """The document cache, holding every one of `doc_ids` that exists, with whether each
+        is live in `live` (the caller's, kept for as long as nothing is committed); SQLite
+        is read only when one of them is not known yet, as is seldom the case after the
+        first queries."""
+        cache = self._doc_cache
+        for doc_id in doc_ids:
+            if doc_id not in live or doc_id not in cache:
+                self._documents(set(doc_ids), live=live)
+                break
+        return cache
 
     def _texts(self, chunk_ids: list[int]) -> dict[int, str]:
         if not chunk_ids:

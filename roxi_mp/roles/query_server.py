@@ -327,17 +327,14 @@ class QueryServer(Role):
         scores, rows = view.searcher.search(vector, max(k, opts.candidates) if opts.mode == HYBRID else k)
         score = hybrid.dense_scorer(scores, opts)
         rows, scores = rows[:k].tolist(), scores[:k].tolist()
-        fields, live, docs = view.fields, view.live, store._doc_cache
+        fields, live = view.fields, view.live
         records, built, size, unpack = fields.records, fields.built, RECORD.size, RECORD.unpack_from
         found = []
         for row in rows:
             if not 0 <= row < built or not (rec := unpack(records, row * size))[0]:
                 return None  # rows beyond the fields, or no chunk's: the general path looks them up in SQLite
             found.append(rec)
-        for rec in found:  # as in Store.field_hits: SQLite only for documents not yet known
-            if rec[1] not in live or rec[1] not in docs:
-                store._documents({rec[1] for rec in found}, live=live)
-                break
+        docs = store.know_documents([rec[1] for rec in found], live)  # as Store.field_hits does
         texts = store._texts([rec[0] for rec in found]) if with_text else None
         headings = fields.headings
         hits = []
