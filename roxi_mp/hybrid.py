@@ -108,22 +108,32 @@ def _show(value: Any) -> str:
 
 def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, with_text: bool,
            vector: Callable[[], np.ndarray | None],
-           lookup: Callable[[Sequence[int], bool], dict[int, Hit]] | None = None) -> tuple[list[dict], int]:
+           lookup: Callable[[Sequence[int], bool], dict[int, Hit]] | None = None,
+           mark: Callable[[str], None] | None = None) -> tuple[list[dict], int]:
     """The query's hit maps, best first, and how many dense hits the lookup dropped as not
     live (a last line of defence: the hidden rows make it 0). Call inside one read snapshot
     of `store` that the searcher's mapping and hidden rows were synced to. `vector()` gives
     the query vector (awaiting its embedding), called only if the dense leg runs;
-    `lookup(rows, with_text)` finds the hits of rows (default `store.hits`)."""
+    `lookup(rows, with_text)` finds the hits of rows (default `store.hits`); `mark(step)`
+    is told each step's end (roxi_mp.steps: lexical, model, scan, hits)."""
+    mark = mark or _no_mark
     depth = max(k, opts.candidates) if opts.mode == HYBRID else k
-    words = store.lexical(opts.words, depth, budget=opts.budget) if opts.mode != DENSE and opts.words else []
+    words = []
+    if opts.mode != DENSE and opts.words:
+        words = store.lexical(opts.words, depth, budget=opts.budget)
+        mark("lexical")
     scores = rows = np.zeros(0)
     if opts.mode != LEXICAL:
         v = vector()
+        mark("model")
         if v is not None and searcher is not None and searcher.ntotal:
             scores, rows = searcher.search(v, depth)
+            mark("scan")
     if not words:
-        return _dense_hits(store, scores[:k].tolist(), rows[:k].tolist(), dense_scorer(scores, opts),
-                           with_text=with_text, lookup=lookup)
+        out = _dense_hits(store, scores[:k].tolist(), rows[:k].tolist(), dense_scorer(scores, opts),
+                          with_text=with_text, lookup=lookup)
+        mark("hits")
+        return out
     dense = [(int(r), float(s)) for r, s in zip(rows.tolist(), scores.tolist())]
     if opts.mode == HYBRID:
         best = fuse(dense, words, k=k, method=opts.fusion, rrf_k=opts.rrf_k,
@@ -132,7 +142,13 @@ def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, wi
         best = fuse(dense[:k], words[:k], k=k, method="rrf")
         for c in best:  # one leg: its own order and scores
             c.score = c.dense_score if c.dense_rank else c.lexical_score
-    return _hits(store, best, with_text=with_text, lookup=lookup)
+    out = _hits(store, best, with_text=with_text, lookup=lookup)
+    mark("hits")
+    return out
+
+
+def _no_mark(step: str) -> None:
+    pass
 
 
 def dense_scorer(scores: np.ndarray, opts: Options) -> Callable[[int, float], float]:

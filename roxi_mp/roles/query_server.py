@@ -51,6 +51,7 @@ from ..store import Store
 from ..store_docs import Visibility
 from ..store_hits import RECORD
 from ..search import Searcher
+from ..steps import StepTimes
 from .base import Role, run
 
 log = logging.getLogger("roxi.query")
@@ -105,6 +106,7 @@ class QueryServer(Role):
         #: for /metrics: answer time by mode, errors by code (this process's life)
         self.durations = {mode: Histogram() for mode in MODES}
         self.error_codes: collections.Counter = collections.Counter()
+        self.steps = StepTimes()  # where text queries' time goes, for stats
 
     def initialize(self) -> None:
         qcfg, lim = self.cfg.query, self.cfg.limits
@@ -233,6 +235,7 @@ class QueryServer(Role):
             if out is not None:
                 self._send(out)
                 return
+        self.steps.start()
         self.envelope, self.parked_now = protocol.split_envelope(frames)[0], False
         answered = protocol.answer(frames, lambda msg, extra: self.dispatch(msg, extra, now),
                                    max_bytes=self.max_request_bytes(), on_internal=self._internal)
@@ -245,6 +248,8 @@ class QueryServer(Role):
         if not ok:
             self._count_error(protocol.unpack_map(out[-1], max_bytes=len(out[-1])).get("code"))
         self._send(out)
+        self.steps.mark("reply")
+        self.steps.finish()
 
     def fast_query(self, frames: list[bytes], now: float) -> list[bytes] | None:
         """The reply frames of a plain vector query, when its answer needs nothing but what
@@ -401,6 +406,8 @@ class QueryServer(Role):
             raise BadInput("with_text must be true or false")
         text, vector = self._parse_query(msg, extra)  # a bad request wakes nothing
         opts = self._options(msg, text, vector)
+        if text is not None:
+            self.steps.mode = opts.mode
         started = time.perf_counter()
         # The first query after a quiet spell is told to the supervisor at once, which tells
         # the embedders to leave a core free (issue 21): not up to a heartbeat later.
@@ -443,14 +450,18 @@ class QueryServer(Role):
         """Hits of the mapped rows and the stored words; call inside the snapshot the view
         was synced to."""
         store = self.db()
+        if opts.mode == LEXICAL:
+            self.steps.mark("prepare")  # no model to start (_start marks it)
         hits, stale = hybrid.search(self.searcher, store, opts, k, with_text=with_text, vector=vector,
-                                    lookup=lambda rows, text: self.view.hits(store, rows, with_text=text))
+                                    lookup=lambda rows, text: self.view.hits(store, rows, with_text=text),
+                                    mark=self.steps.mark)
         self.stale_dropped += stale
         return hits
 
     def _start(self, text: str) -> Callable[[], np.ndarray]:
         """Start embedding a query text; the returned function waits for its vector."""
         finish = self.model.encode_later([text])
+        self.steps.mark("prepare")
         return lambda: np.ascontiguousarray(finish(), dtype=np.float32)
 
     def in_snapshot(self, read: Callable[[], T]) -> T:
@@ -550,6 +561,7 @@ class QueryServer(Role):
         held = was_awake or self.store is not None or self.model.loaded or self.searcher is not None
         self.view.drop()  # the mappings and the hidden rows
         self.cache.invalidate()
+        self.steps.clear()
         self.model.unload()
         if self.embeds is not None:
             self.embeds.release()  # idle workers exit; parked queries are still answered
@@ -575,7 +587,7 @@ class QueryServer(Role):
                 "stale_dropped": self.stale_dropped,
                 "served": self.served, "fast_served": self.fast_served, "errors": self.errors, "dropped": self.dropped,
                 "sleeps": self.sleeps, "cache_entries": len(self.cache), "cache_hits": self.cache.hits,
-                "model_loaded": self.model.loaded,
+                "model_loaded": self.model.loaded, "text_steps_ms": self.steps.p50_ms(),
                 "metrics": {"query_seconds": {m: h.as_dict() for m, h in self.durations.items()},
                             "errors": dict(self.error_codes)},
                 **(self.embeds.info() if self.embeds is not None else {}),

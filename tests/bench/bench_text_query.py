@@ -18,7 +18,9 @@ alike while no path runs on caches another path's copy of the model has just fil
 - vector query: the text's vector sent as a vector query, k 10 with text: transport,
   parsing, the search and the hits without the model;
 - text query, dense and hybrid: `QueryClient.search(text, k=10)`, the reply's `took_ms`
-  (time inside the query server) kept beside the client's time.
+  (time inside the query server) kept beside the client's time, and the query server's
+  own breakdown of its last text queries by step (`stats` text_steps_ms, roxi_mp.steps):
+  prepare, lexical leg, waiting for the model, scan, hits, reply.
 
 The goal: text query p50 <= model alone p50 + 1 ms. `--model-in-server` runs the query
 server with `query.model_process = false` (the model in its own process: no round trip,
@@ -39,6 +41,7 @@ from roxi_mp.client import DocumentsClient, QueryClient
 from roxi_mp.embedders import minilm_compute
 from roxi_mp.embedders.minilm import MiniLMEmbedder
 from roxi_mp.model_process import ModelProcess
+from roxi_mp.steps import STEPS
 from roxi_mp.store import Store
 
 from . import bench_beir
@@ -128,12 +131,14 @@ def measure_paths(s, texts: list[str]) -> dict:
             for path in PATHS[b % len(PATHS):] + PATHS[:b % len(PATHS)]:
                 for text in texts[start:start + BLOCK]:
                     run(path, text)
+        steps = client.stats().get("text_steps_ms", {})
     child.unload()
     model.unload()
     p50 = {path: float(np.percentile(v, 50)) for path, v in times.items()}
     return {"compute": compute, "queries": len(texts),
             "p50": p50, "p99": {path: float(np.percentile(v, 99)) for path, v in times.items()},
             "took_p50": {path: float(np.percentile(v, 50)) for path, v in took.items()},
+            "steps_p50": {mode: steps.get(mode, {}) for mode in ("dense", "hybrid")},
             "over_model": {path: p50[path] - p50["model alone"] for path in ("text dense", "text hybrid")}}
 
 
@@ -160,12 +165,21 @@ def markdown(data: dict) -> str:
              f"{p50[path] - p50['model alone']:+.2f}" if path != "model alone" else ""] for path in PATHS]
     verdict = ", ".join(f"{path} {over:+.2f} ms ({'ok' if over <= MARGIN_MS else 'over'})"
                         for path, over in data["over_model"].items())
+    steps = data.get("steps_p50", {})
+    step_rows = [[step] + [f"{steps[m][step]:.2f}" if step in steps.get(m, {}) else "" for m in ("dense", "hybrid")]
+                 for step in STEPS]
+    step_rows.append(["client and transport (p50 - inside p50)"]
+                     + [f"{p50['text ' + m] - took['text ' + m]:.2f}" for m in ("dense", "hybrid")])
     return "\n".join([
         f"## Text queries vs the model ({data['corpus']}, {data['chunks']:,} chunks, "
         f"{data['queries']} texts, MiniLM {data['compute']}, k 10 with text"
         f"{', the model in the query server' if data.get('model_in_server') else ''})", "",
         table(["path", "p50 ms", "p99 ms", "inside the query server p50 ms", "vs model alone p50"], rows), "",
-        f"text query p50 - model alone p50 (goal <= +{MARGIN_MS:g} ms): {verdict}"]) + "\n"
+        f"text query p50 - model alone p50 (goal <= +{MARGIN_MS:g} ms): {verdict}", "",
+        f"Inside the query server, p50 ms by step of its last {steps.get('dense', {}).get('queries', 0)} "
+        f"dense and {steps.get('hybrid', {}).get('queries', 0)} hybrid text queries (roxi_mp.steps; model: "
+        "the wait for the vector once the lexical leg is done):", "",
+        table(["step", "dense", "hybrid"], step_rows)]) + "\n"
 
 
 def run(quick: bool, *, beir_dir: Path | str | None = None) -> dict:
