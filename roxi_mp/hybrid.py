@@ -134,7 +134,7 @@ def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, wi
                           with_text=with_text, lookup=lookup)
         mark("hits")
         return out
-    dense = [(int(r), float(s)) for r, s in zip(rows.tolist(), scores.tolist())]
+    dense = list(zip(rows.tolist(), scores.tolist()))  # ints and floats: tolist makes them
     if opts.mode == HYBRID:
         best = fuse(dense, words, k=k, method=opts.fusion, rrf_k=opts.rrf_k,
                     dense_weight=opts.dense_weight, lexical_weight=opts.lexical_weight)
