@@ -178,8 +178,9 @@ class HitLookup:
         scored (about `budget` chunks: lexical.split_by_frequency), all words count."""
         if limit <= 0 or not words:
             return []
-        selective, common = lexical.split_by_frequency(words, self._frequency, budget=budget)
-        if not any(self._frequency(w) for w in selective):
+        counts = self._word_counts(words)
+        selective, common = lexical.split_by_frequency(words, counts.__getitem__, budget=budget)
+        if not any(counts[w] for w in selective):
             return []  # no chunk holds any of them
         match = lexical.expression(selective, common)
         out: list[tuple[int, int | None, float]] = []
@@ -198,23 +199,27 @@ class HitLookup:
                 return out[:limit]
             fetch *= 4
 
-    def _frequency(self, word: str) -> int:
-        """Chunks whose text holds `word` (as the index stems it), remembered by this
-        connection (closed in deep sleep) until the library grows by a quarter."""
+    def _word_counts(self, words: Sequence[str]) -> dict[str, int]:
+        """Chunks whose text holds each word (as the index stems it), remembered by this
+        connection (closed in deep sleep) until the library grows by a quarter. (The size
+        of the library is read once per query, not once per word.)"""
         chunks = self.conn.execute("SELECT sum(n) FROM chunk_counts").fetchone()[0] or 0
         if chunks > self._frequency_base * 1.25 + 100 or len(self._frequencies) > FREQUENCY_ENTRIES:
             self._frequencies.clear()
             self._frequency_base = chunks
-        n = self._frequencies.get(word)
-        if n is None:
-            n = self.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?",
-                                  (f'"{word}"',)).fetchone()[0]
-            if n:
-                # Only to choose which words are rare: a count a little stale ranks nothing
-                # wrongly. A word in no chunk is never remembered (counting it costs nothing):
-                # remembered, it would hide the next document holding it.
-                self._frequencies[word] = n
-        return n
+        out = {}
+        for word in words:
+            n = self._frequencies.get(word)
+            if n is None:
+                n = self.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?",
+                                      (f'"{word}"',)).fetchone()[0]
+                if n:
+                    # Only to choose which words are rare: a count a little stale ranks nothing
+                    # wrongly. A word in no chunk is never remembered (counting it costs nothing):
+                    # remembered, it would hide the next document holding it.
+                    self._frequencies[word] = n
+            out[word] = n
+        return out
 
     def _live_chunks(self, chunk_ids: list[int]) -> dict[int, int | None]:
         """{chunk id: row if embedded else None} of the given chunks that a query may see."""
