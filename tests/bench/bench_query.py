@@ -122,13 +122,14 @@ def timed_into(times: list[float], fn: Callable[[np.ndarray], object]) -> Callab
 
 
 @contextlib.contextmanager
-def bare_server(cfg, rows: int, *, ours: bool = False) -> Iterator[zmq.Socket]:
+def bare_server(cfg, rows: int, *, ours: bool = False, text: bool = False) -> Iterator[zmq.Socket]:
     """A DEALER connected to tests/bench/bare_server.py over the same file (searched through
-    our Searcher, approximate index included, if `ours`); stopped afterwards."""
+    our Searcher, approximate index included, if `ours`; embedding query texts with the
+    configured model, through our Searcher, if `text`); stopped afterwards."""
     endpoint = f"ipc://{cfg.run_dir / 'bare.sock'}"
-    setup = [str(cfg.config_path), str(cfg.data_dir)] if ours else []
-    proc = subprocess.Popen([sys.executable, "-m", "tests.bench.bare_server", str(cfg.vectors_path),
-                             str(rows), endpoint, *setup])
+    setup = [str(cfg.config_path), str(cfg.data_dir)] if ours or text else []
+    proc = subprocess.Popen([sys.executable, "-m", "tests.bench.bare_server", *(["--text"] if text else []),
+                             str(cfg.vectors_path), str(rows), endpoint, *setup])
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
@@ -147,8 +148,9 @@ def bare_server(cfg, rows: int, *, ours: bool = False) -> Iterator[zmq.Socket]:
             proc.wait()
 
 
-def bare_search(dealer: zmq.Socket, vector: np.ndarray) -> None:
-    dealer.send_multipart([b"", vector.tobytes()])
+def bare_search(dealer: zmq.Socket, vector: np.ndarray | str) -> None:
+    """One request to the bare server, a vector (or a text, to a `--text` one), and its reply."""
+    dealer.send_multipart([b"", vector.encode() if isinstance(vector, str) else vector.tobytes()])
     if not dealer.poll(60_000):
         raise TimeoutError("the bare ZeroMQ server did not answer within 60 s")
     dealer.recv_multipart()

@@ -17,6 +17,10 @@ alike while no path runs on caches another path's copy of the model has just fil
   (the request and reply over ZeroMQ on top of the model);
 - vector query: the text's vector sent as a vector query, k 10 with text: transport,
   parsing, the search and the hits without the model;
+- bare text server: tests/bench/bare_server.py --text, a ZeroMQ server that embeds the text
+  with the same model in its own process and runs our Searcher's scan, k 10, replying the
+  rows as raw bytes: the floor of a text query through ZeroMQ on this machine (no lexical
+  leg, no hits, no model process);
 - text query, dense and hybrid: `QueryClient.search(text, k=10)`, the reply's `took_ms`
   (time inside the query server) kept beside the client's time, and the query server's
   own breakdown of its last text queries by step (`stats` text_steps_ms, roxi_mp.steps):
@@ -45,6 +49,7 @@ from roxi_mp.steps import STEPS
 from roxi_mp.store import Store
 
 from . import bench_beir
+from .bench_query import bare_search, bare_server
 from .bench_embed_concurrency import query_texts
 from .common import machine, stop_on_sigterm, table, temp_root, write_results
 
@@ -56,7 +61,7 @@ MARGIN_MS = 1.0
 #: process +1.1 ms over the model alone that way, +0.0-0.2 ms in turns of blocks)
 BLOCK = 25
 #: paths timed, in this order (rotated per block)
-PATHS = ("tokenizer", "model alone", "model process", "vector query", "text dense", "text hybrid")
+PATHS = ("tokenizer", "model alone", "model process", "bare text server", "vector query", "text dense", "text hybrid")
 
 
 def sample_store(s) -> None:
@@ -103,7 +108,9 @@ def measure_paths(s, texts: list[str]) -> dict:
     child.load()
     times: dict[str, list[float]] = {p: [] for p in PATHS}
     took: dict[str, list[float]] = {"text dense": [], "text hybrid": []}
-    with QueryClient.for_config(s.cfg, timeout=60) as client:
+    with Store(s.cfg.db_path) as store:
+        rows = store.visibility().rows
+    with QueryClient.for_config(s.cfg, timeout=60) as client, bare_server(s.cfg, rows, text=True) as bare:
         def run(path: str, text: str) -> None:
             if path == "tokenizer":
                 ms, _ = timed(lambda: model._token_ids(text))
@@ -111,6 +118,8 @@ def measure_paths(s, texts: list[str]) -> dict:
                 ms, _ = timed(lambda: model.encode([text]))
             elif path == "model process":
                 ms, _ = timed(lambda: child.encode([text]))
+            elif path == "bare text server":
+                ms, _ = timed(lambda: bare_search(bare, text))
             elif path == "vector query":
                 vector = model.encode([text])[0]
                 ms, _ = timed(lambda: client.query_vector(vector, k=10, with_text=True))
@@ -139,7 +148,8 @@ def measure_paths(s, texts: list[str]) -> dict:
             "p50": p50, "p99": {path: float(np.percentile(v, 99)) for path, v in times.items()},
             "took_p50": {path: float(np.percentile(v, 50)) for path, v in took.items()},
             "steps_p50": {mode: steps.get(mode, {}) for mode in ("dense", "hybrid")},
-            "over_model": {path: p50[path] - p50["model alone"] for path in ("text dense", "text hybrid")}}
+            "over_model": {path: p50[path] - p50["model alone"] for path in ("text dense", "text hybrid")},
+            "over_bare": {path: p50[path] - p50["bare text server"] for path in ("text dense", "text hybrid")}}
 
 
 def measure(beir_dir: Path | None, store: Path | None, queries: int, *, model_in_server: bool = False) -> dict:
@@ -177,6 +187,8 @@ def markdown(data: dict) -> str:
         f"{', the model in the query server' if data.get('model_in_server') else ''})", "",
         table(["path", "p50 ms", "p99 ms", "inside the query server p50 ms", "vs model alone p50"], rows), "",
         f"text query p50 - model alone p50 (goal <= +{MARGIN_MS:g} ms): {verdict}", "",
+        "text query p50 - the bare text server's p50 (ours over the floor of a text query through "
+        "ZeroMQ here): " + ", ".join(f"{path} {over:+.2f} ms" for path, over in data.get("over_bare", {}).items()), "",
         f"Inside the query server, p50 ms by step of its last {steps.get('dense', {}).get('queries', 0)} "
         f"dense and {steps.get('hybrid', {}).get('queries', 0)} hybrid text queries (roxi_mp.steps; model: "
         "the wait for the vector once the lexical leg is done):", "",
