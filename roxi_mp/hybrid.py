@@ -148,7 +148,7 @@ def search(searcher: Searcher | None, store: Store, opts: Options, k: int, *, wi
 
 
 def _no_mark(step: str) -> None:
-    pass
+    """The default `mark`: nobody is timing this search."""
 
 
 def dense_scorer(scores: np.ndarray, opts: Options) -> Callable[[int, float], float]:
