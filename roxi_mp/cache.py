@@ -35,6 +35,11 @@ class ResultCache:
         self.hits += 1
         return value
 
+    def holds(self, key: Hashable) -> bool:
+        """Whether `get(key)` would find it now; counts nothing, moves nothing."""
+        item = self._items.get(key)
+        return item is not None and self.clock() - item[0] <= self.ttl
+
     def put(self, key: Hashable, value: Any) -> None:
         if self.max_entries <= 0:
             return

@@ -5,10 +5,12 @@ query should cost at most 1 ms over the model's own time, and the benchmark show
 breakdown by step). Each mark ends a step:
 
 - prepare: from the request taken off the socket to its text sent to the model (parsing,
-  options, the commit mark, the result cache; a lexical query: to its search);
+  options, a look in the result cache; a lexical query: to its search, the commit mark and
+  the cache included);
 - lexical: the lexical leg (hybrid and lexical queries), while the model computes;
-- model: waiting for the query's vector (the part of the model's time the lexical leg did
-  not cover, and the round trip to the model process);
+- model: from the end of the step before to the query's vector in hand: the commit mark,
+  a snapshot after a commit and the result cache (all while the model computes), and the
+  part of the model's time and round trip they and the lexical leg did not cover;
 - scan: the dense leg's search;
 - hits: fusion, the hit lookup and the hit maps;
 - reply: the reply packed and handed to ZeroMQ.

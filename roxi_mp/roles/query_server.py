@@ -409,6 +409,14 @@ class QueryServer(Role):
         if text is not None:
             self.steps.mode = opts.mode
         started = time.perf_counter()
+        pending = None
+        if (vector is None and opts.mode != LEXICAL and self.embeds is None
+                and not self.cache.holds(self._key(text, None, opts, k, with_text))):
+            # The model first: it computes (in its process) while the rest is done, the
+            # commit mark and, after a commit, a whole snapshot included. Not when the cache
+            # may answer: a vector nobody reads would make the next text query wait for it.
+            # A miss now is a miss in the snapshot too (nothing is cached in between).
+            pending = self._start(text)
         # The first query after a quiet spell is told to the supervisor at once, which tells
         # the embedders to leave a core free (issue 21): not up to a heartbeat later.
         self.beat_soon |= now - self.last_query >= self.cfg.embedder.yield_seconds
@@ -421,20 +429,29 @@ class QueryServer(Role):
                                  with_text=with_text, started=started, context=(text, opts))
                 self.parked_now = True
                 return {}
-        return self.answer(text, vector, opts, k, with_text, started)
+        return self.answer(text, vector, opts, k, with_text, started, pending=pending)
+
+    @staticmethod
+    def _key(text: str | None, vector: np.ndarray | None, opts: hybrid.Options, k: int, with_text: bool) -> tuple:
+        """A query's key in the result cache."""
+        return (text, None if vector is None else vector.tobytes(), opts.key, k, with_text)
 
     def answer(self, text: str | None, vector: np.ndarray | None, opts: hybrid.Options, k: int,
-               with_text: bool, started: float) -> dict:
+               with_text: bool, started: float, *, pending: Callable[[], np.ndarray] | None = None) -> dict:
         """The reply fields of a query, as of one read snapshot of the store (the hits from
         the cache when it has them for that snapshot's visibility). A text query's vector is
-        computed only on a cache miss, by the model process while the lexical leg runs."""
-        key = (text, None if vector is None else vector.tobytes(), opts.key, k, with_text)
+        computed only on a cache miss, by the model process while the lexical leg runs;
+        `pending` waits for one op_query already started."""
+        key = self._key(text, vector, opts, k, with_text)
 
         def read() -> list[dict]:
             hits = self.cache.get(key)
             if hits is None:
-                pending = (lambda: vector) if vector is not None or opts.mode == LEXICAL else self._start(text)
-                hits = self.search(opts, k, with_text=with_text, vector=pending)
+                if vector is not None or opts.mode == LEXICAL:
+                    wait = lambda: vector  # noqa: E731
+                else:
+                    wait = pending or self._start(text)
+                hits = self.search(opts, k, with_text=with_text, vector=wait)
                 self.cache.put(key, hits)
             return hits
 

@@ -49,3 +49,19 @@ def test_invalidate_empties_and_zero_size_disables():
     off = ResultCache(max_entries=0, ttl_seconds=10, clock=Clock())
     off.put("a", 1)
     assert len(off) == 0
+
+
+def test_holds_says_what_get_would_find_and_changes_nothing():
+    clock = Clock()
+    cache = ResultCache(max_entries=2, ttl_seconds=10, clock=clock)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.holds("a") and not cache.holds("c")
+    cache.put("c", 3)  # "a" is still the least recently used: holds did not touch it
+    assert not cache.holds("a") and cache.holds("b")
+    assert (cache.hits, cache.misses) == (0, 0)
+    clock.now += 10.01
+    assert not cache.holds("b") and cache.get("b") is None
+    disabled = ResultCache(max_entries=0, ttl_seconds=10, clock=clock)
+    disabled.put("a", 1)
+    assert not disabled.holds("a")
