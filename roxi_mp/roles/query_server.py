@@ -306,7 +306,7 @@ class QueryServer(Role):
         if not view.watch.unchanged(store, view.version):
             return None  # something was committed: the general path reads the store again
         started = time.perf_counter()
-        key = (None, vector.tobytes(), opts.key, k, with_text)
+        key = self._key(None, vector, opts, k, with_text)
         hits = self.cache.get(key)
         if hits is None:
             hits = self._fast_hits(vector, opts, k, with_text)
