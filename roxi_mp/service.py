@@ -209,7 +209,9 @@ def sleep_roles(cfg: Config, role: str | None, *, wake: bool, timeout: float = 1
 
     Status rows lag the roles by up to one heartbeat, so a row is believed only once its
     heartbeat sequence number has moved past the one seen when the request was sent.
-    The indexer has nothing to unload and sleeps only when idle: it is not waited for.
+    The indexer has nothing to unload and sleeps once nothing is in hand (rows to commit,
+    a build, a compaction): it is not waited for. A role asleep already answers with a
+    heartbeat all the same (roles/base.py, ANSWERED_BY_A_BEAT).
     A role that exits to sleep (suspended, issue 22) is done once gone; one suspended and
     asked to wake is started by the supervisor, and waited for until it runs.
     """

@@ -280,6 +280,12 @@ def run(role_cls: type[Role], argv: list[str] | None = None) -> int:
     return code
 
 
+#: commands whose sender waits for a heartbeat sent after them (service.sleep_roles): the
+#: next step beats, even when nothing changed (a role asleep already, asked to sleep, would
+#: otherwise make `roxi sleep` wait out its `sleep_heartbeat_seconds`)
+ANSWERED_BY_A_BEAT = frozenset({"sleep", "wake"})
+
+
 def _drain_commands(sock: zmq.Socket, role: Role) -> None:
     for _ in range(100):
         if not sock.get(zmq.EVENTS) & zmq.POLLIN:  # the common case, without an exception
@@ -291,6 +297,8 @@ def _drain_commands(sock: zmq.Socket, role: Role) -> None:
         except protocol.ProtocolError:
             continue
         role.command(msg, time.monotonic())
+        if msg.get("op") in ANSWERED_BY_A_BEAT:
+            role.beat_soon = True
 
 
 def _send_heartbeat(sock: zmq.Socket, role: Role, seq: int, info: dict[str, Any]) -> None:

@@ -236,6 +236,32 @@ def test_commands_for_this_role_reach_it(booted, sup) -> None:
     assert role.received and {m["op"] for m in role.received} == {"wake"}
 
 
+def test_sleep_and_wake_are_answered_by_a_beat_even_when_nothing_changes(booted, sup) -> None:
+    """`roxi sleep` waits for a heartbeat sent after its request: a role asleep already
+    beats at its next step, not after `sleep_heartbeat_seconds`; other commands do not."""
+    runner, role = booted
+    role.state = "asleep"
+    runner.step(1000.0)
+    sup.take_beats(1)
+    deadline = time.monotonic() + PATIENCE  # resent until the subscription has reached the PUB
+    while not role.received and time.monotonic() < deadline:
+        sup.commands.send_multipart([protocol.command_topic("fake-1"), protocol.pack({"v": protocol.VERSION, "op": "work"})])
+        runner.step(1000.1)
+        time.sleep(0.01)
+    assert role.received and runner.seq == 1  # asleep, nothing changed: no beat for "work"
+    for op in ("sleep", "wake"):
+        received = len(role.received)
+        sup.commands.send_multipart([protocol.command_topic("fake-1"), protocol.pack({"v": protocol.VERSION, "op": op})])
+        deadline = time.monotonic() + PATIENCE
+        while len(role.received) == received and time.monotonic() < deadline:
+            runner.step(1000.2)
+            time.sleep(0.01)
+        seq = runner.seq
+        runner.step(1000.3)  # well within SLEEP_BEAT
+        assert runner.seq == seq + 1, op
+        assert sup.take_beats(1)[0]["state"] == "asleep"
+
+
 def test_a_store_error_at_boot_is_a_boot_error_and_close_still_shuts_down(cfg, ctx, sup) -> None:
     role = FakeRole(cfg, ctx, boot_error=StoreError("database is locked"))
     runner = Runner(role, supervisor_pid=os.getppid())
