@@ -7,8 +7,8 @@ server. On start it truncates rows a crashed commit left past `committed_rows`; 
 chunks were never marked and are embedded again when their leases expire. Received batches
 are grouped for up to `commit_max_ms` or `commit_max_rows` so one fsync serves many.
 
-Idle for `embedder.idle_seconds`, it reports asleep; asleep with nothing of its own due
-(`_settled`) it exits (SUSPENDED, `supervisor.suspend`) and the supervisor starts it again
+Idle for `embedder.idle_seconds` (or at once on `roxi sleep`, once nothing is in hand), it
+reports asleep; asleep with nothing of its own due (`_settled`) it exits (SUSPENDED, `supervisor.suspend`) and the supervisor starts it again
 when chunks are pending, a compaction may be due or it is asked for one.
 """
 
@@ -81,6 +81,7 @@ class Indexer(Role):
         self.commit_failures = self.copied = 0
         self.last_error: str | None = None
         self.last_activity = 0.0  # last time vectors arrived
+        self.sleep_asked = False  # `roxi sleep`: asleep as soon as nothing is in hand
 
     def initialize(self) -> None:
         self.store = Store.open(self.cfg)
@@ -156,10 +157,10 @@ class Indexer(Role):
             self._publish()  # the query server maps the new index at once
         elif (not self.pending and self.state is IState.AWAKE and self.builds.proc is None
               and not self.compactions.running
-              and now - self.last_activity >= self.cfg.embedder.idle_seconds):
+              and (self.sleep_asked or now - self.last_activity >= self.cfg.embedder.idle_seconds)):
             # Nothing to unload (no model, no mapping), but reporting sleep lets the
             # supervisor slow down once every role is idle.
-            self.state = IState.ASLEEP
+            self.state, self.sleep_asked = IState.ASLEEP, False
             memory.release()
         if self.state is IState.ASLEEP and self.cfg.supervisor.suspend and self._settled():
             self.suspend = True  # exit (SUSPENDED): the supervisor starts us again on work
@@ -294,6 +295,15 @@ class Indexer(Role):
     def command(self, msg: dict, now: float) -> None:
         if msg.get("op") == "work":  # new documents: some of their chunks may be copies
             self.next_copy_check = 0.0
+        elif msg.get("op") == "sleep":
+            # `roxi sleep` is deep sleep now, not after `embedder.idle_seconds`: asleep (and
+            # then suspended, when settled) at the first step with nothing in hand. Rows
+            # pending, a build or a compaction finish first.
+            self.sleep_asked = True
+        elif msg.get("op") == "wake":
+            self.sleep_asked = False
+            if self.state is IState.ASLEEP:
+                self.state, self.last_activity = IState.AWAKE, now
         elif msg.get("op") == "compact" and self.compactions is not None:  # `roxi compact`
             self.compactions.request()
 

@@ -102,6 +102,22 @@ def test_roxi_sleep_returns_to_floor_and_unmaps(system, store_100k):
     assert maps_file(pid, store_100k.vectors_path)
 
 
+def test_roxi_sleep_answers_at_once_when_everything_sleeps_already(system, make_config):
+    """`roxi sleep` waits for each role's heartbeat sent after its request; a role asleep
+    already beats seldom (here every 300 s), so it must answer the request with a beat, or
+    the second `roxi sleep` would fail after its 15 s wait. The indexer sleeps at once too,
+    instead of after `embedder.idle_seconds` (300 s here)."""
+    cfg = make_config(supervisor__sleep_heartbeat_seconds=300.0, embedder__idle_seconds=300.0)
+    populate(cfg, rows=500)
+    s = system(cfg)
+    scan(s)
+    for _ in range(2):
+        result = roxi(cfg, "sleep")
+        assert result.returncode == 0, result.stderr
+        assert s.role("query")["state"] == "asleep" and s.role("documents")["state"] == "asleep"
+    wait_suspended(s, "indexer")
+
+
 def test_sleeps_by_itself_after_idle_seconds(system, make_config):
     """Acceptance 2: the same after query.idle_seconds without a query."""
     cfg = make_config(hashing__dim=384, query__idle_seconds=1.5)

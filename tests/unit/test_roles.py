@@ -208,6 +208,29 @@ def test_indexer_idle_suspends_only_when_no_chunk_is_on_its_way(indexer_setup) -
     assert indexer.state_name() == "asleep" and indexer.suspend  # nothing left: the process exits
 
 
+def test_indexer_asked_to_sleep_sleeps_once_nothing_is_in_hand(indexer_setup) -> None:
+    """`roxi sleep` is deep sleep now: the indexer does not wait out `embedder.idle_seconds`,
+    but the rows it holds are committed first; `wake` makes it run again."""
+    cfg, ids, indexer, push = indexer_setup
+    assert cfg.embedder.idle_seconds > 5
+    push.send_multipart(vectors_message(ids[:2], embed(chunk_texts(cfg, ids[:2]))))
+    drive(indexer, lambda: indexer.pending, what="rows received")
+    indexer.command({"op": "sleep"}, time.monotonic())
+    seen = []  # (state, rows in hand) after each step
+    drive(indexer, lambda: seen.append((indexer.state_name(), bool(indexer.pending))) or seen[-1][0] == "asleep",
+          what="asleep")
+    assert ("asleep", True) not in seen  # rows in hand: not asleep before they are committed
+    assert indexer.rows_committed == 2 and not indexer.pending
+    assert not indexer.suspend  # chunks still pending: embedders will send them
+    indexer.command({"op": "wake"}, time.monotonic())
+    assert indexer.state_name() == "running"
+    indexer.loop(time.monotonic())
+    assert indexer.state_name() == "running"  # awake again: the idle timer, not the old request
+    indexer.command({"op": "sleep"}, time.monotonic())
+    indexer.loop(time.monotonic())
+    assert indexer.state_name() == "asleep"
+
+
 @pytest.mark.parametrize("fault", ["disk full", "sqlite full"])
 def test_indexer_keeps_rows_through_a_failed_commit_and_retries(indexer_setup, monkeypatch, fault) -> None:
     cfg, ids, indexer, push = indexer_setup
