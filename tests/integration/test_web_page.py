@@ -110,8 +110,13 @@ def test_the_page_in_headless_chromium_shows_what_roxi_status_says(system, make_
     # settled: the embedder and the indexer suspended (no state changes between page and status)
     s.wait_for(lambda: all(s.role(n)["state"] == "suspended" for n in ("embedder-1", "indexer")),
                timeout=PATIENCE, what="embedder and indexer suspended")
+    settled_at = time.time()
     url = web_url(cfg)
-    get(url + "page.json")  # a request starts the snapshot's refreshes
+    # A request starts the snapshot's refreshes, at the loop's pace: while every role sleeps
+    # that is supervisor.sleep_poll_seconds, so what is served first may be from before the
+    # roles settled.
+    wait_until(lambda: json.loads(get(url + "page.json")[2])["as_of"] >= settled_at, timeout=PATIENCE,
+               what="a snapshot taken after the roles settled")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     screenshot = ARTIFACTS / "resources-page.png"
     screenshot.unlink(missing_ok=True)
