@@ -76,7 +76,9 @@ def measure(n: int, config: dict[str, Any]) -> dict:
         write_corpus(docs, docs=max(1, n // CHUNKS_PER_DOC), words=WORDS)
         s.start()
         roles = s.status()["roles"]
-        procs = {"supervisor": psutil.Process(s.proc.pid), **{r["name"]: psutil.Process(r["pid"]) for r in roles}}
+        # A role suspended (no pid) is not this process: psutil.Process(None) would be.
+        procs = {"supervisor": psutil.Process(s.proc.pid),
+                 **{r["name"]: psutil.Process(r["pid"]) for r in roles if r["pid"]}}
         cpu_before, children_before, busy_before = cpu_seconds(procs), children_cpu(), machine_busy()
         started = time.perf_counter()
         cli = subprocess.run([sys.executable, "-m", "roxi_mp.cli", *s.cfg.to_argv(), "ingest", str(docs), "--json"],

@@ -83,7 +83,9 @@ def fetch(url: str) -> bytes:
 
 
 def processes(s) -> dict[str, psutil.Process]:
-    names = {"supervisor": s.proc.pid, **{r["name"]: r["pid"] for r in s.status()["roles"]}}
+    """Every roxi process running; a suspended role has none (psutil.Process(None) would be
+    this benchmark's own, whose CPU the reads are)."""
+    names = {"supervisor": s.proc.pid, **{r["name"]: r["pid"] for r in s.status()["roles"] if r["pid"]}}
     return {name: psutil.Process(pid) for name, pid in names.items()}
 
 
