@@ -107,9 +107,25 @@ def mapped(pid: int, path: Path | str) -> Mapped:
     return mapped_where(pid, lambda name: name == target)
 
 
+def _mapped_path(line: str) -> str | None:
+    """The path of a mapping's header line of /proc/PID/maps or smaps ("(deleted)" removed)."""
+    fields = line.rstrip("\n").split(None, 5)
+    return fields[5].removesuffix(" (deleted)") if len(fields) == 6 else None
+
+
 def mapped_where(pid: int, match: Callable[[str], bool]) -> Mapped:
     """How much of the files whose path `match`es process `pid` maps, from /proc/PID/smaps
-    (a deleted file counts under its old path; zero if none or unknown)."""
+    (a deleted file counts under its old path; zero if none or unknown).
+
+    /proc/PID/maps is read first: smaps walks the page tables of every mapping, the shared
+    libraries' included, and a process mapping none of the files (the query server asleep,
+    which the supervisor asks about at each status) need not pay that."""
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            if not any((path := _mapped_path(line)) is not None and match(path) for line in fh):
+                return Mapped(0, 0)
+    except OSError:
+        return Mapped(0, 0)
     size = rss = 0
     current = False
     try:
@@ -117,8 +133,7 @@ def mapped_where(pid: int, match: Callable[[str], bool]) -> Mapped:
             for line in fh:
                 head = line.split(None, 1)[0]
                 if not head.endswith(":") or "-" in head:  # a mapping's header line
-                    fields = line.rstrip("\n").split(None, 5)
-                    current = len(fields) == 6 and match(fields[5].removesuffix(" (deleted)"))
+                    current = (path := _mapped_path(line)) is not None and match(path)
                 elif current and head == "Size:":
                     size += int(line.split()[1]) * 1024
                 elif current and head == "Rss:":
