@@ -101,3 +101,29 @@ def test_rows_of_roles_starting_asleep_failed_or_odd_never_break_render() -> Non
     assert sample(fams, "roxi_role_restarts", "roxi_role_restarts_total", role="indexer") == 7
     assert sample(fams, "roxi_role_state", "roxi_role_state", role='we"ird\\name\n', state="asleep") == 1
     assert "roxi_backup_last_success_timestamp_seconds" not in fams  # no backup yet: no time
+
+
+def test_the_dashboard_renders_each_snapshot_once_however_often_it_is_scraped(make_config, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from supervisor import dashboard, metrics
+
+    renders = []
+
+    def counting(status, counters):
+        renders.append(status)
+        return render(status, counters)
+
+    monkeypatch.setattr(metrics, "render", counting)
+    board = dashboard.Dashboard(SimpleNamespace(cfg=make_config()))
+    c = Counters()
+    first = snapshot(query_row(10, served=3, hybrid_seconds=[0.002]))
+    board.metrics_input = (first, c.copy())
+    text = board.exposition()
+    assert board.exposition() is text and len(renders) == 1  # the same snapshot: the same bytes
+    second = snapshot(query_row(10, served=4, hybrid_seconds=[0.002]))
+    second["store"]["documents"] = 7
+    board.metrics_input = (second, c.copy())  # what publish() does: a new tuple, never changed
+    fams = families(board.exposition())
+    assert len(renders) == 2 and renders[-1] is second
+    assert sample(fams, "roxi_documents", "roxi_documents") == 7
