@@ -65,6 +65,11 @@ FAST_FIELDS = frozenset({"v", "id", "op", "k", "with_text", "dtype", "shape"})
 LITTLE_ENDIAN = sys.byteorder == "little"
 #: its request map is a few dozen bytes; anything longer goes the general way
 FAST_REQUEST_BYTES = 512
+#: longest wait between ZeroMQ's attempts to reach the indexer's events socket, ms. While
+#: the indexer is suspended (deep sleep) nothing listens there, and at zmq's default (every
+#: 100 ms) the attempts woke the query server's I/O thread ~7 times a second, asleep.
+#: Events only hasten what the follow poll and each query's commit mark find anyway.
+EVENTS_RECONNECT_MAX_MS = 5_000
 #: rows whose fields (RowFields) are read per idle loop step: about 5 ms (100k rows took
 #: 0.12 s in all), the longest a query arriving meanwhile waits for it
 FIELDS_STEP_ROWS = 4_000
@@ -124,6 +129,7 @@ class QueryServer(Role):
         self.router.bind(self.cfg.endpoint("query"))
         self.sub = protocol.configure(self.ctx.socket(zmq.SUB), hwm=lim.socket_hwm, max_message_bytes=protocol.EVENT_BYTES)
         self.sub.setsockopt(zmq.SUBSCRIBE, protocol.TOPIC_GENERATION)
+        self.sub.setsockopt(zmq.RECONNECT_IVL_MAX, EVENTS_RECONNECT_MAX_MS)  # doubling from 100 ms
         self.sub.connect(self.cfg.endpoint("events"))
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)

@@ -801,3 +801,22 @@ def test_a_queue_of_slow_queries_leaves_room_for_heartbeats(qs_factory, monkeypa
     # a step with the queue full served 4 (fewer while requests are still arriving).
     assert all(n <= 4 and took <= 0.1 + 0.03 + 1e-9 for n, took in steps), steps
     assert max(n for n, _ in steps) == 4, steps
+
+
+def test_with_no_indexer_listening_the_events_socket_retries_seldom(qs: QS) -> None:
+    """A suspended indexer leaves nothing on the events endpoint for as long as the system
+    sleeps: zmq's attempts to reach it back off (to EVENTS_RECONNECT_MAX_MS), not every
+    100 ms (~7 wakeups a second of an asleep query server's I/O thread, measured)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    monitor = qs.server.sub.get_monitor_socket(zmq.EVENT_CONNECT_RETRIED)
+    try:
+        retries, deadline = 0, time.monotonic() + 3.0  # 100, 200, ..., 1600 ms: at most 5 (30 at 100 ms)
+        while (left := deadline - time.monotonic()) > 0:
+            if monitor.poll(int(left * 1000) + 1):
+                recv_monitor_message(monitor)
+                retries += 1
+        assert retries <= 8, f"{retries} attempts in 3 s"
+    finally:
+        qs.server.sub.disable_monitor()
+        monitor.close(0)
