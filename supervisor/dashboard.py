@@ -11,8 +11,8 @@ a role anything, so it cannot wake a sleeping role nor delay a heartbeat. The lo
 - every `web.refresh_seconds` while somebody reads (a request in the last READ_WINDOW s),
   at the loop's pace: while every role sleeps the loop turns every
   `supervisor.sleep_poll_seconds`, and so does the snapshot (its `as_of` says when). Waking
-  the loop on each stale request was measured: at one refresh a second the supervisor
-  used 0.85 % of a core asleep and the whole system 1.2 % (bench_web, acceptance 2: 1 %).
+  the loop on each stale request was measured and not kept: at one refresh a second the
+  supervisor alone used 0.85 % of a core asleep (bench_web; the whole system's bound: 1 %).
 
 So an idle system pays one small status read per sample, and a page left open pays one
 per refresh, however many clients poll (acceptance 2 and 4 of the issue).

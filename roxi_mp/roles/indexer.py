@@ -8,8 +8,9 @@ chunks were never marked and are embedded again when their leases expire. Receiv
 are grouped for up to `commit_max_ms` or `commit_max_rows` so one fsync serves many.
 
 Idle for `embedder.idle_seconds` (or at once on `roxi sleep`, once nothing is in hand), it
-reports asleep; asleep with nothing of its own due (`_settled`) it exits (SUSPENDED, `supervisor.suspend`) and the supervisor starts it again
-when chunks are pending, a compaction may be due or it is asked for one.
+reports asleep; asleep with nothing of its own due (`_settled`) it exits (SUSPENDED,
+`supervisor.suspend`) and the supervisor starts it again when chunks are pending, a
+compaction may be due or it is asked for one.
 """
 
 from __future__ import annotations
