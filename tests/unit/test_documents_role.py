@@ -333,7 +333,7 @@ def test_idle_role_sleeps_and_closes_its_connection_stats_and_ping_wake_nothing(
 
 
 def test_the_heartbeat_carries_counters_and_the_work_to_announce(cfg_factory, zctx) -> None:
-    cfg = cfg_factory()
+    cfg = cfg_factory(supervisor__sleep_heartbeat_seconds=0.5)  # an asleep step waits that long
     beats = protocol.configure(zctx.socket(zmq.PULL), hwm=100)
     beats.bind(cfg.endpoint("heartbeat"))
     runner = Runner(DocumentsRole(cfg, zctx))
