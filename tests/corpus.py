@@ -3,12 +3,16 @@
 `write_corpus` writes distinct documents from a seeded vocabulary. `populate` fills a store
 the way the indexer would (vectors file first, fsync, then one SQLite transaction per
 batch), bypassing the embedding step so that memory tests at 100k rows take seconds.
+A large store is made once per process and copied after that (`populate`'s template).
 `check_exactly_once` is the end-of-test audit used after crash tests.
 """
 
 from __future__ import annotations
 
+import atexit
 import random
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -42,12 +46,41 @@ def write_corpus(root: Path, *, docs: int, words: int, seed: int = 1) -> list[Pa
     return paths
 
 
+#: stores of at least this many rows are made once per process, then copied (100k rows took
+#: 7-9 s to make, a copy of its two files ~0.1 s; four sleep tests each wanted one)
+TEMPLATE_FROM_ROWS = 10_000
+_templates: dict[tuple, Path] = {}
+
+
 def populate(cfg: Config, *, rows: int, batch: int = 20_000, seed: int = 0,
              vectors: Callable[[np.random.Generator, int, int], np.ndarray] | None = None) -> None:
     """A store with `rows` indexed chunks, through the commit protocol: random unit vectors,
-    or what `vectors(rng, n, dim)` makes."""
+    or what `vectors(rng, n, dim)` makes. A large store of random vectors made in a new data
+    directory is a copy of the first one made alike in this process."""
     model = make_embedder(cfg)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    fresh = not cfg.db_path.exists() and not cfg.vectors_path.exists()
+    if vectors is not None or rows < TEMPLATE_FROM_ROWS or not fresh:
+        _populate(cfg, model, rows=rows, batch=batch, seed=seed, vectors=vectors)
+        return
+    key = (rows, batch, seed, model.model_id, model.dim)
+    if key not in _templates:
+        _populate(cfg, model, rows=rows, batch=batch, seed=seed, vectors=None)
+        if Path(f"{cfg.db_path}-wal").exists():
+            return  # not all in the database file: made anew next time
+        root = Path(tempfile.mkdtemp(prefix="roxi-populate-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        shutil.copyfile(cfg.db_path, root / "db")
+        shutil.copyfile(cfg.vectors_path, root / "vectors")
+        _templates[key] = root
+        return
+    root = _templates[key]
+    shutil.copyfile(root / "vectors", cfg.vectors_path)
+    shutil.copyfile(root / "db", cfg.db_path)
+
+
+def _populate(cfg: Config, model, *, rows: int, batch: int, seed: int,
+              vectors: Callable[[np.random.Generator, int, int], np.ndarray] | None) -> None:
     rng = np.random.default_rng(seed)
     with Store(cfg.db_path) as store:
         store.ensure_model(model.model_id, model.dim)
