@@ -215,13 +215,15 @@ def test_metrics_parse_and_counters_never_go_down_across_a_restart(system, make_
             client.query(f"methotrexate {i}", k=3, mode="dense")
         with pytest.raises(Exception):
             client.query("x", k=3, mode="sideways")
-    key = ("roxi_queries_total", (("mode", "hybrid"),))
-    wait_until(lambda: scrape(url).get(key, 0) >= 5, timeout=PATIENCE,
-               what=f"the queries in /metrics: {scrape(url).get(key)}, {[r.get('metrics') for r in json.loads(get(url + 'status.json')[2])['roles'] if r['name'] == 'query']} {s.role('query')}")
+    # Counters come from each role's heartbeat, up to a beat behind the store (longer on a
+    # loaded machine): wait for every one the test reads, not only the query server's.
+    hybrid = ("roxi_queries_total", (("mode", "hybrid"),))
+    wanted = {hybrid: 5, ("roxi_chunks_embedded_total", ()): 1, ("roxi_commits_total", ()): 1}
+    wait_until(lambda: all(scrape(url).get(k, 0) >= v for k, v in wanted.items()), timeout=PATIENCE,
+               what=f"the counters in /metrics: {[(k, scrape(url).get(k)) for k in wanted]}")
     before = scrape(url)
     assert before[("roxi_queries_total", (("mode", "dense"),))] >= 5
     assert before[("roxi_query_errors_total", (("code", "bad_request"),))] >= 1
-    assert before[("roxi_chunks_embedded_total", ())] > 0 and before[("roxi_commits_total", ())] > 0
     assert before[("roxi_query_duration_seconds_count", (("mode", "hybrid"),))] >= 5
     victim = s.pid("query")
     os.kill(victim, signal.SIGKILL)
