@@ -19,11 +19,18 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def slow_ingest(system, make_config, tmp_path):
-    """A running system ingesting ~1000 chunks at ~100 chunks/s, so targets can be watched."""
+def docs() -> int:
+    """Documents `slow_ingest` writes, ~20 chunks each; a test that only needs some work
+    behind a pause parametrizes fewer (each 20 is ~4 s of the test's waiting at the end)."""
+    return 50
+
+
+@pytest.fixture
+def slow_ingest(system, make_config, tmp_path, docs):
+    """A running system ingesting ~20 chunks per doc (~1000) at ~100 chunks/s, so targets can be watched."""
     cfg = make_config(embedder__batch_size=8, embedder__yield_batch_size=8, embedder__pause_seconds=0.08,
                       store__chunk_words=40, store__chunk_overlap=5)
-    write_corpus(tmp_path / "docs", docs=50, words=700)
+    write_corpus(tmp_path / "docs", docs=docs, words=700)
     s = system(cfg)
     assert roxi(cfg, "pause").returncode == 0  # start paused: the test decides when it runs
     assert roxi(cfg, "ingest", str(tmp_path / "docs")).returncode == 0
@@ -131,6 +138,7 @@ def test_watch_runs_its_command_when_50_percent_is_crossed_not_before(slow_inges
     assert "reached" in watcher.stdout.read()
 
 
+@pytest.mark.parametrize("docs", [20])
 def test_pause_survives_a_supervisor_restart_and_resume_finishes_exactly_once(slow_ingest):
     cfg, s = slow_ingest
     assert roxi(cfg, "resume").returncode == 0
@@ -160,6 +168,7 @@ def test_process_refuses_when_not_running_or_empty(make_config, system):
     assert roxi(cfg, "process", "--until", "0").returncode == errors.USAGE
 
 
+@pytest.mark.parametrize("docs", [20])
 def test_process_ctrl_c_pauses_and_leaves_the_store_consistent(slow_ingest):
     cfg, s = slow_ingest
     # SIG_DFL in the child: a test run started in the background by a non-interactive
