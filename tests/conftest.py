@@ -249,6 +249,16 @@ def roxi_processes(data_dir: Path) -> list[psutil.Process]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _niceness_kept():
+    """No test may renice pytest's own process: every later test, and every process it
+    starts, would run at a lower priority (the embedder's os.nice once ran in its
+    initialize(), and the unit tests took pytest to nice 19)."""
+    before = os.nice(0)
+    yield
+    assert os.nice(0) == before, f"this test reniced pytest's process: nice {before} -> {os.nice(0)}"
+
+
 @pytest.fixture
 def system(make_config):
     """Factory: system(**overrides) -> started System; every one is torn down after the test."""

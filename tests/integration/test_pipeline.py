@@ -65,6 +65,11 @@ def test_sample_corpus_start_query_status_stop(make_config):
         status = wait_until(all_running, timeout=PATIENCE, what="every role running")
         assert sorted(r["name"] for r in status["roles"]) == ["documents", "embedder-1", "indexer", "query"]
         assert status["store"]["percent"] == 100.0
+        # The embedder yields the CPU: 5 nice levels under its supervisor, the others at its level.
+        pids = {r["name"]: r["pid"] for r in status["roles"]}
+        base = psutil.Process(status["supervisor"]["pid"]).nice()
+        nice = {name: psutil.Process(pid).nice() for name, pid in pids.items()}
+        assert nice == {"documents": base, "embedder-1": min(19, base + 5), "indexer": base, "query": base}, nice
         text = roxi(cfg, "query", "uric acid crystals in the big toe", "-k", "3")
         assert "Gout" in text.stdout.splitlines()[0]
         again = roxi(cfg, "start")
