@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def docs() -> int:
     """Documents `slow_ingest` writes, ~20 chunks each; a test that only needs some work
-    behind a pause parametrizes fewer (each 20 is ~4 s of the test's waiting at the end)."""
+    behind a pause parametrizes fewer (20 documents: ~400 chunks, ~4 s of ingest)."""
     return 50
 
 
