@@ -21,7 +21,8 @@ import time
 import zmq
 
 from ..conftest import free_port
-from .common import machine, median, table, temp_root, write_results
+from .bench_ann import percentile
+from .common import machine, table, temp_root, write_results
 
 #: round trips not timed first: connections, allocations
 WARMUP = 100
@@ -110,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     rows, data = [], {"machine": machine(), "bytes": args.bytes, "round_trips": args.round_trips, "ways": {}}
     for way, times in runs.items():
-        ordered = sorted(times)
-        p50, p99 = median(times) * 1000, ordered[int(0.99 * (len(ordered) - 1))] * 1000
+        p50, p99 = percentile(times, 50) * 1000, percentile(times, 99) * 1000
         data["ways"][way] = {"p50_ms": p50, "p99_ms": p99}
         rows.append([way, f"{p50:.3f}", f"{p99:.3f}"])
     markdown = (f"## Echo round trips, {args.bytes} bytes, {args.round_trips} each\n\n"
